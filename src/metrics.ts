@@ -1,0 +1,105 @@
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+
+const P = 'imap_proxy_';
+
+/**
+ * Every metric the proxy exports. Label values are drawn from bounded sets (login results,
+ * provider names from config, listener names from config) — never a user name or address.
+ */
+export function createMetrics(opts: { defaults?: boolean } = {}) {
+  const registry = new Registry();
+  if (opts.defaults !== false) collectDefaultMetrics({ register: registry, prefix: P });
+  const r = [registry];
+  return {
+    registry,
+    connections: new Counter({
+      name: `${P}connections_total`,
+      help: 'Client connections accepted, by listener and TLS mode',
+      labelNames: ['listener', 'tls'] as const,
+      registers: r,
+    }),
+    logins: new Counter({
+      name: `${P}logins_total`,
+      help: 'Client login attempts by result (success or failure reason)',
+      labelNames: ['result'] as const,
+      registers: r,
+    }),
+    preauthRejections: new Counter({
+      name: `${P}preauth_rejections_total`,
+      help: 'Connections closed before login by the front door, by reason',
+      labelNames: ['reason'] as const,
+      registers: r,
+    }),
+    limiter: new Counter({
+      name: `${P}limiter_actions_total`,
+      help: 'Brute-force limiter actions by scope (user, address) and action (delayed, refused)',
+      labelNames: ['scope', 'action'] as const,
+      registers: r,
+    }),
+    tokenRefreshes: new Counter({
+      name: `${P}token_refreshes_total`,
+      help: 'Token endpoint requests by provider and result',
+      labelNames: ['provider', 'result'] as const,
+      registers: r,
+    }),
+    upstreamConnects: new Counter({
+      name: `${P}upstream_connects_total`,
+      help: 'Upstream connection attempts by provider and result',
+      labelNames: ['provider', 'result'] as const,
+      registers: r,
+    }),
+    upstreamAuths: new Counter({
+      name: `${P}upstream_auths_total`,
+      help: 'Upstream SASL authentications by provider, mechanism and result',
+      labelNames: ['provider', 'mechanism', 'result'] as const,
+      registers: r,
+    }),
+    splicedBytes: new Counter({
+      name: `${P}spliced_bytes_total`,
+      help: 'Bytes spliced after login, by direction (client_to_upstream, upstream_to_client)',
+      labelNames: ['direction'] as const,
+      registers: r,
+    }),
+    activeSessions: new Gauge({
+      name: `${P}active_sessions`,
+      help: 'Open client connections by listener and phase (preauth, spliced)',
+      labelNames: ['listener', 'phase'] as const,
+      registers: r,
+    }),
+    grantsByStatus: new Gauge({
+      name: `${P}grants`,
+      help: 'Stored grants by status (alert on needs_consent)',
+      labelNames: ['status'] as const,
+      registers: r,
+    }),
+    buildInfo: new Gauge({
+      name: `${P}build_info`,
+      help: 'Build information; the value is always 1',
+      labelNames: ['version', 'node'] as const,
+      registers: r,
+    }),
+    loginSeconds: new Histogram({
+      name: `${P}login_duration_seconds`,
+      help: 'Time from the client login command to the tagged reply, by result',
+      labelNames: ['result'] as const,
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers: r,
+    }),
+    tokenRefreshSeconds: new Histogram({
+      name: `${P}token_refresh_duration_seconds`,
+      help: 'Token endpoint request latency by provider',
+      labelNames: ['provider'] as const,
+      buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers: r,
+    }),
+    upstreamConnectSeconds: new Histogram({
+      name: `${P}upstream_connect_duration_seconds`,
+      help: 'Upstream connect + TLS + greeting latency by provider',
+      labelNames: ['provider'] as const,
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers: r,
+    }),
+  };
+}
+
+export type Metrics = ReturnType<typeof createMetrics>;

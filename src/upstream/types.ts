@@ -1,0 +1,38 @@
+import type { Duplex } from 'node:stream';
+import type { UpstreamConfig } from '../config/schema.js';
+
+export type UpstreamTarget = UpstreamConfig;
+
+/** An upstream IMAP connection past its greeting (and STARTTLS), not yet authenticated. */
+export interface UpstreamConnection {
+  /** Capabilities before authentication. */
+  readonly capabilities: readonly string[];
+  /**
+   * AUTHENTICATE with XOAUTH2 / OAUTHBEARER. Resolves once upstream says OK (and the
+   * post-login probe, if configured, passed). Throws ProxyError: 'upstream_rejected' (token
+   * refused; the connection stays usable for one retry), 'authorization_failed',
+   * 'upstream_unavailable', 'protocol_error', 'timeout'.
+   */
+  authenticate(user: string, accessToken: string): Promise<AuthenticatedUpstream>;
+  /** Still open and in the not-authenticated state (a retry can reuse it). */
+  readonly reusable: boolean;
+  destroy(): void;
+}
+
+export interface AuthenticatedUpstream {
+  /** The raw upstream socket, paused, with no proxy reader attached. */
+  readonly socket: Duplex;
+  /** Capabilities after login (from the tagged OK or a CAPABILITY command). */
+  readonly capabilities: readonly string[];
+  /** Bytes upstream sent after its tagged OK that the proxy already read (forward first). */
+  readonly buffered: Buffer;
+}
+
+export interface UpstreamConnector {
+  /** Dial, read greeting, STARTTLS if configured. Throws ProxyError('upstream_unavailable' | 'timeout' | 'protocol_error'). */
+  connect(
+    target: UpstreamTarget,
+    labels: { provider: string },
+    signal?: AbortSignal,
+  ): Promise<UpstreamConnection>;
+}

@@ -1,0 +1,29 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { clientReply, LOGIN_RESULTS, ProxyError } from '../../src/errors.js';
+
+test('every failure reason maps to an RFC 5530 code and a text without secrets', () => {
+  const codes = new Set([
+    'AUTHENTICATIONFAILED',
+    'PRIVACYREQUIRED',
+    'LIMIT',
+    'EXPIRED',
+    'CONTACTADMIN',
+    'UNAVAILABLE',
+    'AUTHORIZATIONFAILED',
+  ]);
+  for (const r of LOGIN_RESULTS) {
+    if (r === 'success') continue;
+    const reply = clientReply(r);
+    assert.ok(codes.has(reply.code), `${r} → ${reply.code}`);
+    assert.match(reply.text, /^[\x20-\x7e]+$/);
+  }
+});
+
+test('ProxyError keeps reason, detail and cause', () => {
+  const cause = new Error('socket hang up');
+  const e = new ProxyError('upstream_unavailable', 'dial failed', { cause, detail: 'ECONNREFUSED' });
+  assert.equal(e.reason, 'upstream_unavailable');
+  assert.equal(e.detail, 'ECONNREFUSED');
+  assert.equal(e.cause, cause);
+});
