@@ -1,0 +1,267 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import Provider from 'oidc-provider';
+
+/**
+ * A real oidc-provider 9 on 127.0.0.1:<random port> over http, for broker and end-to-end tests.
+ * Access tokens are opaque and introspectable by a separate client (Dovecot's oauth2 passdb).
+ */
+export interface TestOP {
+  /** http://127.0.0.1:PORT */
+  issuer: string;
+  /** Confidential client for the proxy (client_secret_basic or _post). */
+  client: { id: string; secret: string };
+  /** Client for Dovecot; url is the issuer's introspection endpoint. */
+  introspection: { id: string; secret: string; url: string };
+  /** POSTs to the token endpoint, not counting the harness's own code exchange in mintGrant. */
+  tokenRequests(): number;
+  /** Drives the real authorization-code flow (+PKCE S256) through the dev login/consent pages. */
+  mintGrant(
+    sub: string,
+    opts?: { scope?: string },
+  ): Promise<{ access_token: string; refresh_token: string; expires_in: number }>;
+  /** RFC 7009 revocation as the proxy's client (revoking a refresh token also ends its grant). */
+  revoke(token: string): Promise<void>;
+  /** RFC 7662 introspection as the introspection client (what Dovecot sees). */
+  introspect(token: string): Promise<Record<string, unknown>>;
+  /** While down, token endpoint requests get their connection reset; the process keeps running. */
+  setDown(down: boolean): void;
+  close(): Promise<void>;
+}
+
+export interface StartOPOptions {
+  /** Access token (and client-credentials token) lifetime in seconds; default 3600. */
+  accessTokenTtl?: number;
+  /** Issue a new refresh token on every refresh (default true). */
+  refreshTokenRotation?: boolean;
+  /** Enable RFC 8628 device authorization for the proxy's client. */
+  deviceFlow?: boolean;
+  /** Enable the client_credentials grant for the proxy's client. */
+  clientCredentials?: boolean;
+  /** `sub` reported by introspection for client-credentials tokens (default: the client id). */
+  clientCredentialsSubject?: string;
+}
+
+const REDIRECT_URI = 'http://127.0.0.1/callback';
+/** Marks the harness's own requests so tokenRequests() counts only the code under test. */
+const INTERNAL = 'x-test-op-internal';
+
+export async function startOP(opts: StartOPOptions = {}): Promise<TestOP> {
+  const ttl = opts.accessTokenTtl ?? 3600;
+  const client = { id: 'proxy', secret: randomBytes(16).toString('hex') };
+  const introClient = { id: 'dovecot', secret: randomBytes(16).toString('hex') };
+  const ccSubject = opts.clientCredentialsSubject ?? client.id;
+
+  const grantTypes = ['authorization_code', 'refresh_token'];
+  if (opts.deviceFlow) grantTypes.push('urn:ietf:params:oauth:grant-type:device_code');
+  if (opts.clientCredentials) grantTypes.push('client_credentials');
+
+  let down = false;
+  let tokenPosts = 0;
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const issuer = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+
+  const provider = new Provider(issuer, {
+    clients: [
+      {
+        client_id: client.id,
+        client_secret: client.secret,
+        grant_types: grantTypes,
+        response_types: ['code'],
+        redirect_uris: [REDIRECT_URI],
+        token_endpoint_auth_method: 'client_secret_basic',
+        scope: 'openid offline_access email mail',
+      },
+      {
+        client_id: introClient.id,
+        client_secret: introClient.secret,
+        grant_types: [],
+        response_types: [],
+        redirect_uris: [],
+        token_endpoint_auth_method: 'client_secret_basic',
+      },
+    ],
+    scopes: ['openid', 'offline_access', 'email', 'mail'],
+    claims: { openid: ['sub'], email: ['email'] },
+    cookies: { keys: [randomBytes(32).toString('hex')] },
+    findAccount: async (_ctx: unknown, sub: string) => ({
+      accountId: sub,
+      claims: async () => ({ sub, email: sub }),
+    }),
+    features: {
+      devInteractions: { enabled: true },
+      introspection: {
+        enabled: true,
+        // Dovecot introspects tokens issued to the proxy's client.
+        allowedPolicy: async (_ctx: unknown, caller: { clientId: string }, token: { clientId: string }) =>
+          caller.clientId === introClient.id || caller.clientId === token.clientId,
+      },
+      revocation: {
+        enabled: true,
+        allowedPolicy: async (_ctx: unknown, caller: { clientId: string }, token: { clientId: string }) =>
+          caller.clientId === token.clientId,
+      },
+      deviceFlow: { enabled: opts.deviceFlow === true },
+      clientCredentials: { enabled: opts.clientCredentials === true },
+    },
+    // Client-credentials tokens have no account; give introspection a username for them.
+    extraTokenClaims: async (_ctx: unknown, token: { kind: string }) =>
+      token.kind === 'ClientCredentials' ? { sub: ccSubject, username: ccSubject } : undefined,
+    issueRefreshToken: async (
+      _ctx: unknown,
+      c: { grantTypeAllowed(t: string): boolean },
+      source: { scopes: Set<string> },
+    ) => c.grantTypeAllowed('refresh_token') && source.scopes.has('offline_access'),
+    rotateRefreshToken: opts.refreshTokenRotation ?? true,
+    pkce: { required: () => true },
+    ttl: {
+      AccessToken: ttl,
+      IdToken: 3600,
+      ClientCredentials: ttl,
+      RefreshToken: 14 * 24 * 3600,
+      Grant: 14 * 24 * 3600,
+      Session: 3600,
+      Interaction: 600,
+      AuthorizationCode: 60,
+      DeviceCode: 600,
+    },
+  });
+  const handle = provider.callback();
+
+  server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+    const path = (req.url ?? '').split('?')[0];
+    if (path === '/token' && req.method === 'POST') {
+      if (down) {
+        // Simulates an unreachable OP: the client sees a reset connection, not an HTTP error.
+        req.socket.destroy();
+        return;
+      }
+      if (req.headers[INTERNAL] === undefined) tokenPosts++;
+    }
+    handle(req, res);
+  });
+
+  const basic = (c: { id: string; secret: string }) =>
+    `Basic ${Buffer.from(`${encodeURIComponent(c.id)}:${encodeURIComponent(c.secret)}`).toString('base64')}`;
+
+  async function mintGrant(sub: string, mintOpts: { scope?: string } = {}) {
+    const jar = new Map<string, string>();
+    const verifier = randomBytes(32).toString('base64url');
+    const state = randomBytes(8).toString('hex');
+    const auth = new URL('/auth', issuer);
+    auth.search = new URLSearchParams({
+      client_id: client.id,
+      response_type: 'code',
+      redirect_uri: REDIRECT_URI,
+      scope: mintOpts.scope ?? 'openid offline_access',
+      prompt: 'consent',
+      state,
+      code_challenge: createHash('sha256').update(verifier).digest('base64url'),
+      code_challenge_method: 'S256',
+    }).toString();
+
+    const request = async (url: string, body?: URLSearchParams): Promise<string> => {
+      const res = await fetch(url, {
+        method: body ? 'POST' : 'GET',
+        redirect: 'manual',
+        headers: {
+          cookie: [...jar].map(([k, v]) => `${k}=${v}`).join('; '),
+          ...(body ? { 'content-type': 'application/x-www-form-urlencoded' } : {}),
+        },
+        body,
+      });
+      for (const c of res.headers.getSetCookie()) {
+        const [pair] = c.split(';');
+        const eq = pair.indexOf('=');
+        jar.set(pair.slice(0, eq), pair.slice(eq + 1));
+      }
+      await res.arrayBuffer();
+      const location = res.headers.get('location');
+      if (res.status < 300 || res.status >= 400 || !location) {
+        throw new Error(`test OP: unexpected ${res.status} from ${new URL(url).pathname}`);
+      }
+      return new URL(location, url).toString();
+    };
+
+    // auth → interaction (login) → resume → interaction (consent) → resume → redirect_uri?code
+    let url = await request(auth.toString());
+    for (let step = 0; step < 8 && !url.startsWith(REDIRECT_URI); step++) {
+      const path = new URL(url).pathname;
+      if (path.startsWith('/interaction/')) {
+        const form = new URLSearchParams(
+          step === 0 ? { prompt: 'login', login: sub, password: 'x' } : { prompt: 'consent' },
+        );
+        url = await request(url, form);
+      } else {
+        url = await request(url);
+      }
+    }
+    const back = new URL(url);
+    const code = back.searchParams.get('code');
+    if (!code || back.searchParams.get('state') !== state) {
+      throw new Error(`test OP: authorization failed: ${back.searchParams.get('error') ?? 'no code'}`);
+    }
+    const res = await fetch(new URL('/token', issuer), {
+      method: 'POST',
+      headers: {
+        authorization: basic(client),
+        'content-type': 'application/x-www-form-urlencoded',
+        [INTERNAL]: '1',
+      },
+      body: new URLSearchParams({
+        grant_type: 'authorization_code',
+        code,
+        redirect_uri: REDIRECT_URI,
+        code_verifier: verifier,
+      }),
+    });
+    const json = (await res.json()) as Record<string, unknown>;
+    if (!res.ok || typeof json.access_token !== 'string' || typeof json.refresh_token !== 'string') {
+      throw new Error(`test OP: code exchange failed: ${String(json.error ?? res.status)}`);
+    }
+    return {
+      access_token: json.access_token,
+      refresh_token: json.refresh_token,
+      expires_in: Number(json.expires_in),
+    };
+  }
+
+  async function revoke(token: string): Promise<void> {
+    const res = await fetch(new URL('/token/revocation', issuer), {
+      method: 'POST',
+      headers: { authorization: basic(client), 'content-type': 'application/x-www-form-urlencoded' },
+      body: new URLSearchParams({ token }),
+    });
+    await res.arrayBuffer();
+    if (!res.ok) throw new Error(`test OP: revocation failed with ${res.status}`);
+  }
+
+  async function introspect(token: string): Promise<Record<string, unknown>> {
+    const res = await fetch(new URL('/token/introspection', issuer), {
+      method: 'POST',
+      headers: { authorization: basic(introClient), 'content-type': 'application/x-www-form-urlencoded' },
+      body: new URLSearchParams({ token }),
+    });
+    return (await res.json()) as Record<string, unknown>;
+  }
+
+  return {
+    issuer,
+    client,
+    introspection: { ...introClient, url: `${issuer}/token/introspection` },
+    tokenRequests: () => tokenPosts,
+    mintGrant,
+    revoke,
+    introspect,
+    setDown: (d: boolean) => {
+      down = d;
+    },
+    close: () =>
+      new Promise<void>((resolve, reject) => {
+        server.closeAllConnections();
+        server.close((err) => (err ? reject(err) : resolve()));
+      }),
+  };
+}
