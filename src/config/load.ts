@@ -1,0 +1,224 @@
+import { readFileSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { dirname, isAbsolute, resolve } from 'node:path';
+import { type Document, isMap, isScalar, LineCounter, parseDocument } from 'yaml';
+import type { z } from 'zod';
+import { ConfigError } from '../errors.js';
+import { applyPreset } from './presets.js';
+import { type Config, configSchema, FILE_SECRET_KEYS } from './schema.js';
+
+/** Config keys whose values are file system paths, resolved against the config file's folder. */
+const PATH_KEYS = new Set([
+  'data_dir',
+  'cert_file',
+  'key_file',
+  'ca_file',
+  'sqlite_path',
+  'private_key_file',
+  'service_account_file',
+]);
+
+type Path = (string | number)[];
+
+export interface LoadedConfig {
+  config: Config;
+  file: string;
+}
+
+class Problems {
+  readonly list: string[] = [];
+  constructor(
+    private readonly file: string,
+    private readonly doc: Document.Parsed,
+    private readonly lines: LineCounter,
+  ) {}
+
+  add(path: Path, message: string): void {
+    this.list.push(`${this.file}:${this.where(path)}: ${formatPath(path) || '(top level)'}: ${message}`);
+  }
+
+  private where(path: Path): string {
+    // Walk up until a node with a source range exists (a missing key points at its parent).
+    for (let n = path.length; n >= 0; n--) {
+      const node = n === 0 ? this.doc.contents : this.doc.getIn(path.slice(0, n), true);
+      const range = (node as { range?: [number, number, number] } | null | undefined)?.range;
+      if (range) {
+        const pos = this.lines.linePos(range[0]);
+        return `${pos.line}:${pos.col}`;
+      }
+    }
+    return '1:1';
+  }
+}
+
+export function formatPath(path: Path): string {
+  let out = '';
+  for (const p of path) out += typeof p === 'number' ? `[${p}]` : out ? `.${p}` : p;
+  return out;
+}
+
+/** Reads, substitutes, validates and resolves a config file. Throws ConfigError listing every problem. */
+export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): LoadedConfig {
+  const abs = resolve(file);
+  let text: string;
+  try {
+    text = readFileSync(abs, 'utf8');
+  } catch (err) {
+    throw new ConfigError(`${file}: cannot read config file (${(err as NodeJS.ErrnoException).code ?? err})`);
+  }
+  return parseConfig(text, abs, env);
+}
+
+export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv = process.env): LoadedConfig {
+  const lines = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
+  if (doc.errors.length > 0) {
+    const msgs = doc.errors.map((e) => {
+      const pos = lines.linePos(e.pos[0]);
+      return `${file}:${pos.line}:${pos.col}: YAML syntax: ${e.message.split('\n')[0]}`;
+    });
+    throw new ConfigError(msgs.join('\n'));
+  }
+  const problems = new Problems(file, doc, lines);
+  if (doc.contents && !isMap(doc.contents) && !(isScalar(doc.contents) && doc.contents.value == null)) {
+    throw new ConfigError(`${file}:1:1: the config must be a mapping of keys (e.g. "listeners:")`);
+  }
+  const raw = doc.toJS({ maxAliasCount: 50 }) ?? {};
+  const baseDir = dirname(file);
+  const expanded = expand(raw, [], { env, baseDir, problems });
+  if (problems.list.length > 0) throw new ConfigError(problems.list.join('\n'));
+
+  const parsed = configSchema.safeParse(expanded);
+  if (!parsed.success) {
+    for (const issue of parsed.error.issues) problems.add(issue.path as Path, describeIssue(issue));
+    throw new ConfigError(problems.list.join('\n'));
+  }
+  const config = parsed.data;
+  config.data_dir = resolvePath(config.data_dir, baseDir);
+  config.store.sqlite_path ??= resolve(config.data_dir, 'proxy.db');
+  for (const [name, p] of Object.entries(config.providers)) config.providers[name] = applyPreset(p);
+  crossCheck(config, problems);
+  if (problems.list.length > 0) throw new ConfigError(problems.list.join('\n'));
+  return { config, file };
+}
+
+function describeIssue(issue: z.core.$ZodIssue): string {
+  if (issue.code === 'unrecognized_keys') return `unknown key(s): ${issue.keys.join(', ')}`;
+  if (issue.code === 'invalid_type' && issue.input === undefined)
+    return `required (expected ${issue.expected})`;
+  return issue.message;
+}
+
+interface ExpandCtx {
+  env: NodeJS.ProcessEnv;
+  baseDir: string;
+  problems: Problems;
+}
+
+/** `${VAR}` / `${VAR:-default}` in strings, `<secret>_file` indirection, path resolution. */
+function expand(value: unknown, path: Path, ctx: ExpandCtx): unknown {
+  if (typeof value === 'string') return substituteEnv(value, path, ctx);
+  if (Array.isArray(value)) return value.map((v, i) => expand(v, [...path, i], ctx));
+  if (value === null || typeof value !== 'object') return value;
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(value as Record<string, unknown>)) {
+    const here = [...path, k];
+    const secretKey = k.endsWith('_file') ? k.slice(0, -'_file'.length) : null;
+    if (secretKey && FILE_SECRET_KEYS.includes(secretKey)) {
+      if (k in out || secretKey in (value as Record<string, unknown>)) {
+        ctx.problems.add(here, `give either ${secretKey} or ${k}, not both`);
+        continue;
+      }
+      const fileName = expand(v, here, ctx);
+      if (typeof fileName !== 'string') {
+        ctx.problems.add(here, 'expected a file path');
+        continue;
+      }
+      try {
+        out[secretKey] = readFileSync(resolvePath(fileName, ctx.baseDir), 'utf8').replace(/\r?\n$/, '');
+      } catch (err) {
+        ctx.problems.add(here, `cannot read ${fileName} (${(err as NodeJS.ErrnoException).code ?? err})`);
+      }
+      continue;
+    }
+    let e = expand(v, here, ctx);
+    if (PATH_KEYS.has(k) && typeof e === 'string' && e !== '') e = resolvePath(e, ctx.baseDir);
+    out[k] = e;
+  }
+  return out;
+}
+
+/** A value that is exactly one `${VAR}` keeps YAML's scalar typing (numbers, booleans). */
+function substituteEnv(s: string, path: Path, ctx: ExpandCtx): unknown {
+  const out = replaceVars(s, path, ctx);
+  if (out === s || !/^\$\{[^}]+\}$/.test(s)) return out;
+  if (/^-?\d+(\.\d+)?$/.test(out)) return Number(out);
+  if (out === 'true' || out === 'false') return out === 'true';
+  return out;
+}
+
+function replaceVars(s: string, path: Path, ctx: ExpandCtx): string {
+  return s.replace(
+    /\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}/g,
+    (_m, name: string, def: string | undefined) => {
+      const v = ctx.env[name];
+      if (v !== undefined && v !== '') return v;
+      if (def !== undefined) return def;
+      ctx.problems.add(path, `environment variable ${name} is not set`);
+      return '';
+    },
+  );
+}
+
+function resolvePath(p: string, baseDir: string): string {
+  if (p === '~' || p.startsWith('~/')) return resolve(homedir(), p.slice(2));
+  return isAbsolute(p) ? p : resolve(baseDir, p);
+}
+
+/** Rules that span several keys. */
+function crossCheck(config: Config, problems: Problems): void {
+  const names = new Map<string, number>();
+  const binds = new Map<string, number>();
+  config.listeners.forEach((l, i) => {
+    if (names.has(l.name)) problems.add(['listeners', i, 'name'], `duplicate listener name "${l.name}"`);
+    names.set(l.name, i);
+    const bind = `${l.address}:${l.port}`;
+    if (l.port !== 0 && binds.has(bind))
+      problems.add(['listeners', i, 'port'], `${bind} is used by another listener`);
+    binds.set(bind, i);
+    if ((l.cert_file === undefined) !== (l.key_file === undefined)) {
+      problems.add(
+        ['listeners', i],
+        'give both cert_file and key_file, or neither (a self-signed pair is generated)',
+      );
+    }
+    if (l.tls === 'none' && l.allow_cleartext_login === false && l.cert_file) {
+      problems.add(['listeners', i, 'tls'], 'cert_file is unused with tls: none');
+    }
+  });
+  for (const [name, p] of Object.entries(config.providers)) {
+    const at = ['providers', name];
+    if (p.preset === 'oidc' && !p.issuer && !p.token_endpoint) {
+      problems.add(at, 'an oidc provider needs issuer (discovery) or token_endpoint');
+    }
+    if ((p.preset === 'oidc' || p.preset === 'generic') && !p.upstream?.host) {
+      problems.add([...at, 'upstream'], 'upstream.host is required for this preset');
+    }
+    if (p.client_auth === 'private_key_jwt' && !p.private_key_file) {
+      problems.add([...at, 'private_key_file'], 'required when client_auth is private_key_jwt');
+    }
+    const needsSecret = p.client_auth === 'client_secret_basic' || p.client_auth === 'client_secret_post';
+    if (needsSecret && p.client_id && !p.client_secret && !p.service_account_file) {
+      problems.add(
+        [...at, 'client_secret'],
+        `required with client_auth ${p.client_auth} (or use client_secret_file)`,
+      );
+    }
+  }
+  if (config.store.driver === 'postgres' && !config.store.postgres_url) {
+    problems.add(['store', 'postgres_url'], 'required when store.driver is postgres');
+  }
+  if (!config.encryption.key && !config.encryption.key_file) {
+    problems.add(['encryption'], 'set encryption.key (e.g. ${IMAP_PROXY_KEY}) or encryption.key_file');
+  }
+}

@@ -1,0 +1,132 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { configJsonSchemaText } from '../../src/config/json-schema.js';
+import { loadConfig, parseConfig } from '../../src/config/load.js';
+import { upstreamFor } from '../../src/config/presets.js';
+import { ConfigError } from '../../src/errors.js';
+
+const MIN = `
+encryption: { key: "k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=" }
+listeners:
+  - { name: imaps, port: 1993, tls: implicit }
+providers:
+  local:
+    issuer: http://127.0.0.1:3000
+    client_id: proxy
+    client_secret: s3cret
+    allow_insecure_http: true
+    upstream: { host: 127.0.0.1, port: 993 }
+`;
+
+function errorOf(text: string, env: NodeJS.ProcessEnv = {}): string {
+  try {
+    parseConfig(text, '/etc/iop/config.yaml', env);
+  } catch (err) {
+    assert.ok(err instanceof ConfigError, String(err));
+    return err.message;
+  }
+  assert.fail('expected a ConfigError');
+}
+
+test('the example config loads with its defaults and presets applied', () => {
+  const { config } = loadConfig('config/example.yaml', { HOME: '/home/x' });
+  assert.equal(config.listeners.length, 2);
+  assert.deepEqual(
+    config.listeners.map((l) => [l.name, l.port, l.tls]),
+    [
+      ['starttls', 1143, 'starttls'],
+      ['imaps', 1993, 'implicit'],
+    ],
+  );
+  assert.equal(config.admin.port, 9143);
+  const ms = config.providers.microsoft!;
+  assert.match(
+    ms.token_endpoint!,
+    /^https:\/\/login\.microsoftonline\.com\/organizations\/oauth2\/v2\.0\/token$/,
+  );
+  assert.equal(upstreamFor(ms).host, 'outlook.office365.com');
+  assert.equal(upstreamFor(ms).post_login_probe, true);
+  assert.equal(upstreamFor(config.providers.google!).host, 'imap.gmail.com');
+});
+
+test('a minimal config fills every default', () => {
+  const { config } = parseConfig(MIN, '/etc/iop/config.yaml', {});
+  assert.equal(config.limits.line_bytes, 8192);
+  assert.equal(config.limits.literal_bytes, 8192);
+  assert.equal(config.listeners[0]!.allow_cleartext_login, false);
+  assert.equal(config.data_dir, '/etc/iop/data', 'relative paths resolve against the config folder');
+  const up = upstreamFor(config.providers.local!, { port: 10993 });
+  assert.deepEqual([up.host, up.port, up.tls, up.mechanism], ['127.0.0.1', 10993, 'implicit', 'auto']);
+});
+
+test('errors name the file, line and key in plain words', () => {
+  const msg = errorOf(MIN.replace('tls: implicit', 'tls: tsl'));
+  assert.match(msg, /^\/etc\/iop\/config\.yaml:4:\d+: listeners\[0\]\.tls: .*implicit/m);
+  assert.match(errorOf(`${MIN}\nbogus: 1\n`), /config\.yaml:\d+:\d+: \(top level\): unknown key\(s\): bogus/);
+  assert.match(errorOf(MIN.replace('port: 1993, ', '')), /listeners\[0\]\.port: required/);
+  assert.match(errorOf('listeners: [\n'), /config\.yaml:\d+:\d+: YAML syntax/);
+});
+
+test('every problem is listed at once, and cross-key rules are checked', () => {
+  const text = MIN.replace(
+    '{ name: imaps, port: 1993, tls: implicit }',
+    '{ name: a, port: 1, tls: none }\n  - { name: a, port: 1, tls: none }',
+  );
+  const msg = errorOf(text);
+  assert.match(msg, /listeners\[1\]\.name: duplicate listener name "a"/);
+  assert.match(msg, /listeners\[1\]\.port: 127\.0\.0\.1:1 is used by another listener/);
+  assert.match(
+    errorOf(MIN.replace('client_secret: s3cret', '')),
+    /providers\.local\.client_secret: required/,
+  );
+  assert.match(
+    errorOf(MIN.replace('upstream: { host: 127.0.0.1, port: 993 }', '')),
+    /providers\.local\.upstream: upstream\.host is required/,
+  );
+});
+
+test('${VAR} and ${VAR:-default} come from the environment; a missing variable is an error', () => {
+  const text = MIN.replace('client_secret: s3cret', 'client_secret: ${SECRET}').replace(
+    '{ name: imaps, port: 1993, tls: implicit }',
+    '\n      name: imaps\n      port: ${PORT:-1994}\n      tls: implicit',
+  );
+  const { config } = parseConfig(text, '/x/c.yaml', { SECRET: 'from-env' });
+  assert.equal(config.providers.local!.client_secret, 'from-env');
+  assert.equal(config.listeners[0]!.port, 1994);
+  const msg = errorOf(text);
+  assert.match(msg, /providers\.local\.client_secret: environment variable SECRET is not set/);
+  assert.doesNotMatch(msg, /from-env/);
+});
+
+test('secrets can come from <key>_file, relative to the config file', (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'iop-cfg-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  writeFileSync(join(dir, 'secret.txt'), 'file-secret\n');
+  writeFileSync(join(dir, 'c.yaml'), MIN.replace('client_secret: s3cret', 'client_secret_file: secret.txt'));
+  assert.equal(loadConfig(join(dir, 'c.yaml'), {}).config.providers.local!.client_secret, 'file-secret');
+  writeFileSync(join(dir, 'c.yaml'), MIN.replace('client_secret: s3cret', 'client_secret_file: nope.txt'));
+  assert.throws(
+    () => loadConfig(join(dir, 'c.yaml'), {}),
+    /client_secret_file: cannot read nope\.txt \(ENOENT\)/,
+  );
+  const both = MIN.replace('client_secret: s3cret', 'client_secret: a\n    client_secret_file: secret.txt');
+  assert.match(errorOf(both), /give either client_secret or client_secret_file/);
+});
+
+test('a missing config file is a clear error', () => {
+  assert.throws(
+    () => loadConfig('/nonexistent/config.yaml'),
+    /\/nonexistent\/config\.yaml: cannot read config file \(ENOENT\)/,
+  );
+});
+
+test('config/config.schema.json is generated from the schema and up to date', () => {
+  assert.equal(
+    readFileSync('config/config.schema.json', 'utf8'),
+    configJsonSchemaText(),
+    'run: imap-oauth-proxy config-schema > config/config.schema.json',
+  );
+});
