@@ -23,6 +23,12 @@ export interface AccountRecord {
   upstreamOverride: Record<string, unknown> | null;
   createdAt: number;
   lastLoginAt: number | null;
+  /**
+   * Bumped whenever the account's credentials or status change (password added or revoked,
+   * disabled, enabled), so a verified-credential cache can notice with one cheap read.
+   * Optional so hand-built records (tests, fakes) stay valid.
+   */
+  credentialVersion?: number;
 }
 
 export interface NewAccount {
@@ -114,4 +120,17 @@ export interface GrantStore {
 
   audit(actor: string, action: string, accountId: number | null, detail?: string): Promise<void>;
   listAudit(accountId?: number, limit?: number): Promise<AuditEvent[]>;
+}
+
+/** Result of re-encrypting every stored secret with the current key (`key rotate`). */
+export interface RotationResult {
+  /** Encrypted values seen. */
+  total: number;
+  /** Values that were under an older key and were re-encrypted. */
+  rotated: number;
+}
+
+/** Stores that can re-encrypt their secrets in one transaction. */
+export interface KeyRotatable {
+  reencryptAll(actor?: string): Promise<RotationResult>;
 }

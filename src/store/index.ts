@@ -1,0 +1,30 @@
+import { join } from 'node:path';
+import type { Config } from '../config/schema.js';
+import { ConfigError } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { Keyring } from './crypto.js';
+import { SqliteGrantStore } from './sqlite.js';
+import type { GrantStore, KeyRotatable, RotationResult } from './types.js';
+
+/** Where the SQLite file lives: `store.sqlite_path` as given, else `<data_dir>/proxy.db`. */
+export function sqlitePath(config: Config): string {
+  return config.store.sqlite_path ?? join(config.data_dir, 'proxy.db');
+}
+
+/** Opens and migrates the configured store. */
+export async function openStore(config: Config, keyring: Keyring, log: Logger): Promise<GrantStore> {
+  if (config.store.driver === 'postgres') {
+    throw new ConfigError('store.driver "postgres" is not available yet; use "sqlite"');
+  }
+  return SqliteGrantStore.open(sqlitePath(config), keyring, log);
+}
+
+function isRotatable(store: GrantStore): store is GrantStore & KeyRotatable {
+  return typeof (store as Partial<KeyRotatable>).reencryptAll === 'function';
+}
+
+/** Re-encrypts every stored secret with the keyring's current key, in one transaction. */
+export async function rotateKeys(store: GrantStore, actor = 'cli'): Promise<RotationResult> {
+  if (!isRotatable(store)) throw new ConfigError('this store does not support key rotation');
+  return store.reencryptAll(actor);
+}

@@ -1,0 +1,546 @@
+import { randomUUID } from 'node:crypto';
+import { chmodSync, closeSync, existsSync, mkdirSync, openSync } from 'node:fs';
+import { dirname } from 'node:path';
+import Database from 'better-sqlite3';
+import { ConfigError } from '../errors.js';
+import { type Logger, silentLogger } from '../log.js';
+import { aadFor, Keyring } from './crypto.js';
+import { MIGRATIONS } from './migrations.js';
+import { KeyedMutex } from './mutex.js';
+import type {
+  AccountRecord,
+  AccountStatus,
+  AppPasswordRecord,
+  AuditEvent,
+  GrantPatch,
+  GrantRecord,
+  GrantStatus,
+  GrantStore,
+  GrantTx,
+  KeyRotatable,
+  NewAccount,
+  RotationResult,
+} from './types.js';
+
+type Row = Record<string, unknown>;
+type GrantInput = Omit<GrantRecord, 'accountId' | 'updatedAt'>;
+
+const LOCK_LEASE_MS = 120_000;
+const LOCK_WAIT_MS = 60_000;
+const SECRET_FIELDS = ['refresh_token', 'access_token'] as const;
+
+const num = (v: unknown): number | null => (v === null || v === undefined ? null : Number(v));
+const str = (v: unknown): string | null => (v === null || v === undefined ? null : String(v));
+
+/** Lower-cased, trimmed login: the one form stored and looked up. */
+export function normalizeLogin(login: string): string {
+  return login.trim().toLowerCase();
+}
+
+/**
+ * GrantStore on better-sqlite3 (WAL, busy_timeout, versioned migrations). Calls are
+ * synchronous underneath and wrapped in promises to keep the interface shared with PostgreSQL.
+ */
+export class SqliteGrantStore implements GrantStore, KeyRotatable {
+  readonly #db: Database.Database;
+  readonly #keyring: Keyring;
+  readonly #log: Logger;
+  readonly #mutex = new KeyedMutex<number>();
+  readonly #owner = randomUUID();
+
+  private constructor(db: Database.Database, keyring: Keyring, log: Logger) {
+    this.#db = db;
+    this.#keyring = keyring;
+    this.#log = log;
+  }
+
+  /** Opens (creating 0600 if needed) and migrates the store at `path` (':memory:' for tests). */
+  static async open(path: string, keyring: Keyring, log: Logger = silentLogger): Promise<SqliteGrantStore> {
+    if (path !== ':memory:') {
+      mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+      // Create the file ourselves so it (and the -wal/-shm files SQLite derives from it) are 0600.
+      if (!existsSync(path)) closeSync(openSync(path, 'a', 0o600));
+      chmodSync(path, 0o600);
+    }
+    let db: Database.Database;
+    try {
+      db = new Database(path);
+    } catch (cause) {
+      throw new ConfigError(`cannot open SQLite store ${path}: ${(cause as Error).message}`, { cause });
+    }
+    db.pragma('journal_mode = WAL');
+    db.pragma('busy_timeout = 5000');
+    db.pragma('foreign_keys = ON');
+    db.pragma('synchronous = NORMAL');
+    const store = new SqliteGrantStore(db, keyring, log);
+    await store.migrate();
+    return store;
+  }
+
+  async migrate(): Promise<void> {
+    this.#db.exec(
+      'CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)',
+    );
+    const done = new Set(
+      (this.#db.prepare('SELECT version FROM schema_migrations').all() as Row[]).map((r) =>
+        Number(r.version),
+      ),
+    );
+    for (const m of MIGRATIONS) {
+      if (done.has(m.version)) continue;
+      this.#db
+        .transaction(() => {
+          this.#db.exec(m.sqlite);
+          this.#db
+            .prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)')
+            .run(m.version, m.name, Date.now());
+        })
+        .immediate();
+      this.#log.info({ version: m.version, migration: m.name }, 'store migration applied');
+    }
+  }
+
+  async ping(): Promise<void> {
+    this.#db.prepare('SELECT 1').get();
+  }
+
+  async close(): Promise<void> {
+    if (this.#db.open) this.#db.close();
+  }
+
+  // ---- accounts ------------------------------------------------------------------------
+
+  #account(row: Row | undefined): AccountRecord | null {
+    if (!row) return null;
+    const id = Number(row.id);
+    const logins = (
+      this.#db
+        .prepare('SELECT login FROM account_logins WHERE account_id = ? ORDER BY position')
+        .all(id) as Row[]
+    ).map((r) => String(r.login));
+    const override = str(row.upstream_override);
+    return {
+      id,
+      logins,
+      upstreamUser: String(row.upstream_user),
+      provider: String(row.provider),
+      status: row.status as AccountStatus,
+      maxSessions: num(row.max_sessions),
+      upstreamOverride: override === null ? null : (JSON.parse(override) as Record<string, unknown>),
+      createdAt: Number(row.created_at),
+      lastLoginAt: num(row.last_login_at),
+      credentialVersion: Number(row.credential_version),
+    };
+  }
+
+  #auditSync(actor: string, action: string, accountId: number | null, detail?: string): void {
+    this.#db
+      .prepare('INSERT INTO audit (at, actor, action, account_id, detail) VALUES (?, ?, ?, ?, ?)')
+      .run(Date.now(), actor, action, accountId, detail ?? null);
+  }
+
+  #bumpVersion(id: number): void {
+    this.#db.prepare('UPDATE accounts SET credential_version = credential_version + 1 WHERE id = ?').run(id);
+  }
+
+  #insertLogin(id: number, login: string): void {
+    const l = normalizeLogin(login);
+    if (l === '') throw new ConfigError('login name must not be empty');
+    const taken = this.#db.prepare('SELECT account_id FROM account_logins WHERE login = ?').get(l);
+    if (taken) throw new ConfigError(`login "${l}" is already in use`);
+    const pos = this.#db
+      .prepare('SELECT COALESCE(MAX(position), -1) + 1 AS p FROM account_logins WHERE account_id = ?')
+      .get(id) as Row;
+    this.#db
+      .prepare('INSERT INTO account_logins (login, account_id, position) VALUES (?, ?, ?)')
+      .run(l, id, pos.p);
+  }
+
+  async createAccount(input: NewAccount, actor: string): Promise<AccountRecord> {
+    const id = this.#db
+      .transaction(() => {
+        const r = this.#db
+          .prepare(
+            'INSERT INTO accounts (upstream_user, provider, status, max_sessions, upstream_override, created_at) VALUES (?, ?, ?, ?, ?, ?)',
+          )
+          .run(
+            input.upstreamUser,
+            input.provider,
+            'active',
+            input.maxSessions ?? null,
+            input.upstreamOverride ? JSON.stringify(input.upstreamOverride) : null,
+            Date.now(),
+          );
+        const newId = Number(r.lastInsertRowid);
+        this.#insertLogin(newId, input.login);
+        this.#auditSync(actor, 'account.create', newId, `provider=${input.provider}`);
+        return newId;
+      })
+      .immediate();
+    return (await this.getAccount(id))!;
+  }
+
+  async getAccount(id: number): Promise<AccountRecord | null> {
+    return this.#account(this.#db.prepare('SELECT * FROM accounts WHERE id = ?').get(id) as Row | undefined);
+  }
+
+  async getAccountByLogin(login: string): Promise<AccountRecord | null> {
+    const row = this.#db
+      .prepare('SELECT a.* FROM accounts a JOIN account_logins l ON l.account_id = a.id WHERE l.login = ?')
+      .get(normalizeLogin(login)) as Row | undefined;
+    return this.#account(row);
+  }
+
+  async listAccounts(): Promise<AccountRecord[]> {
+    const rows = this.#db.prepare('SELECT * FROM accounts ORDER BY id').all() as Row[];
+    return rows.map((r) => this.#account(r)!);
+  }
+
+  #requireAccount(id: number): void {
+    if (!this.#db.prepare('SELECT 1 FROM accounts WHERE id = ?').get(id)) {
+      throw new ConfigError(`no account with id ${id}`);
+    }
+  }
+
+  async setAccountStatus(id: number, status: AccountStatus, actor: string): Promise<void> {
+    this.#db
+      .transaction(() => {
+        this.#requireAccount(id);
+        this.#db.prepare('UPDATE accounts SET status = ? WHERE id = ?').run(status, id);
+        this.#bumpVersion(id);
+        this.#auditSync(actor, `account.${status === 'active' ? 'enable' : 'disable'}`, id);
+      })
+      .immediate();
+  }
+
+  async addLogin(id: number, login: string, actor: string): Promise<void> {
+    this.#db
+      .transaction(() => {
+        this.#requireAccount(id);
+        this.#insertLogin(id, login);
+        this.#auditSync(actor, 'account.alias_add', id, `login=${normalizeLogin(login)}`);
+      })
+      .immediate();
+  }
+
+  async deleteAccount(id: number, actor: string): Promise<void> {
+    this.#db
+      .transaction(() => {
+        this.#requireAccount(id);
+        this.#db.prepare('DELETE FROM accounts WHERE id = ?').run(id);
+        this.#db.prepare('DELETE FROM grant_locks WHERE account_id = ?').run(id);
+        this.#auditSync(actor, 'account.remove', id);
+      })
+      .immediate();
+  }
+
+  async recordLogin(id: number, at: number): Promise<void> {
+    this.#db.prepare('UPDATE accounts SET last_login_at = ? WHERE id = ?').run(at, id);
+  }
+
+  // ---- app passwords -------------------------------------------------------------------
+
+  #appPassword(row: Row): AppPasswordRecord {
+    return {
+      id: Number(row.id),
+      accountId: Number(row.account_id),
+      label: String(row.label),
+      hash: String(row.hash),
+      createdAt: Number(row.created_at),
+      lastUsedAt: num(row.last_used_at),
+    };
+  }
+
+  async addAppPassword(
+    accountId: number,
+    label: string,
+    hash: string,
+    actor: string,
+  ): Promise<AppPasswordRecord> {
+    const id = this.#db
+      .transaction(() => {
+        this.#requireAccount(accountId);
+        const dup = this.#db
+          .prepare('SELECT 1 FROM app_passwords WHERE account_id = ? AND label = ?')
+          .get(accountId, label);
+        if (dup) throw new ConfigError(`app password label "${label}" already exists for this account`);
+        const r = this.#db
+          .prepare('INSERT INTO app_passwords (account_id, label, hash, created_at) VALUES (?, ?, ?, ?)')
+          .run(accountId, label, hash, Date.now());
+        this.#bumpVersion(accountId);
+        this.#auditSync(actor, 'password.add', accountId, `label=${label}`);
+        return Number(r.lastInsertRowid);
+      })
+      .immediate();
+    return this.#appPassword(this.#db.prepare('SELECT * FROM app_passwords WHERE id = ?').get(id) as Row);
+  }
+
+  async listAppPasswords(accountId: number): Promise<AppPasswordRecord[]> {
+    const rows = this.#db
+      .prepare('SELECT * FROM app_passwords WHERE account_id = ? ORDER BY id')
+      .all(accountId);
+    return (rows as Row[]).map((r) => this.#appPassword(r));
+  }
+
+  async revokeAppPassword(accountId: number, labelOrId: string, actor: string): Promise<boolean> {
+    return this.#db
+      .transaction(() => {
+        const byLabel = this.#db
+          .prepare('SELECT id, label FROM app_passwords WHERE account_id = ? AND label = ?')
+          .get(accountId, labelOrId) as Row | undefined;
+        const row =
+          byLabel ??
+          (/^\d+$/.test(labelOrId)
+            ? (this.#db
+                .prepare('SELECT id, label FROM app_passwords WHERE account_id = ? AND id = ?')
+                .get(accountId, Number(labelOrId)) as Row | undefined)
+            : undefined);
+        if (!row) return false;
+        this.#db.prepare('DELETE FROM app_passwords WHERE id = ?').run(row.id);
+        this.#bumpVersion(accountId);
+        this.#auditSync(actor, 'password.revoke', accountId, `label=${String(row.label)}`);
+        return true;
+      })
+      .immediate();
+  }
+
+  async touchAppPassword(id: number, at: number): Promise<void> {
+    this.#db.prepare('UPDATE app_passwords SET last_used_at = ? WHERE id = ?').run(at, id);
+  }
+
+  // ---- grants --------------------------------------------------------------------------
+
+  #enc(accountId: number, field: (typeof SECRET_FIELDS)[number], v: string | null): string | null {
+    return v === null ? null : this.#keyring.encrypt(v, aadFor('grants', accountId, field));
+  }
+
+  #dec(accountId: number, field: (typeof SECRET_FIELDS)[number], v: unknown): string | null {
+    return v === null || v === undefined
+      ? null
+      : this.#keyring.decrypt(String(v), aadFor('grants', accountId, field));
+  }
+
+  #readGrant(accountId: number): GrantRecord | null {
+    const row = this.#db.prepare('SELECT * FROM grants WHERE account_id = ?').get(accountId) as
+      | Row
+      | undefined;
+    if (!row) return null;
+    return {
+      accountId,
+      kind: row.kind as GrantRecord['kind'],
+      status: row.status as GrantStatus,
+      refreshToken: this.#dec(accountId, 'refresh_token', row.refresh_token_enc),
+      accessToken: this.#dec(accountId, 'access_token', row.access_token_enc),
+      accessTokenExpiresAt: num(row.access_token_expires_at),
+      scope: str(row.scope),
+      lastRefreshAt: num(row.last_refresh_at),
+      lastError: str(row.last_error),
+      updatedAt: Number(row.updated_at),
+    };
+  }
+
+  #writeGrant(accountId: number, g: GrantInput): void {
+    this.#db
+      .prepare(
+        `INSERT INTO grants (account_id, kind, status, refresh_token_enc, access_token_enc, access_token_expires_at,
+           scope, last_refresh_at, last_error, updated_at)
+         VALUES (@id, @kind, @status, @rt, @at, @exp, @scope, @lr, @le, @now)
+         ON CONFLICT (account_id) DO UPDATE SET kind = @kind, status = @status, refresh_token_enc = @rt,
+           access_token_enc = @at, access_token_expires_at = @exp, scope = @scope, last_refresh_at = @lr,
+           last_error = @le, updated_at = @now`,
+      )
+      .run({
+        id: accountId,
+        kind: g.kind,
+        status: g.status,
+        rt: this.#enc(accountId, 'refresh_token', g.refreshToken),
+        at: this.#enc(accountId, 'access_token', g.accessToken),
+        exp: g.accessTokenExpiresAt,
+        scope: g.scope,
+        lr: g.lastRefreshAt,
+        le: g.lastError,
+        now: Date.now(),
+      });
+  }
+
+  async getGrant(accountId: number): Promise<GrantRecord | null> {
+    return this.#readGrant(accountId);
+  }
+
+  async putGrant(accountId: number, grant: GrantInput, actor: string): Promise<void> {
+    this.#db
+      .transaction(() => {
+        this.#requireAccount(accountId);
+        this.#writeGrant(accountId, grant);
+        this.#auditSync(actor, 'grant.put', accountId, `kind=${grant.kind} status=${grant.status}`);
+      })
+      .immediate();
+  }
+
+  async deleteGrant(accountId: number, actor: string): Promise<void> {
+    this.#db
+      .transaction(() => {
+        this.#db.prepare('DELETE FROM grants WHERE account_id = ?').run(accountId);
+        this.#auditSync(actor, 'grant.delete', accountId);
+      })
+      .immediate();
+  }
+
+  /**
+   * A SQLite write transaction cannot stay open across the network call a refresh makes: one
+   * connection serves every request of this process (their statements would join it) and
+   * other processes would stall in busy_timeout. So the lock is a process mutex plus a lease
+   * row (`grant_locks`, taken and released in short BEGIN IMMEDIATE transactions, expiring if
+   * its holder dies), and `tx.update` writes are buffered and committed in one BEGIN IMMEDIATE
+   * transaction when `fn` resolves — or dropped when it throws. `tx.get` reads the committed
+   * row merged with this holder's pending writes, so a waiter sees the winner's fresh token.
+   */
+  async withGrantLock<T>(accountId: number, fn: (tx: GrantTx) => Promise<T>): Promise<T> {
+    return this.#mutex.run(accountId, async () => {
+      await this.#acquireLease(accountId);
+      let pending: GrantPatch | null = null;
+      const tx: GrantTx = {
+        get: async () => {
+          const g = this.#readGrant(accountId);
+          return g && pending ? { ...g, ...pending } : g;
+        },
+        update: async (patch) => {
+          pending = { ...(pending ?? {}), ...patch };
+        },
+      };
+      try {
+        const result = await fn(tx);
+        this.#db
+          .transaction(() => {
+            const patch = pending as GrantPatch | null;
+            if (patch) {
+              const cur = this.#readGrant(accountId);
+              if (!cur) throw new Error(`grant for account ${accountId} vanished during update`);
+              const { accountId: _a, updatedAt: _u, ...base } = cur;
+              this.#writeGrant(accountId, { ...base, ...patch });
+            }
+            this.#releaseLeaseSync(accountId);
+          })
+          .immediate();
+        return result;
+      } catch (err) {
+        this.#releaseLeaseSync(accountId);
+        throw err;
+      }
+    });
+  }
+
+  async #acquireLease(accountId: number): Promise<void> {
+    const deadline = Date.now() + LOCK_WAIT_MS;
+    let wait = 5;
+    for (;;) {
+      const got = this.#db
+        .transaction(() => {
+          const now = Date.now();
+          const row = this.#db
+            .prepare('SELECT owner, expires_at FROM grant_locks WHERE account_id = ?')
+            .get(accountId) as Row | undefined;
+          if (row && Number(row.expires_at) > now && row.owner !== this.#owner) return false;
+          this.#db
+            .prepare(
+              'INSERT INTO grant_locks (account_id, owner, expires_at) VALUES (?, ?, ?) ON CONFLICT (account_id) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at',
+            )
+            .run(accountId, this.#owner, now + LOCK_LEASE_MS);
+          return true;
+        })
+        .immediate();
+      if (got) return;
+      if (Date.now() > deadline)
+        throw new Error(`timed out waiting for the grant lock of account ${accountId}`);
+      // Another process holds the lease: poll with backoff rather than block the event loop.
+      await new Promise((r) => setTimeout(r, wait));
+      wait = Math.min(wait * 2, 250);
+    }
+  }
+
+  #releaseLeaseSync(accountId: number): void {
+    this.#db
+      .prepare('DELETE FROM grant_locks WHERE account_id = ? AND owner = ?')
+      .run(accountId, this.#owner);
+  }
+
+  async countGrantsByStatus(): Promise<Record<GrantStatus, number>> {
+    const out: Record<GrantStatus, number> = { active: 0, needs_consent: 0, error: 0 };
+    for (const r of this.#db
+      .prepare('SELECT status, COUNT(*) AS n FROM grants GROUP BY status')
+      .all() as Row[]) {
+      out[r.status as GrantStatus] = Number(r.n);
+    }
+    return out;
+  }
+
+  // ---- audit ---------------------------------------------------------------------------
+
+  async audit(actor: string, action: string, accountId: number | null, detail?: string): Promise<void> {
+    this.#auditSync(actor, action, accountId, detail);
+  }
+
+  async listAudit(accountId?: number, limit = 100): Promise<AuditEvent[]> {
+    const rows = (
+      accountId === undefined
+        ? this.#db.prepare('SELECT * FROM audit ORDER BY id DESC LIMIT ?').all(limit)
+        : this.#db
+            .prepare('SELECT * FROM audit WHERE account_id = ? ORDER BY id DESC LIMIT ?')
+            .all(accountId, limit)
+    ) as Row[];
+    return rows.map((r) => ({
+      at: Number(r.at),
+      actor: String(r.actor),
+      action: String(r.action),
+      accountId: num(r.account_id),
+      detail: str(r.detail),
+    }));
+  }
+
+  // ---- key rotation --------------------------------------------------------------------
+
+  async reencryptAll(actor = 'cli'): Promise<RotationResult> {
+    return this.#db
+      .transaction(() => {
+        let total = 0;
+        let rotated = 0;
+        const rows = this.#db
+          .prepare('SELECT account_id, refresh_token_enc, access_token_enc FROM grants')
+          .all() as Row[];
+        const upd = this.#db.prepare(
+          'UPDATE grants SET refresh_token_enc = ?, access_token_enc = ? WHERE account_id = ?',
+        );
+        for (const row of rows) {
+          const id = Number(row.account_id);
+          const next: (string | null)[] = [];
+          let changed = false;
+          for (const field of SECRET_FIELDS) {
+            const blob = str(row[`${field}_enc`]);
+            if (blob === null) {
+              next.push(null);
+              continue;
+            }
+            total++;
+            // Decrypt even values already under the current key: a bad one aborts the whole rotation.
+            const plain = this.#keyring.decrypt(blob, aadFor('grants', id, field));
+            if (Keyring.keyIdOf(blob) === this.#keyring.currentId) {
+              next.push(blob);
+              continue;
+            }
+            next.push(this.#keyring.encrypt(plain, aadFor('grants', id, field)));
+            rotated++;
+            changed = true;
+          }
+          if (changed) upd.run(next[0], next[1], id);
+        }
+        this.#auditSync(
+          actor,
+          'key.rotate',
+          null,
+          `key=${this.#keyring.currentId} rotated=${rotated} total=${total}`,
+        );
+        return { total, rotated };
+      })
+      .immediate();
+  }
+}

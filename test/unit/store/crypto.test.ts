@@ -1,0 +1,91 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, test } from 'node:test';
+import { ConfigError } from '../../../src/errors.js';
+import { aadFor, DecryptError, generateKeyLine, Keyring, parseKeyLine } from '../../../src/store/crypto.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'iop-crypto-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
+const enc = (o: Partial<{ key: string; key_file: string; create_key_file: boolean }>) => ({
+  create_key_file: false,
+  ...o,
+});
+
+describe('Keyring', () => {
+  const aad = aadFor('grants', 1, 'refresh_token');
+
+  test('round-trips and never stores the plaintext or a fixed IV', () => {
+    const k = Keyring.random('k1');
+    const a = k.encrypt('secret-refresh-token', aad);
+    const b = k.encrypt('secret-refresh-token', aad);
+    assert.match(a, /^v1\.k1\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/);
+    assert.notEqual(a, b);
+    assert.ok(!a.includes('secret'));
+    assert.equal(k.decrypt(a, aad), 'secret-refresh-token');
+  });
+
+  test('wrong key, unknown key id, tampering and moved values fail with DecryptError', () => {
+    const k = Keyring.random('k1');
+    const blob = k.encrypt('tok', aad);
+    assert.throws(() => Keyring.random('k1').decrypt(blob, aad), DecryptError);
+    assert.throws(() => Keyring.random('k2').decrypt(blob, aad), /unknown key id "k1"/);
+    const parts = blob.split('.');
+    const ct = Buffer.from(parts[3]!, 'base64url');
+    ct[0]! ^= 1;
+    parts[3] = ct.toString('base64url');
+    assert.throws(() => k.decrypt(parts.join('.'), aad), DecryptError);
+    assert.throws(() => k.decrypt(blob, aadFor('grants', 2, 'refresh_token')), DecryptError);
+    assert.throws(() => k.decrypt(blob, aadFor('grants', 1, 'access_token')), DecryptError);
+    assert.throws(() => k.decrypt('garbage', aad), DecryptError);
+  });
+
+  test('older keys still decrypt; new values use the first key', () => {
+    const oldKey = { id: 'old', key: randomBytes(32) };
+    const before = new Keyring([oldKey]).encrypt('x', aad);
+    const both = new Keyring([{ id: 'new', key: randomBytes(32) }, oldKey]);
+    assert.equal(both.decrypt(before, aad), 'x');
+    assert.equal(Keyring.keyIdOf(both.encrypt('x', aad)), 'new');
+  });
+
+  test('fromConfig: inline key, key file, malformed and missing keys', () => {
+    const line = generateKeyLine('main');
+    assert.equal(Keyring.fromConfig(enc({ key: line }), dir).currentId, 'main');
+    assert.throws(() => Keyring.fromConfig(enc({ key: 'main:dG9vc2hvcnQ=' }), dir), ConfigError);
+    assert.throws(() => Keyring.fromConfig(enc({ key: 'nocolon' }), dir), ConfigError);
+    assert.throws(() => Keyring.fromConfig(enc({}), dir), /key generate/);
+    assert.throws(
+      () => Keyring.fromConfig(enc({ key_file: join(dir, 'absent.key') }), dir),
+      /does not exist/,
+    );
+    const f = join(dir, 'two.key');
+    writeFileSync(f, `# comment\n${generateKeyLine('b')}\n${generateKeyLine('a')}\n`);
+    const k = Keyring.fromConfig(enc({ key_file: f }), dir);
+    assert.equal(k.currentId, 'b');
+    assert.ok(k.has('a'));
+    // The error names the key id but never echoes key material.
+    const bad = 'x:' + randomBytes(16).toString('base64');
+    assert.throws(
+      () => parseKeyLine(bad, 'test'),
+      (e: Error) => !e.message.includes(bad.slice(2)),
+    );
+  });
+
+  test('create_key_file makes a 0600 key file once, with a warning', () => {
+    const warnings: string[] = [];
+    const log = { warn: (_o: unknown, m: string) => warnings.push(m) } as unknown as Parameters<
+      typeof Keyring.fromConfig
+    >[2];
+    const k1 = Keyring.fromConfig(enc({ key_file: 'master.key', create_key_file: true }), dir, log);
+    const path = join(dir, 'master.key');
+    assert.equal(statSync(path).mode & 0o777, 0o600);
+    assert.equal(warnings.length, 1);
+    assert.match(warnings[0]!, /NEW ENCRYPTION KEY/);
+    const content = readFileSync(path, 'utf8');
+    const k2 = Keyring.fromConfig(enc({ key_file: 'master.key', create_key_file: true }), dir, log);
+    assert.equal(readFileSync(path, 'utf8'), content);
+    assert.equal(k2.decrypt(k1.encrypt('v', aad), aad), 'v');
+  });
+});
