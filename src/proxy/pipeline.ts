@@ -1,0 +1,111 @@
+import type { CredentialChecker } from '../accounts/types.js';
+import { upstreamFor } from '../config/presets.js';
+import type { Config } from '../config/schema.js';
+import { isProxyError, ProxyError } from '../errors.js';
+import type { LoginHandler, LoginOutcome, LoginRequest } from '../frontdoor/types.js';
+import type { TokenBroker } from '../oauth/types.js';
+import type { AccountRecord } from '../store/types.js';
+import type { AuthenticatedUpstream, UpstreamConnection, UpstreamConnector } from '../upstream/types.js';
+import { SessionCounter } from './sessions.js';
+
+export interface PipelineDeps {
+  config: Config;
+  credentials: CredentialChecker;
+  broker: TokenBroker;
+  connector: UpstreamConnector;
+  sessions?: SessionCounter;
+}
+
+/**
+ * The whole order of events for one login: credentials → per-account cap → access token and
+ * upstream dial (in parallel) → SASL → one forced refresh and retry if upstream rejects the
+ * token. Every failure leaves as a ProxyError reason the front door turns into a reply.
+ */
+export class LoginPipeline implements LoginHandler {
+  readonly sessions: SessionCounter;
+
+  constructor(private readonly deps: PipelineDeps) {
+    this.sessions = deps.sessions ?? new SessionCounter();
+  }
+
+  async login(req: LoginRequest, signal: AbortSignal): Promise<LoginOutcome> {
+    const { log } = req.client;
+    const cred = await this.deps.credentials.verify(req.login, req.password, req.client.address);
+    if (!cred.ok) return { ok: false, reason: cred.reason };
+    const account = cred.account;
+    const alog = log.child({ account: account.logins[0], provider: account.provider });
+
+    const cap = account.maxSessions ?? this.deps.config.limits.max_sessions_per_account;
+    const release = this.sessions.tryAcquire(account.id, cap);
+    if (!release) return { ok: false, reason: 'session_limit' };
+    try {
+      const upstream = await this.authenticate(account, signal);
+      return { ok: true, upstream, release, accountLabel: account.logins[0] ?? String(account.id) };
+    } catch (err) {
+      release();
+      if (isProxyError(err)) {
+        alog.info(
+          { reason: err.reason, detail: err.detail, msg_detail: err.message },
+          'login failed upstream',
+        );
+        return err.clientText === undefined
+          ? { ok: false, reason: err.reason }
+          : { ok: false, reason: err.reason, clientText: err.clientText };
+      }
+      alog.error({ err }, 'login failed with an unexpected error');
+      return { ok: false, reason: 'protocol_error' };
+    }
+  }
+
+  private async authenticate(account: AccountRecord, signal: AbortSignal): Promise<AuthenticatedUpstream> {
+    const provider = this.deps.config.providers[account.provider];
+    if (!provider) {
+      throw new ProxyError('no_grant', `account's provider "${account.provider}" is not in the config`, {
+        detail: 'unknown_provider',
+      });
+    }
+    const target = upstreamFor(provider, account.upstreamOverride);
+    const labels = { provider: account.provider };
+    const { broker, connector } = this.deps;
+
+    // Token and dial in parallel: a warm token costs nothing, a refresh overlaps the TLS handshake.
+    const [tokenR, connR] = await Promise.allSettled([
+      broker.getAccessToken(account),
+      connector.connect(target, labels, signal),
+    ]);
+    if (tokenR.status === 'rejected') {
+      if (connR.status === 'fulfilled') connR.value.destroy();
+      throw tokenR.reason;
+    }
+    if (connR.status === 'rejected') throw connR.reason;
+    let conn: UpstreamConnection = connR.value;
+    try {
+      return await conn.authenticate(account.upstreamUser, tokenR.value.token);
+    } catch (err) {
+      if (!isProxyError(err) || err.reason !== 'upstream_rejected') {
+        conn.destroy();
+        throw err;
+      }
+      broker.reportRejected(account, tokenR.value.token);
+    }
+    // One retry with a freshly refreshed token, on the same connection when it is still usable.
+    let fresh: string;
+    try {
+      fresh = (await broker.getAccessToken(account, { forceRefresh: true })).token;
+    } catch (err) {
+      conn.destroy();
+      throw err;
+    }
+    if (!conn.reusable) {
+      conn.destroy();
+      conn = await connector.connect(target, labels, signal);
+    }
+    try {
+      return await conn.authenticate(account.upstreamUser, fresh);
+    } catch (err) {
+      conn.destroy();
+      if (isProxyError(err) && err.reason === 'upstream_rejected') broker.reportRejected(account, fresh);
+      throw err;
+    }
+  }
+}

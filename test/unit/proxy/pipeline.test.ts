@@ -1,0 +1,163 @@
+import assert from 'node:assert/strict';
+import { PassThrough } from 'node:stream';
+import { test } from 'node:test';
+import type { CredentialChecker } from '../../../src/accounts/types.js';
+import { parseConfig } from '../../../src/config/load.js';
+import { ProxyError } from '../../../src/errors.js';
+import type { ClientInfo } from '../../../src/frontdoor/types.js';
+import { silentLogger } from '../../../src/log.js';
+import type { TokenBroker } from '../../../src/oauth/types.js';
+import { LoginPipeline } from '../../../src/proxy/pipeline.js';
+import type { AccountRecord } from '../../../src/store/types.js';
+import type { UpstreamConnection, UpstreamConnector } from '../../../src/upstream/types.js';
+
+// Test doubles for the orchestration only; the real components are exercised end to end in
+// test/integration. These record calls so the order of events can be asserted.
+
+const { config } = parseConfig(
+  `
+encryption: { key: "k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=" }
+listeners: [{ name: a, port: 0, tls: none }]
+limits: { max_sessions_per_account: 2 }
+providers:
+  p: { issuer: "http://127.0.0.1:1", client_id: c, client_secret: s, upstream: { host: 127.0.0.1, port: 1 } }
+`,
+  '/tmp/c.yaml',
+  {},
+);
+
+const account: AccountRecord = {
+  id: 7,
+  logins: ['alice'],
+  upstreamUser: 'alice@example.com',
+  provider: 'p',
+  status: 'active',
+  maxSessions: null,
+  upstreamOverride: null,
+  createdAt: 0,
+  lastLoginAt: null,
+};
+
+const client: ClientInfo = {
+  cid: 'c1',
+  address: '192.0.2.1',
+  port: 1,
+  listener: 'a',
+  secure: true,
+  log: silentLogger,
+};
+
+function harness(opts: { accept: (token: string) => boolean; tokenError?: ProxyError; reusable?: boolean }) {
+  const events: string[] = [];
+  let n = 0;
+  const credentials: CredentialChecker = {
+    async verify(login, password) {
+      return login === 'alice' && password === 'pw'
+        ? { ok: true, account }
+        : { ok: false, reason: 'bad_credentials' };
+    },
+  };
+  const broker: TokenBroker = {
+    async getAccessToken(_a, o) {
+      events.push(o?.forceRefresh ? 'token:forced' : 'token');
+      if (opts.tokenError) throw opts.tokenError;
+      return { token: `t${++n}`, expiresAt: Date.now() + 3600_000 };
+    },
+    reportRejected(_a, t) {
+      events.push(`rejected:${t}`);
+    },
+  };
+  const connector: UpstreamConnector = {
+    async connect() {
+      events.push('connect');
+      const conn: UpstreamConnection = {
+        capabilities: ['IMAP4rev1'],
+        reusable: opts.reusable ?? true,
+        async authenticate(user, token) {
+          events.push(`auth:${user}:${token}`);
+          if (!opts.accept(token)) throw new ProxyError('upstream_rejected', 'no');
+          return {
+            socket: new PassThrough(),
+            capabilities: ['IMAP4rev1', 'IDLE'],
+            buffered: Buffer.alloc(0),
+          };
+        },
+        destroy() {
+          events.push('destroy');
+        },
+      };
+      return conn;
+    },
+  };
+  return { events, pipeline: new LoginPipeline({ config, credentials, broker, connector }) };
+}
+
+const req = (password = 'pw') => ({ login: 'alice', password, mechanism: 'LOGIN' as const, client });
+
+test('happy path: one token, one connection, upstream user from the account', async () => {
+  const h = harness({ accept: () => true });
+  const out = await h.pipeline.login(req(), new AbortController().signal);
+  assert.equal(out.ok, true);
+  assert.deepEqual(h.events.sort(), ['auth:alice@example.com:t1', 'connect', 'token']);
+});
+
+test('upstream rejects once: report, forced refresh, retry on the same connection', async () => {
+  const h = harness({ accept: (t) => t === 't2' });
+  const out = await h.pipeline.login(req(), new AbortController().signal);
+  assert.equal(out.ok, true);
+  assert.deepEqual(h.events.slice(2), [
+    'auth:alice@example.com:t1',
+    'rejected:t1',
+    'token:forced',
+    'auth:alice@example.com:t2',
+  ]);
+});
+
+test('upstream rejects twice: AUTHORIZATIONFAILED-class reason, connection destroyed, slot freed', async () => {
+  const h = harness({ accept: () => false, reusable: false });
+  const out = await h.pipeline.login(req(), new AbortController().signal);
+  assert.deepEqual(out, { ok: false, reason: 'upstream_rejected' });
+  assert.equal(
+    h.events.filter((e) => e === 'connect').length,
+    2,
+    'a non-reusable connection is redialled once',
+  );
+  assert.equal(h.events.filter((e) => e === 'destroy').length, 2);
+  assert.equal(h.pipeline.sessions.count(7), 0);
+});
+
+test('token failure destroys the parallel upstream connection and carries the client text', async () => {
+  const h = harness({
+    accept: () => true,
+    tokenError: new ProxyError('needs_consent', 'invalid_grant', {
+      clientText: 'reconnect at https://x/connect',
+    }),
+  });
+  const out = await h.pipeline.login(req(), new AbortController().signal);
+  assert.deepEqual(out, { ok: false, reason: 'needs_consent', clientText: 'reconnect at https://x/connect' });
+  assert.ok(h.events.includes('destroy'));
+});
+
+test('bad credentials never reach the broker or upstream', async () => {
+  const h = harness({ accept: () => true });
+  assert.deepEqual(await h.pipeline.login(req('nope'), new AbortController().signal), {
+    ok: false,
+    reason: 'bad_credentials',
+  });
+  assert.deepEqual(h.events, []);
+});
+
+test('per-account session cap: the third concurrent session gets session_limit until one is released', async () => {
+  const h = harness({ accept: () => true });
+  const s = new AbortController().signal;
+  const a = await h.pipeline.login(req(), s);
+  const b = await h.pipeline.login(req(), s);
+  assert.equal(a.ok && b.ok, true);
+  assert.deepEqual(await h.pipeline.login(req(), s), { ok: false, reason: 'session_limit' });
+  if (a.ok) {
+    a.release();
+    a.release(); // releasing twice frees one slot only
+  }
+  assert.equal((await h.pipeline.login(req(), s)).ok, true);
+  assert.deepEqual(await h.pipeline.login(req(), s), { ok: false, reason: 'session_limit' });
+});
