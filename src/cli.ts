@@ -1,0 +1,129 @@
+#!/usr/bin/env node
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { configJsonSchemaText } from './config/json-schema.js';
+import { loadConfig } from './config/load.js';
+import { ConfigError } from './errors.js';
+
+const USAGE = `imap-oauth-proxy — lets password-only IMAP clients reach OAuth2-only mailboxes
+
+Usage: imap-oauth-proxy <command> [--config FILE] [options]
+
+Commands:
+  serve                 run the proxy (listeners, admin HTTP)
+  check-config          validate the config file; exit 0, or 1 listing every problem
+  config-schema         print the config JSON Schema (for editors)
+  account …             manage accounts and app passwords   (account --help)
+  grant …               manage OAuth grants                  (grant --help)
+  key …                 generate and rotate encryption keys  (key --help)
+  version               print the version
+
+The config file is --config FILE, else $IMAP_PROXY_CONFIG, else ./config/example.yaml.
+`;
+
+export function version(): string {
+  const here = dirname(fileURLToPath(import.meta.url));
+  for (const p of [join(here, '..', 'package.json'), join(here, '..', '..', 'package.json')]) {
+    if (existsSync(p)) return (JSON.parse(readFileSync(p, 'utf8')) as { version: string }).version;
+  }
+  return '0.0.0';
+}
+
+/** Removes `--config FILE` / `--config=FILE` from args wherever it stands and returns the file. */
+export function takeConfigFlag(args: string[]): { file: string; rest: string[] } {
+  const rest: string[] = [];
+  let file: string | undefined;
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    if (a === '--config' || a === '-c') {
+      const v = args[i + 1];
+      if (v === undefined || v.startsWith('-')) throw new UsageError('--config needs a file name');
+      file = v;
+      i++;
+    } else if (a.startsWith('--config=')) file = a.slice('--config='.length);
+    else rest.push(a);
+  }
+  return { file: file ?? process.env.IMAP_PROXY_CONFIG ?? 'config/example.yaml', rest };
+}
+
+export class UsageError extends Error {
+  override readonly name = 'UsageError';
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [command, ...args] = argv;
+  const out = (s: string) => process.stdout.write(s.endsWith('\n') ? s : `${s}\n`);
+  const err = (s: string) => process.stderr.write(s.endsWith('\n') ? s : `${s}\n`);
+  try {
+    switch (command) {
+      case undefined:
+      case 'help':
+      case '--help':
+      case '-h':
+        out(USAGE);
+        return command === undefined ? 2 : 0;
+      case 'version':
+      case '--version':
+        out(version());
+        return 0;
+      case 'config-schema':
+        process.stdout.write(configJsonSchemaText());
+        return 0;
+      case 'check-config': {
+        const { file, rest } = takeConfigFlag(args);
+        if (rest.includes('--help')) {
+          out('Usage: imap-oauth-proxy check-config [--config FILE]\nValidates the file; exit 0 when valid, 1 with every problem listed.');
+          return 0;
+        }
+        if (rest.length > 0) throw new UsageError(`check-config: unexpected argument ${rest[0]}`);
+        const { config } = loadConfig(file);
+        out(`${file}: OK (${config.listeners.length} listener(s), ${Object.keys(config.providers).length} provider(s))`);
+        return 0;
+      }
+      case 'serve': {
+        const { file, rest } = takeConfigFlag(args);
+        if (rest.includes('--help')) {
+          out('Usage: imap-oauth-proxy serve [--config FILE]\nRuns the proxy until SIGTERM or SIGINT.');
+          return 0;
+        }
+        if (rest.length > 0) throw new UsageError(`serve: unexpected argument ${rest[0]}`);
+        const { runServe } = await import('./commands/serve.js');
+        return await runServe(file);
+      }
+      case 'account':
+      case 'grant':
+      case 'key': {
+        const { file, rest } = takeConfigFlag(args);
+        const { runAdminCommand } = await import('./commands/dispatch.js');
+        return await runAdminCommand(command, rest, file, { out, err });
+      }
+      default:
+        err(`unknown command "${command}"\n\n${USAGE}`);
+        return 2;
+    }
+  } catch (e) {
+    if (e instanceof UsageError) {
+      err(e.message);
+      return 2;
+    }
+    if (e instanceof ConfigError) {
+      err(`configuration error:\n${e.message}`);
+      return 1;
+    }
+    throw e;
+  }
+}
+
+const invokedDirectly = process.argv[1] && fileURLToPath(import.meta.url) === (await import('node:fs')).realpathSync(process.argv[1]);
+if (invokedDirectly) {
+  main(process.argv.slice(2)).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (e: unknown) => {
+      process.stderr.write(`fatal: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
+      process.exitCode = 1;
+    },
+  );
+}
