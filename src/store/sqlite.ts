@@ -5,6 +5,7 @@ import Database from 'better-sqlite3';
 import { ConfigError } from '../errors.js';
 import { type Logger, silentLogger } from '../log.js';
 import { aadFor, Keyring } from './crypto.js';
+import { normalizeLogin } from './login.js';
 import { MIGRATIONS } from './migrations.js';
 import { KeyedMutex } from './mutex.js';
 import type {
@@ -31,11 +32,6 @@ const SECRET_FIELDS = ['refresh_token', 'access_token'] as const;
 
 const num = (v: unknown): number | null => (v === null || v === undefined ? null : Number(v));
 const str = (v: unknown): string | null => (v === null || v === undefined ? null : String(v));
-
-/** Lower-cased, trimmed login: the one form stored and looked up. */
-export function normalizeLogin(login: string): string {
-  return login.trim().toLowerCase();
-}
 
 /**
  * GrantStore on better-sqlite3 (WAL, busy_timeout, versioned migrations). Calls are
