@@ -1,0 +1,324 @@
+import { LRUCache } from 'lru-cache';
+import type { Config } from '../config/schema.js';
+import { ProxyError } from '../errors.js';
+import { type Logger, silentLogger } from '../log.js';
+import type { Metrics } from '../metrics.js';
+import type { AccountRecord, GrantRecord, GrantStore, GrantTx } from '../store/types.js';
+import { Backoff } from './backoff.js';
+import { classifyTokenError, type RefreshFailure } from './classify.js';
+import { DEFAULT_GRANT_HANDLERS, type GrantHandler, type TokenSet } from './grants.js';
+import type { ProviderRegistry } from './provider.js';
+import { refreshAt } from './refresh-window.js';
+import type { AccessToken, TokenBroker } from './types.js';
+
+export interface BrokerOptions {
+  store: GrantStore;
+  providers: ProviderRegistry;
+  tokens: Config['tokens'];
+  /** admin.public_url: where users reconnect a mailbox. */
+  publicUrl?: string;
+  metrics?: Metrics;
+  log?: Logger;
+  /** Extra grant kinds (e.g. jwt_bearer); they replace built-ins of the same kind. */
+  handlers?: readonly GrantHandler[];
+  backoff?: { initialMs?: number; maxMs?: number };
+  /** A token with less validity left than this is not handed out (default 5 s). */
+  minValidityMs?: number;
+  /** Clock (epoch ms); tests move it instead of sleeping. */
+  now?: () => number;
+}
+
+interface Cached {
+  token: string;
+  expiresAt: number;
+  refreshAt: number;
+}
+
+interface FetchContext {
+  account: AccountRecord;
+  handler: GrantHandler;
+  force: boolean;
+}
+
+type LockOutcome =
+  | { type: 'ok'; value: Cached; fetched: boolean }
+  | { type: 'no_grant' | 'needs_consent' }
+  | { type: 'failed'; failure: RefreshFailure; fallback: Cached | undefined };
+
+const ACTOR = 'token-broker';
+
+/**
+ * Account → access token. One lru-cache entry per grant (or per provider for app-only
+ * tokens); its fetchMethod makes concurrent callers share one refresh, and its TTL ends at
+ * the refresh-ahead point so the still-valid token is served while a background refresh runs.
+ */
+export class OAuthTokenBroker implements TokenBroker {
+  readonly #o: BrokerOptions;
+  readonly #now: () => number;
+  readonly #log: Logger;
+  readonly #handlers: Map<string, GrantHandler>;
+  readonly #cache: LRUCache<string, Cached, FetchContext>;
+  readonly #rejected: LRUCache<string, string>;
+  readonly #keys: LRUCache<number, string>;
+  readonly #backoff: Backoff;
+  readonly #inflight = new Set<Promise<unknown>>();
+  readonly #minValidity: number;
+
+  constructor(opts: BrokerOptions) {
+    this.#o = opts;
+    this.#now = opts.now ?? Date.now;
+    this.#log = (opts.log ?? silentLogger).child({ component: 'token-broker' });
+    this.#handlers = new Map([...DEFAULT_GRANT_HANDLERS, ...(opts.handlers ?? [])].map((h) => [h.kind, h]));
+    this.#minValidity = opts.minValidityMs ?? 5000;
+    const max = opts.tokens.cache_entries;
+    this.#backoff = new Backoff({ ...opts.backoff, maxEntries: max });
+    this.#rejected = new LRUCache({ max });
+    this.#keys = new LRUCache({ max });
+    this.#cache = new LRUCache<string, Cached, FetchContext>({
+      max,
+      ttl: 60_000,
+      perf: { now: this.#now },
+      // Read the clock on every check: staleness decides between serving and refreshing.
+      ttlResolution: 0,
+      fetchMethod: (key, stale, { options, context }) => {
+        const p = this.#fetch(key, stale, context).then((v) => {
+          // The entry goes stale (triggering a background refresh) at its refresh point.
+          options.ttl = Math.max(1, Math.ceil(v.ttlUntil - this.#now()));
+          return v.value;
+        });
+        this.#inflight.add(p);
+        void p.finally(() => this.#inflight.delete(p)).catch(() => undefined);
+        return p;
+      },
+    });
+  }
+
+  async getAccessToken(account: AccountRecord, opts: { forceRefresh?: boolean } = {}): Promise<AccessToken> {
+    const grant = await this.#o.store.getGrant(account.id);
+    this.#checkGrant(grant);
+    const handler = this.#handlers.get((grant as GrantRecord).kind);
+    if (!handler) {
+      throw new ProxyError('token_unavailable', `no handler for grant kind ${(grant as GrantRecord).kind}`, {
+        detail: 'unsupported_grant_kind',
+      });
+    }
+    const key = handler.per === 'provider' ? `p:${account.provider}:${handler.kind}` : `g:${account.id}`;
+    this.#keys.set(account.id, key);
+    const cur = this.#cache.peek(key, { allowStale: true });
+    const force = opts.forceRefresh === true || (cur !== undefined && cur.token === this.#rejected.get(key));
+    const usable = !force && cur !== undefined && this.#valid(cur);
+    const value = await this.#cache.fetch(key, {
+      allowStale: usable,
+      forceRefresh: force,
+      context: { account, handler, force },
+    });
+    if (!value || !this.#valid(value)) {
+      throw new ProxyError('token_unavailable', 'no valid access token', { detail: 'no_token' });
+    }
+    return { token: value.token, expiresAt: value.expiresAt };
+  }
+
+  reportRejected(account: AccountRecord, token: string): void {
+    const key = this.#keys.get(account.id);
+    if (key) this.#rejected.set(key, token);
+  }
+
+  /** Resolves when no refresh is running (tests, graceful shutdown). */
+  async idle(): Promise<void> {
+    while (this.#inflight.size > 0) await Promise.allSettled([...this.#inflight]);
+  }
+
+  #checkGrant(grant: GrantRecord | null): void {
+    if (!grant) throw new ProxyError('no_grant', 'account has no grant');
+    if (grant.status === 'needs_consent') throw this.#needsConsent('grant needs consent');
+  }
+
+  #needsConsent(message: string): ProxyError {
+    const url = this.#o.publicUrl;
+    const clientText = url
+      ? `Reconnect the mailbox at ${url.replace(/\/+$/, '')}/connect`
+      : 'Ask your administrator to reconnect the mailbox';
+    return new ProxyError('needs_consent', message, { clientText, detail: 'invalid_grant' });
+  }
+
+  #valid(c: Cached): boolean {
+    return c.expiresAt - this.#minValidity > this.#now();
+  }
+
+  /** Still valid, not the token upstream rejected, and not the one a forced refresh replaces. */
+  #servable(c: Cached | undefined, key: string, ctx: FetchContext): c is Cached {
+    return c !== undefined && this.#valid(c) && !ctx.force && c.token !== this.#rejected.get(key);
+  }
+
+  async #fetch(
+    key: string,
+    stale: Cached | undefined,
+    ctx: FetchContext,
+  ): Promise<{ value: Cached; ttlUntil: number }> {
+    const now = this.#now();
+    const blocked = this.#backoff.blockedUntil(key, now);
+    if (blocked) {
+      if (this.#servable(stale, key, ctx)) {
+        return { value: stale, ttlUntil: Math.min(blocked, stale.expiresAt - this.#minValidity) };
+      }
+      throw new ProxyError('token_unavailable', 'token endpoint in backoff', { detail: 'backoff' });
+    }
+    const outcome =
+      ctx.handler.per === 'provider'
+        ? await this.#fetchShared(key, ctx, stale, now)
+        : await this.#o.store.withGrantLock(ctx.account.id, (tx) =>
+            this.#refreshLocked(tx, key, ctx, stale, now),
+          );
+
+    switch (outcome.type) {
+      case 'ok':
+        if (outcome.fetched) this.#backoff.succeed(key);
+        this.#rejected.delete(key);
+        return { value: outcome.value, ttlUntil: outcome.value.refreshAt };
+      case 'no_grant':
+        throw new ProxyError('no_grant', 'account has no grant');
+      case 'needs_consent':
+        throw this.#needsConsent('grant needs consent');
+      case 'failed':
+        return this.#afterFailure(key, ctx, outcome.failure, outcome.fallback);
+    }
+  }
+
+  async #refreshLocked(
+    tx: GrantTx,
+    key: string,
+    ctx: FetchContext,
+    stale: Cached | undefined,
+    now: number,
+  ): Promise<LockOutcome> {
+    const grant = await tx.get();
+    if (!grant) return { type: 'no_grant' };
+    if (grant.status === 'needs_consent' || !grant.refreshToken) return { type: 'needs_consent' };
+    const stored = this.#fromGrant(grant);
+    // Another instance (or a previous run) may already hold a fresh token: use it.
+    const replacedByForce = ctx.force && stored?.token === stale?.token;
+    if (
+      stored &&
+      stored.refreshAt > now &&
+      this.#valid(stored) &&
+      !replacedByForce &&
+      stored.token !== this.#rejected.get(key)
+    ) {
+      return { type: 'ok', value: stored, fetched: false };
+    }
+    const got = await this.#call(ctx, grant, now);
+    if ('failure' in got) {
+      const { failure } = got;
+      if (failure.result === 'invalid_grant') {
+        await tx.update({ status: 'needs_consent', lastError: failure.message });
+      } else {
+        await tx.update({ lastError: failure.message });
+      }
+      const fallback = [stale, stored].find((c) => this.#servable(c, key, ctx));
+      return { type: 'failed', failure, fallback };
+    }
+    const t = got.tokens;
+    // Persisted (rotated refresh token and new access token together) before anyone uses it.
+    await tx.update({
+      accessToken: t.accessToken,
+      accessTokenExpiresAt: t.expiresAt,
+      refreshToken: t.refreshToken ?? grant.refreshToken,
+      scope: t.scope ?? grant.scope,
+      lastRefreshAt: t.issuedAt,
+      lastError: null,
+      status: 'active',
+    });
+    return { type: 'ok', value: this.#toCached(t), fetched: true };
+  }
+
+  async #fetchShared(
+    key: string,
+    ctx: FetchContext,
+    stale: Cached | undefined,
+    now: number,
+  ): Promise<LockOutcome> {
+    const grant = await this.#o.store.getGrant(ctx.account.id);
+    if (!grant) return { type: 'no_grant' };
+    const got = await this.#call(ctx, grant, now);
+    if ('failure' in got) {
+      // App-only grants have no user consent to lose: every failure is "unavailable".
+      const failure: RefreshFailure =
+        got.failure.result === 'invalid_grant' ? { ...got.failure, result: 'unavailable' } : got.failure;
+      const fallback = this.#servable(stale, key, ctx) ? stale : undefined;
+      return { type: 'failed', failure, fallback };
+    }
+    return { type: 'ok', value: this.#toCached(got.tokens), fetched: true };
+  }
+
+  /** One token-endpoint request, measured and classified. */
+  async #call(
+    ctx: FetchContext,
+    grant: GrantRecord,
+    now: number,
+  ): Promise<{ tokens: TokenSet } | { failure: RefreshFailure }> {
+    const provider = this.#o.providers.get(ctx.account.provider);
+    const labels = { provider: provider.name };
+    const started = performance.now();
+    try {
+      const tokens = await ctx.handler.fetchToken({ account: ctx.account, grant, provider, now });
+      this.#o.metrics?.tokenRefreshes.inc({ ...labels, result: 'success' });
+      this.#log.debug(
+        { provider: provider.name, accountId: ctx.account.id, kind: ctx.handler.kind },
+        'token refreshed',
+      );
+      return { tokens };
+    } catch (err) {
+      const failure = classifyTokenError(err, now);
+      this.#o.metrics?.tokenRefreshes.inc({ ...labels, result: failure.result });
+      this.#log.warn(
+        {
+          provider: provider.name,
+          accountId: ctx.account.id,
+          kind: ctx.handler.kind,
+          result: failure.result,
+        },
+        `token refresh failed: ${failure.message}`,
+      );
+      return { failure };
+    } finally {
+      this.#o.metrics?.tokenRefreshSeconds.observe(labels, (performance.now() - started) / 1000);
+    }
+  }
+
+  async #afterFailure(
+    key: string,
+    ctx: FetchContext,
+    failure: RefreshFailure,
+    fallback: Cached | undefined,
+  ): Promise<{ value: Cached; ttlUntil: number }> {
+    if (failure.result === 'invalid_grant') {
+      await this.#o.store
+        .audit(ACTOR, 'grant.needs_consent', ctx.account.id, failure.message)
+        .catch((err: unknown) => this.#log.error({ err }, 'audit write failed'));
+      throw this.#needsConsent('refresh token rejected by the provider (invalid_grant)');
+    }
+    const until = this.#backoff.fail(key, this.#now(), failure.retryAfterMs);
+    // Serve a still-valid token through the outage; look again once the backoff ends.
+    if (fallback)
+      return { value: fallback, ttlUntil: Math.min(until, fallback.expiresAt - this.#minValidity) };
+    throw new ProxyError('token_unavailable', failure.message, { detail: failure.result });
+  }
+
+  #fromGrant(g: GrantRecord): Cached | undefined {
+    if (!g.accessToken || !g.accessTokenExpiresAt) return undefined;
+    const issued = g.lastRefreshAt ?? g.accessTokenExpiresAt - 3600_000;
+    return {
+      token: g.accessToken,
+      expiresAt: g.accessTokenExpiresAt,
+      refreshAt: refreshAt(issued, g.accessTokenExpiresAt, this.#o.tokens),
+    };
+  }
+
+  #toCached(t: TokenSet): Cached {
+    return {
+      token: t.accessToken,
+      expiresAt: t.expiresAt,
+      refreshAt: refreshAt(t.issuedAt, t.expiresAt, this.#o.tokens),
+    };
+  }
+}

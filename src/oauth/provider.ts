@@ -1,0 +1,112 @@
+import {
+  allowInsecureRequests,
+  type ClientAuth,
+  ClientSecretBasic,
+  ClientSecretPost,
+  Configuration,
+  customFetch,
+  discovery,
+  None,
+  type ServerMetadata,
+} from 'openid-client';
+import type { ProviderConfig } from '../config/schema.js';
+import { ConfigError } from '../errors.js';
+import { tracingFetch } from './http-trace.js';
+
+/** One configured OAuth provider: its settings and a lazily built openid-client Configuration. */
+export interface OAuthProvider {
+  readonly name: string;
+  readonly config: ProviderConfig;
+  /** Discovers (once, retried after a failure) or builds the openid-client Configuration. */
+  configuration(): Promise<Configuration>;
+}
+
+export interface ProviderRegistry {
+  /** Throws ConfigError for a provider name that is not configured. */
+  get(name: string): OAuthProvider;
+}
+
+export function createProviderRegistry(providers: Record<string, ProviderConfig>): ProviderRegistry {
+  const made = new Map<string, OAuthProvider>();
+  return {
+    get(name) {
+      let p = made.get(name);
+      if (!p) {
+        const config = providers[name];
+        if (!config) throw new ConfigError(`unknown provider "${name}"`);
+        p = createProvider(name, config);
+        made.set(name, p);
+      }
+      return p;
+    },
+  };
+}
+
+export function createProvider(name: string, config: ProviderConfig): OAuthProvider {
+  if (!config.client_id) throw new ConfigError(`providers.${name}: client_id is required`);
+  if (!config.issuer && !config.token_endpoint) {
+    throw new ConfigError(`providers.${name}: set issuer (discovery) or token_endpoint`);
+  }
+  const http = [config.issuer, config.token_endpoint].some((u) => u?.startsWith('http:'));
+  if (http && !config.allow_insecure_http) {
+    throw new ConfigError(`providers.${name}: http:// endpoints need allow_insecure_http: true`);
+  }
+  const clientAuth = clientAuthFor(name, config);
+  let pending: Promise<Configuration> | undefined;
+  return {
+    name,
+    config,
+    configuration() {
+      if (!pending) {
+        pending = build(config, clientAuth);
+        // A failed discovery is not cached: the next caller tries again.
+        pending.catch(() => {
+          pending = undefined;
+        });
+      }
+      return pending;
+    },
+  };
+}
+
+function clientAuthFor(name: string, config: ProviderConfig): ClientAuth {
+  switch (config.client_auth) {
+    case 'client_secret_basic':
+    case 'client_secret_post':
+      if (!config.client_secret) {
+        throw new ConfigError(`providers.${name}: client_secret is required for ${config.client_auth}`);
+      }
+      return config.client_auth === 'client_secret_basic'
+        ? ClientSecretBasic(config.client_secret)
+        : ClientSecretPost(config.client_secret);
+    case 'none':
+      return None();
+    case 'private_key_jwt':
+      throw new ConfigError(`providers.${name}: private_key_jwt client authentication is not supported yet`);
+  }
+}
+
+async function build(config: ProviderConfig, clientAuth: ClientAuth): Promise<Configuration> {
+  const clientId = config.client_id as string;
+  const insecure = config.allow_insecure_http;
+  if (config.issuer && !config.token_endpoint) {
+    return discovery(new URL(config.issuer), clientId, undefined, clientAuth, {
+      execute: insecure ? [allowInsecureRequests] : [],
+      timeout: config.timeout_seconds,
+      [customFetch]: tracingFetch,
+    });
+  }
+  const tokenEndpoint = config.token_endpoint as string;
+  const server: ServerMetadata = {
+    issuer: config.issuer ?? new URL(tokenEndpoint).origin,
+    token_endpoint: tokenEndpoint,
+    authorization_endpoint: config.authorization_endpoint,
+    device_authorization_endpoint: config.device_authorization_endpoint,
+    revocation_endpoint: config.revocation_endpoint,
+  };
+  const c = new Configuration(server, clientId, undefined, clientAuth);
+  c.timeout = config.timeout_seconds;
+  c[customFetch] = tracingFetch;
+  if (insecure) allowInsecureRequests(c);
+  return c;
+}
