@@ -1,0 +1,88 @@
+import type { GrantKind } from '../store/types.js';
+import {
+  type CommandContext,
+  dispatch,
+  EXIT_OK,
+  type Group,
+  isoOrDash,
+  readAll,
+  requireAccount,
+  table,
+  UsageError,
+} from './context.js';
+
+const KINDS: GrantKind[] = ['refresh_token', 'client_credentials', 'jwt_bearer'];
+
+const GRANT: Group = {
+  summary: 'Manage the OAuth grant behind each account.',
+  sub: {
+    import: {
+      usage: 'grant import <login> [--kind refresh_token|client_credentials|jwt_bearer] [--scope S]  < token',
+      summary:
+        'Store a grant for the account. For refresh_token the token is read from stdin (never from ' +
+        'the command line, where other users can see it in `ps`).',
+      options: { kind: { type: 'string' }, scope: { type: 'string' } },
+      positionals: [1, 1],
+      async run(v, [login], ctx) {
+        const kind = (v.kind ?? 'refresh_token') as GrantKind;
+        if (!KINDS.includes(kind)) throw new UsageError(`--kind must be one of ${KINDS.join(', ')}`);
+        const a = await requireAccount(ctx, login!);
+        let refreshToken: string | null = null;
+        if (kind === 'refresh_token') {
+          refreshToken = (await readAll(ctx.stdin)).trim();
+          if (refreshToken === '') throw new Error('no refresh token on stdin');
+          if (/\s/.test(refreshToken)) throw new Error('stdin must hold exactly one refresh token');
+        }
+        await ctx.store.putGrant(
+          a.id,
+          {
+            kind,
+            status: 'active',
+            refreshToken,
+            accessToken: null,
+            accessTokenExpiresAt: null,
+            scope: typeof v.scope === 'string' ? v.scope : null,
+            lastRefreshAt: null,
+            lastError: null,
+          },
+          'cli',
+        );
+        ctx.out(`grant (${kind}) stored for ${a.logins[0]}; it is used at the next login`);
+        return EXIT_OK;
+      },
+    },
+    status: {
+      usage: 'grant status [<login>]',
+      summary: 'Grant state per account (needs_consent means the mailbox must be reconnected)',
+      positionals: [0, 1],
+      async run(_v, [login], ctx) {
+        const accounts =
+          login === undefined ? await ctx.store.listAccounts() : [await requireAccount(ctx, login)];
+        const rows = [['LOGIN', 'KIND', 'STATUS', 'SCOPE', 'TOKEN EXPIRES', 'LAST REFRESH', 'LAST ERROR']];
+        for (const a of accounts) {
+          const g = await ctx.store.getGrant(a.id);
+          rows.push(
+            g
+              ? [
+                  a.logins[0]!,
+                  g.kind,
+                  g.status,
+                  g.scope ?? '-',
+                  isoOrDash(g.accessTokenExpiresAt),
+                  isoOrDash(g.lastRefreshAt),
+                  g.lastError ?? '-',
+                ]
+              : [a.logins[0]!, '-', 'none', '-', '-', '-', '-'],
+          );
+        }
+        ctx.out(rows.length === 1 ? 'no accounts' : table(rows));
+        return EXIT_OK;
+      },
+    },
+  },
+};
+
+/** `imap-oauth-proxy grant …` */
+export function runGrantCommand(args: string[], ctx: CommandContext): Promise<number> {
+  return dispatch('grant', GRANT, args, ctx);
+}
