@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { connect as netConnect, type Socket } from 'node:net';
+import { isIP, connect as netConnect, type Socket } from 'node:net';
 import { rootCertificates, type TLSSocket, connect as tlsConnect } from 'node:tls';
 import { ProxyError } from '../errors.js';
 import { UPSTREAM_LIMITS } from './limits.js';
@@ -129,10 +129,12 @@ function settleOnce<S extends Socket>(
 
 function tlsOptions(o: DialOptions) {
   const key = sessionKey(o);
+  const name = o.servername ?? o.host;
   return {
     key,
     options: {
-      servername: o.servername ?? o.host,
+      // SNI may not carry an IP address (RFC 6066); the certificate is then checked against the IP.
+      servername: isIP(name) ? undefined : name,
       ca: trustedCAs(o.caFile),
       // Verification is not configurable: an extra CA is the only way to trust a private server.
       rejectUnauthorized: true,

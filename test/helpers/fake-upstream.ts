@@ -2,7 +2,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { TLSSocket } from 'node:tls';
+import { createSecureContext, TLSSocket } from 'node:tls';
 import { ensureSelfSigned } from '../../src/frontdoor/selfsigned.js';
 
 /**
@@ -88,6 +88,8 @@ export async function startFakeUpstream(opts: Partial<FakeUpstreamOptions> = {})
   const { certFile, keyFile } = await ensureSelfSigned(dir, { name: 'fake' });
   const cert = readFileSync(certFile);
   const key = readFileSync(keyFile);
+  // One context for all sessions so its ticket keys let clients resume TLS sessions.
+  const secureContext = createSecureContext({ cert, key });
   const sockets = new Set<Socket>();
   const fake: FakeUpstream = {
     host: '127.0.0.1',
@@ -101,7 +103,7 @@ export async function startFakeUpstream(opts: Partial<FakeUpstreamOptions> = {})
 
   function session(raw: Socket): void {
     fake.connections++;
-    let sock: Socket = options.tls === 'implicit' ? new TLSSocket(raw, { isServer: true, cert, key }) : raw;
+    let sock: Socket = options.tls === 'implicit' ? new TLSSocket(raw, { isServer: true, secureContext }) : raw;
     let secure = options.tls === 'implicit';
     let buf = '';
     let authenticated = false;
@@ -164,7 +166,7 @@ export async function startFakeUpstream(opts: Partial<FakeUpstreamOptions> = {})
       } else if (v === 'STARTTLS' && !secure) {
         send(`${tag} OK Begin TLS\r\n`);
         sock.removeListener('data', onData);
-        sock = new TLSSocket(sock, { isServer: true, cert, key });
+        sock = new TLSSocket(sock, { isServer: true, secureContext });
         secure = true;
         sock.on('data', onData);
         sock.on('error', () => sock.destroy());
