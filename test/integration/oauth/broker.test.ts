@@ -5,8 +5,9 @@ import { isProxyError } from '../../../src/errors.js';
 import { createMetrics } from '../../../src/metrics.js';
 import { OAuthTokenBroker } from '../../../src/oauth/broker.js';
 import { createProviderRegistry } from '../../../src/oauth/provider.js';
+import { Keyring } from '../../../src/store/crypto.js';
+import { SqliteGrantStore } from '../../../src/store/sqlite.js';
 import type { AccountRecord } from '../../../src/store/types.js';
-import { MemoryGrantStore } from '../../helpers/memory-store.js';
 import { startOP, type TestOP } from '../../helpers/op.js';
 
 // Every test here talks to a real oidc-provider over loopback; time moves on a fake clock
@@ -20,7 +21,11 @@ before(async () => {
     clientCredentialsSubject: 'shared@example.com',
   });
 });
-after(() => op.close());
+const stores: SqliteGrantStore[] = [];
+after(async () => {
+  for (const s of stores) await s.close();
+  await op.close();
+});
 
 const TOKENS = {
   refresh_before_seconds: 300,
@@ -30,7 +35,8 @@ const TOKENS = {
 };
 
 async function setup(opts: { discovery?: boolean; publicUrl?: string } = {}) {
-  const store = new MemoryGrantStore();
+  const store = await SqliteGrantStore.open(':memory:', Keyring.random());
+  stores.push(store);
   const metrics = createMetrics({ defaults: false });
   let clock = Date.now();
   const provider = providerSchema.parse({
