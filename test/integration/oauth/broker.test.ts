@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict';
+import { PassThrough } from 'node:stream';
 import { after, before, test } from 'node:test';
 import { providerSchema } from '../../../src/config/schema.js';
 import { isProxyError } from '../../../src/errors.js';
+import { createLogger } from '../../../src/log.js';
 import { createMetrics } from '../../../src/metrics.js';
 import { OAuthTokenBroker } from '../../../src/oauth/broker.js';
 import { createProviderRegistry } from '../../../src/oauth/provider.js';
@@ -39,6 +41,11 @@ async function setup(opts: { discovery?: boolean; publicUrl?: string } = {}) {
   stores.push(store);
   const metrics = createMetrics({ defaults: false });
   let clock = Date.now();
+  const logStream = new PassThrough();
+  let logs = '';
+  logStream.on('data', (c: Buffer) => {
+    logs += c.toString();
+  });
   const provider = providerSchema.parse({
     client_id: op.client.id,
     client_secret: op.client.secret,
@@ -51,6 +58,7 @@ async function setup(opts: { discovery?: boolean; publicUrl?: string } = {}) {
     providers: createProviderRegistry({ test: provider }),
     tokens: TOKENS,
     metrics,
+    log: createLogger({ destination: logStream, level: 'debug', format: 'json' }),
     publicUrl: opts.publicUrl,
     backoff: { initialMs: 30_000, maxMs: 300_000 },
     now: () => clock,
@@ -81,7 +89,7 @@ async function setup(opts: { discovery?: boolean; publicUrl?: string } = {}) {
   };
   const refreshes = async (result: string) =>
     (await metrics.tokenRefreshes.get()).values.find((v) => v.labels.result === result)?.value ?? 0;
-  return { store, broker, metrics, advance, addAccount, refreshes };
+  return { store, broker, metrics, advance, addAccount, refreshes, logs: () => logs };
 }
 
 test('cold start uses the persisted access token without calling the token endpoint', async () => {
@@ -139,10 +147,10 @@ test('ahead of expiry the still-valid token is served while one background refre
 });
 
 test('revocation at the OP marks the grant needs_consent (kept, audited) and names where to reconnect', async () => {
-  const { broker, store, advance, addAccount, refreshes } = await setup({
+  const { broker, store, advance, addAccount, refreshes, logs } = await setup({
     publicUrl: 'https://mail.example.com/',
   });
-  const { account, refresh } = await addAccount('revoked@example.com');
+  const { account, refresh, access } = await addAccount('revoked@example.com');
   await op.revoke(refresh);
   advance(3600_000);
   const err = await broker.getAccessToken(account).catch((e: unknown) => e);
@@ -154,6 +162,8 @@ test('revocation at the OP marks the grant needs_consent (kept, audited) and nam
   assert.equal(g?.refreshToken, refresh, 'grant is kept, not deleted');
   assert.ok((await store.listAudit(account.id)).some((e) => e.action === 'grant.needs_consent'));
   assert.equal(await refreshes('invalid_grant'), 1);
+  assert.match(logs(), /invalid_grant/);
+  assert.ok(!logs().includes(refresh) && !logs().includes(access), 'logs never carry tokens');
   // Later calls fail at once, without asking the OP again.
   const before = op.tokenRequests();
   await assert.rejects(
