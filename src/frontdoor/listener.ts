@@ -1,0 +1,175 @@
+import { type AddressInfo, createServer, type Server, type Socket } from 'node:net';
+import { type SecureContext, TLSSocket } from 'node:tls';
+import type { ListenerConfig } from '../config/schema.js';
+import { ConfigError } from '../errors.js';
+import type { RejectReason, WireLimits } from '../imap/limits.js';
+import type { Logger } from '../log.js';
+import type { Metrics } from '../metrics.js';
+import {
+  isTrusted,
+  type ProxySource,
+  parseProxyHeader,
+  plainAddress,
+  startsLikeProxyHeader,
+  trustList,
+} from './proxyproto.js';
+import { newConnectionId, PreauthSession } from './session.js';
+import { serverTlsContext, type TlsPems } from './tls.js';
+import type { LoginHandler } from './types.js';
+
+export interface ListenerDeps {
+  /** Resolved certificate and key PEMs (from the listener's files or a generated pair). */
+  readonly tls?: TlsPems;
+  readonly handler: LoginHandler;
+  readonly limits: WireLimits;
+  readonly metrics: Metrics;
+  readonly log: Logger;
+  /** Refuse connections beyond this many open sockets on this listener. */
+  readonly maxConnections?: number;
+}
+
+export interface Listener {
+  readonly name: string;
+  listen(): Promise<AddressInfo>;
+  /**
+   * Stops accepting, ends pre-auth sessions with `* BYE`, waits up to `drainMs` for spliced
+   * sessions to finish on their own, then destroys what is left.
+   */
+  close(opts?: { drainMs?: number }): Promise<void>;
+  /** Open client sockets (pre-auth and spliced). */
+  readonly connections: number;
+}
+
+const SHUTDOWN_DRAIN_MS = 10_000;
+
+export function createListener(cfg: ListenerConfig, deps: ListenerDeps): Listener {
+  const { limits, metrics } = deps;
+  let secureContext: SecureContext | undefined;
+  if (cfg.tls !== 'none') {
+    if (!deps.tls)
+      throw new ConfigError(`listener "${cfg.name}": tls ${cfg.tls} needs a certificate and key`);
+    secureContext = serverTlsContext(deps.tls);
+  }
+  const trusted = cfg.proxy_protocol ? trustList(cfg.proxy_protocol.trusted) : undefined;
+  const sockets = new Set<Socket>();
+  const sessions = new Set<PreauthSession>();
+  const server: Server = createServer({ noDelay: true, keepAlive: true, keepAliveInitialDelay: 60_000 });
+  if (deps.maxConnections !== undefined) server.maxConnections = deps.maxConnections;
+  const log = deps.log.child({ listener: cfg.name });
+
+  const refuse = (raw: Socket, reason: RejectReason) => {
+    metrics.preauthRejections.inc({ reason });
+    log.info({ reason, client: plainAddress(raw.remoteAddress ?? '') }, 'connection refused before login');
+    raw.destroy();
+  };
+
+  const startSession = (sock: Socket | TLSSocket, source: ProxySource | null, raw: Socket) => {
+    const cid = newConnectionId();
+    const address = source?.address ?? plainAddress(raw.remoteAddress ?? '');
+    const port = source?.port ?? raw.remotePort ?? 0;
+    const session = new PreauthSession(
+      sock,
+      { cid, address, port, secure: cfg.tls === 'implicit' },
+      {
+        listener: cfg.name,
+        tlsMode: cfg.tls,
+        allowCleartextLogin: cfg.allow_cleartext_login,
+        secureContext,
+        handler: deps.handler,
+        limits,
+        metrics,
+      },
+      log.child({ cid, client: address }),
+    );
+    sessions.add(session);
+    void session.done.then(() => sessions.delete(session));
+    session.start();
+  };
+
+  /** Implicit TLS: handshake first (bounded by the idle limit), then the IMAP session. */
+  const startTls = (raw: Socket, source: ProxySource | null) => {
+    const timer = setTimeout(() => refuse(raw, 'idle_timeout'), limits.preauthIdleMs);
+    const tls = new TLSSocket(raw, { isServer: true, secureContext: secureContext! });
+    tls.once('secure', () => {
+      clearTimeout(timer);
+      tls.removeAllListeners('error');
+      startSession(tls, source, raw);
+    });
+    tls.on('error', (err) => {
+      clearTimeout(timer);
+      log.debug({ err: { message: err.message } }, 'TLS handshake failed');
+      refuse(raw, 'tls_handshake');
+    });
+  };
+
+  const afterPreamble = (raw: Socket, source: ProxySource | null) => {
+    if (cfg.tls === 'implicit') startTls(raw, source);
+    else startSession(raw, source, raw);
+  };
+
+  /** Reads the PROXY header a trusted peer must send, then hands the rest on unread. */
+  const readProxyHeader = (raw: Socket) => {
+    let buf = Buffer.alloc(0);
+    const timer = setTimeout(() => refuse(raw, 'idle_timeout'), limits.preauthIdleMs);
+    const onData = (chunk: Buffer) => {
+      buf = Buffer.concat([buf, chunk]);
+      const r = parseProxyHeader(buf, limits.proxyHeaderBytes);
+      if (r.kind === 'incomplete' && buf.length <= limits.proxyHeaderBytes) return;
+      raw.off('data', onData);
+      clearTimeout(timer);
+      if (r.kind !== 'header') return refuse(raw, 'proxy_header_invalid');
+      raw.pause();
+      if (buf.length > r.length) raw.unshift(buf.subarray(r.length));
+      afterPreamble(raw, r.source);
+    };
+    raw.on('data', onData);
+  };
+
+  /** Implicit TLS from an untrusted peer on a PROXY listener: a header instead of a ClientHello is refused. */
+  const sniffThenTls = (raw: Socket) => {
+    raw.once('data', (chunk: Buffer) => {
+      raw.pause();
+      if (startsLikeProxyHeader(chunk)) return refuse(raw, 'proxy_header_untrusted');
+      raw.unshift(chunk);
+      startTls(raw, null);
+    });
+  };
+
+  server.on('connection', (raw: Socket) => {
+    sockets.add(raw);
+    raw.once('close', () => sockets.delete(raw));
+    raw.on('error', () => {});
+    metrics.connections.inc({ listener: cfg.name, tls: cfg.tls });
+    if (trusted && isTrusted(trusted, raw.remoteAddress ?? '')) readProxyHeader(raw);
+    else if (trusted && cfg.tls === 'implicit') sniffThenTls(raw);
+    else afterPreamble(raw, null);
+  });
+
+  return {
+    name: cfg.name,
+    get connections() {
+      return sockets.size;
+    },
+    listen: () =>
+      new Promise<AddressInfo>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(cfg.port, cfg.address, () => {
+          server.off('error', reject);
+          log.info({ address: server.address(), tls: cfg.tls }, 'listening');
+          resolve(server.address() as AddressInfo);
+        });
+      }),
+    close: async (opts = {}) => {
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      for (const s of sessions) s.shutdown();
+      let timer: NodeJS.Timeout | undefined;
+      const drained = new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, opts.drainMs ?? SHUTDOWN_DRAIN_MS);
+      });
+      await Promise.race([closed, drained]);
+      clearTimeout(timer);
+      for (const raw of sockets) raw.destroy();
+      await closed;
+    },
+  };
+}

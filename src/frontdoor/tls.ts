@@ -1,0 +1,36 @@
+import { readFile } from 'node:fs/promises';
+import { createSecureContext, type SecureContext } from 'node:tls';
+import type { ListenerConfig } from '../config/schema.js';
+import { ConfigError } from '../errors.js';
+
+export interface TlsPems {
+  readonly cert: string | Buffer;
+  readonly key: string | Buffer;
+}
+
+/** Server TLS context for client-facing listeners: TLS 1.2 at least. */
+export function serverTlsContext(pems: TlsPems): SecureContext {
+  return createSecureContext({ cert: pems.cert, key: pems.key, minVersion: 'TLSv1.2' });
+}
+
+/**
+ * Reads a listener's cert_file/key_file, or returns the fallback pair (e.g. the generated
+ * self-signed one) when the listener names none. Both or neither must be set.
+ */
+export async function listenerPems(
+  cfg: Pick<ListenerConfig, 'name' | 'cert_file' | 'key_file'>,
+  fallback: { certFile: string; keyFile: string },
+): Promise<TlsPems> {
+  if ((cfg.cert_file === undefined) !== (cfg.key_file === undefined)) {
+    throw new ConfigError(`listener "${cfg.name}": set both cert_file and key_file, or neither`);
+  }
+  const certFile = cfg.cert_file ?? fallback.certFile;
+  const keyFile = cfg.key_file ?? fallback.keyFile;
+  try {
+    return { cert: await readFile(certFile), key: await readFile(keyFile) };
+  } catch (err) {
+    throw new ConfigError(
+      `listener "${cfg.name}": cannot read certificate or key (${(err as Error).message})`,
+    );
+  }
+}

@@ -1,0 +1,150 @@
+import { once } from 'node:events';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { type AddressInfo, connect, createServer, type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { ListenerConfig } from '../../../src/config/schema.js';
+import { createListener, type Listener } from '../../../src/frontdoor/listener.js';
+import { ensureSelfSigned } from '../../../src/frontdoor/selfsigned.js';
+import type { LoginOutcome, LoginRequest } from '../../../src/frontdoor/types.js';
+import { DEFAULT_LIMITS, type WireLimits } from '../../../src/imap/limits.js';
+import { silentLogger } from '../../../src/log.js';
+import { createMetrics, type Metrics } from '../../../src/metrics.js';
+
+let pems: { cert: Buffer; key: Buffer; certFile: string } | undefined;
+const certDir = mkdtempSync(join(tmpdir(), 'iop-fd-'));
+process.on('exit', () => rmSync(certDir, { recursive: true, force: true }));
+
+export async function testPems(): Promise<{ cert: Buffer; key: Buffer; certFile: string }> {
+  if (!pems) {
+    const pair = await ensureSelfSigned(certDir);
+    pems = { cert: readFileSync(pair.certFile), key: readFileSync(pair.keyFile), certFile: pair.certFile };
+  }
+  return pems;
+}
+
+/**
+ * A stand-in for the authenticated upstream: a loopback TCP server that records every byte
+ * it receives and echoes it back, so tests can check order end to end.
+ */
+export class EchoUpstream {
+  readonly received: Buffer[] = [];
+  private server: Server;
+  private sockets = new Set<Socket>();
+  port = 0;
+
+  constructor() {
+    this.server = createServer((s) => {
+      this.sockets.add(s);
+      s.on('close', () => this.sockets.delete(s));
+      s.on('data', (d: Buffer) => {
+        this.received.push(d);
+        s.write(d);
+      });
+      s.on('error', () => {});
+    });
+  }
+
+  async start(): Promise<void> {
+    this.server.listen(0, '127.0.0.1');
+    await once(this.server, 'listening');
+    this.port = (this.server.address() as AddressInfo).port;
+  }
+
+  text(): string {
+    return Buffer.concat(this.received).toString('latin1');
+  }
+
+  get open(): number {
+    return this.sockets.size;
+  }
+
+  async stop(): Promise<void> {
+    for (const s of this.sockets) s.destroy();
+    await new Promise<void>((r) => this.server.close(() => r()));
+  }
+}
+
+export type Decide = (
+  req: LoginRequest,
+  signal: AbortSignal,
+) => Promise<LoginOutcome | 'upstream'> | LoginOutcome | 'upstream';
+
+export interface Frontdoor {
+  port: number;
+  listener: Listener;
+  metrics: Metrics;
+  upstream: EchoUpstream;
+  requests: LoginRequest[];
+  signals: AbortSignal[];
+  releases: number;
+  close(): Promise<void>;
+}
+
+export const UPSTREAM_CAPS = ['IMAP4rev1', 'IDLE', 'NAMESPACE'];
+export const UPSTREAM_BUFFERED = '* 3 EXISTS\r\n';
+
+/** Starts one listener with a test-double LoginHandler; 'upstream' means succeed via EchoUpstream. */
+export async function startFrontdoor(
+  cfg: Partial<ListenerConfig> & Pick<ListenerConfig, 'tls'>,
+  opts: { limits?: Partial<WireLimits>; decide?: Decide } = {},
+): Promise<Frontdoor> {
+  const upstream = new EchoUpstream();
+  await upstream.start();
+  const metrics = createMetrics({ defaults: false });
+  const { cert, key } = await testPems();
+  const decide: Decide = opts.decide ?? (() => 'upstream');
+  const fd: Frontdoor = {
+    port: 0,
+    metrics,
+    upstream,
+    requests: [],
+    signals: [],
+    releases: 0,
+    listener: undefined as unknown as Listener,
+    close: async () => {
+      await fd.listener.close({ drainMs: 0 });
+      await upstream.stop();
+    },
+  };
+  fd.listener = createListener(
+    { name: 'test', address: '127.0.0.1', port: 0, allow_cleartext_login: false, ...cfg },
+    {
+      tls: cfg.tls === 'none' ? undefined : { cert, key },
+      limits: { ...DEFAULT_LIMITS, ...opts.limits },
+      metrics,
+      log: silentLogger,
+      handler: {
+        login: async (req, signal) => {
+          fd.requests.push(req);
+          fd.signals.push(signal);
+          const d = await decide(req, signal);
+          if (d !== 'upstream') return d;
+          const socket = connect(upstream.port, '127.0.0.1');
+          await once(socket, 'connect');
+          socket.pause();
+          return {
+            ok: true,
+            upstream: { socket, capabilities: UPSTREAM_CAPS, buffered: Buffer.from(UPSTREAM_BUFFERED) },
+            release: () => {
+              fd.releases++;
+            },
+            accountLabel: 'test',
+          };
+        },
+      },
+    },
+  );
+  fd.port = (await fd.listener.listen()).port;
+  return fd;
+}
+
+/** Current value of a counter/gauge series, 0 when absent. */
+export async function metricValue(m: Metrics, name: string, labels: Record<string, string>): Promise<number> {
+  const all = await m.registry.getMetricsAsJSON();
+  const metric = all.find((x) => x.name === name);
+  const v = metric?.values.find((val) =>
+    Object.entries(labels).every(([k, want]) => String(val.labels[k]) === want),
+  );
+  return v?.value ?? 0;
+}
