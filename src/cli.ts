@@ -73,12 +73,16 @@ export async function main(argv: string[]): Promise<number> {
       case 'check-config': {
         const { file, rest } = takeConfigFlag(args);
         if (rest.includes('--help')) {
-          out('Usage: imap-oauth-proxy check-config [--config FILE]\nValidates the file; exit 0 when valid, 1 with every problem listed.');
+          out(
+            'Usage: imap-oauth-proxy check-config [--config FILE]\nValidates the file; exit 0 when valid, 1 with every problem listed.',
+          );
           return 0;
         }
         if (rest.length > 0) throw new UsageError(`check-config: unexpected argument ${rest[0]}`);
         const { config } = loadConfig(file);
-        out(`${file}: OK (${config.listeners.length} listener(s), ${Object.keys(config.providers).length} provider(s))`);
+        out(
+          `${file}: OK (${config.listeners.length} listener(s), ${Object.keys(config.providers).length} provider(s))`,
+        );
         return 0;
       }
       case 'serve': {
@@ -115,7 +119,9 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
-const invokedDirectly = process.argv[1] && fileURLToPath(import.meta.url) === (await import('node:fs')).realpathSync(process.argv[1]);
+const invokedDirectly =
+  process.argv[1] &&
+  fileURLToPath(import.meta.url) === (await import('node:fs')).realpathSync(process.argv[1]);
 if (invokedDirectly) {
   main(process.argv.slice(2)).then(
     (code) => {

@@ -1,0 +1,167 @@
+import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import { StoreCredentialChecker } from '../accounts/credentials.js';
+import { LoginLimiter } from '../accounts/limiter.js';
+import { AdminServer, type Route } from '../admin/server.js';
+import type { Config } from '../config/schema.js';
+import { createListener, type Listener } from '../frontdoor/listener.js';
+import { ensureSelfSigned } from '../frontdoor/selfsigned.js';
+import { listenerPems, type TlsPems } from '../frontdoor/tls.js';
+import { limitsFromConfig } from '../imap/limits.js';
+import type { Logger } from '../log.js';
+import { createMetrics, type Metrics } from '../metrics.js';
+import { OAuthTokenBroker } from '../oauth/broker.js';
+import { createProviderRegistry } from '../oauth/provider.js';
+import { Keyring } from '../store/crypto.js';
+import { openStore } from '../store/index.js';
+import type { GrantStore } from '../store/types.js';
+import { createUpstreamConnector } from '../upstream/connection.js';
+import { LoginPipeline } from './pipeline.js';
+
+export interface ProxyApp {
+  readonly config: Config;
+  readonly store: GrantStore;
+  readonly metrics: Metrics;
+  readonly broker: OAuthTokenBroker;
+  readonly pipeline: LoginPipeline;
+  /** Bound address of each listener, by name, and of the admin server. */
+  readonly addresses: Record<string, AddressInfo>;
+  readonly adminAddress: AddressInfo;
+  close(opts?: { drainMs?: number }): Promise<void>;
+}
+
+export interface StartOptions {
+  log: Logger;
+  metrics?: Metrics;
+  version?: string;
+  /** Extra admin routes (onboarding pages). */
+  routes?: (deps: { store: GrantStore; config: Config }) => Route[];
+}
+
+const GRANT_GAUGE_INTERVAL_MS = 30_000;
+
+/** Builds and starts everything `serve` runs: store, broker, upstream, listeners, admin HTTP. */
+export async function startProxy(config: Config, opts: StartOptions): Promise<ProxyApp> {
+  const { log } = opts;
+  const metrics = opts.metrics ?? createMetrics();
+  metrics.buildInfo.set({ version: opts.version ?? '0.0.0', node: process.version }, 1);
+
+  const keyring = Keyring.fromConfig(config.encryption, config.data_dir, log);
+  const store = await openStore(config, keyring, log);
+  await store.migrate();
+
+  const credentials = new StoreCredentialChecker({
+    store,
+    limiter: new LoginLimiter(config.limiter, { metrics }),
+    cacheSeconds: config.tokens.credential_cache_seconds,
+    log: log.child({ component: 'credentials' }),
+  });
+  const broker = new OAuthTokenBroker({
+    store,
+    providers: createProviderRegistry(config.providers),
+    tokens: config.tokens,
+    ...(config.admin.public_url ? { publicUrl: config.admin.public_url } : {}),
+    metrics,
+    log: log.child({ component: 'broker' }),
+  });
+  const connector = createUpstreamConnector({ metrics, log: log.child({ component: 'upstream' }) });
+  const pipeline = new LoginPipeline({ config, credentials, broker, connector });
+
+  const limits = limitsFromConfig(config.limits);
+  const listeners: Listener[] = [];
+  const addresses: Record<string, AddressInfo> = {};
+  let admin: AdminServer | undefined;
+  let gaugeTimer: NodeJS.Timeout | undefined;
+  try {
+    const fallback = await fallbackCertificate(config, log);
+    for (const lc of config.listeners) {
+      const tls: TlsPems | undefined = lc.tls === 'none' ? undefined : await listenerPems(lc, fallback());
+      const listener = createListener(lc, {
+        ...(tls ? { tls } : {}),
+        handler: pipeline,
+        limits,
+        metrics,
+        log,
+        maxConnections: config.limits.max_connections,
+      });
+      addresses[lc.name] = await listener.listen();
+      listeners.push(listener);
+    }
+    admin = new AdminServer({
+      address: config.admin.address,
+      port: config.admin.port,
+      metrics,
+      log: log.child({ component: 'admin' }),
+      metricsBearerToken: config.admin.metrics_bearer_token,
+      readiness: [
+        { name: 'store', check: () => store.ping() },
+        {
+          name: 'listeners',
+          check: async () => {
+            if (listeners.length !== config.listeners.length) throw new Error('not all listeners are bound');
+          },
+        },
+      ],
+      routes: opts.routes?.({ store, config }) ?? [],
+    });
+    const adminAddress = await admin.listen();
+    log.info({ address: adminAddress }, 'admin HTTP listening');
+
+    const updateGrantGauge = async () => {
+      try {
+        for (const [status, n] of Object.entries(await store.countGrantsByStatus())) {
+          metrics.grantsByStatus.set({ status }, n);
+        }
+      } catch (err) {
+        log.warn({ err }, 'cannot count grants');
+      }
+    };
+    await updateGrantGauge();
+    gaugeTimer = setInterval(() => void updateGrantGauge(), GRANT_GAUGE_INTERVAL_MS);
+    gaugeTimer.unref();
+
+    const adminServer = admin;
+    return {
+      config,
+      store,
+      metrics,
+      broker,
+      pipeline,
+      addresses,
+      adminAddress,
+      async close(closeOpts) {
+        clearInterval(gaugeTimer);
+        await Promise.all(listeners.map((l) => l.close(closeOpts)));
+        await adminServer.close();
+        await store.close();
+      },
+    };
+  } catch (err) {
+    clearInterval(gaugeTimer);
+    await Promise.allSettled(listeners.map((l) => l.close({ drainMs: 0 })));
+    await admin?.close().catch(() => {});
+    await store.close();
+    throw err;
+  }
+}
+
+/** The generated self-signed pair, made only when some TLS listener has no certificate of its own. */
+async function fallbackCertificate(
+  config: Config,
+  log: Logger,
+): Promise<() => { certFile: string; keyFile: string }> {
+  const needs = config.listeners.some((l) => l.tls !== 'none' && !l.cert_file);
+  if (!needs) {
+    return () => {
+      throw new Error('no fallback certificate');
+    };
+  }
+  const pair = await ensureSelfSigned(join(config.data_dir, 'tls'), { name: 'selfsigned' });
+  log.warn(
+    { certFile: pair.certFile, created: pair.created },
+    pair.created
+      ? '*** GENERATED A SELF-SIGNED CERTIFICATE for listeners without cert_file: clients will warn; configure cert_file/key_file for production ***'
+      : '*** USING THE SELF-SIGNED CERTIFICATE for listeners without cert_file: configure cert_file/key_file for production ***',
+  );
+  return () => pair;
+}
