@@ -118,3 +118,18 @@ export class RawImapClient {
     this.socket.destroy();
   }
 }
+
+const PROXY_V2_SIGNATURE = Buffer.from('0d0a0d0a000d0a515549540a', 'hex');
+
+/** A PROXY protocol v2 header (PROXY command, TCP over IPv4/IPv6; LOCAL when source is null). */
+export function proxyV2Header(source: { ip: number[]; port: number } | null, family = 0x11): Buffer {
+  if (!source) return Buffer.concat([PROXY_V2_SIGNATURE, Buffer.from([0x20, 0x00, 0x00, 0x00])]);
+  const body = Buffer.alloc(source.ip.length === 4 ? 12 : 36);
+  Buffer.from(source.ip).copy(body, 0);
+  const portAt = source.ip.length === 4 ? 8 : 32;
+  body.writeUInt16BE(source.port, portAt);
+  body.writeUInt16BE(993, portAt + 2);
+  const head = Buffer.from([0x21, family, 0, 0]);
+  head.writeUInt16BE(body.length, 2);
+  return Buffer.concat([PROXY_V2_SIGNATURE, head, body]);
+}

@@ -1,0 +1,109 @@
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { RawImapClient } from '../../helpers/imap-client.js';
+import { type Frontdoor, metricValue, startFrontdoor } from './harness.js';
+
+async function withFrontdoor(
+  t: { after: (fn: () => Promise<void>) => void },
+  limits: Parameters<typeof startFrontdoor>[1]['limits'] = {},
+): Promise<Frontdoor> {
+  const fd = await startFrontdoor({ tls: 'none', allow_cleartext_login: true }, { limits });
+  t.after(() => fd.close());
+  return fd;
+}
+
+const rejections = (fd: Frontdoor, reason: string) =>
+  metricValue(fd.metrics, 'imap_proxy_preauth_rejections_total', { reason });
+
+describe('pre-auth policy', () => {
+  test('idle too long before login: * BYE Autologout and close', async (t) => {
+    const fd = await withFrontdoor(t, { preauthIdleMs: 150 });
+    const c = await RawImapClient.connect(fd.port);
+    t.after(() => c.close());
+    await c.readLine();
+    assert.equal(await c.readToClose(), '* BYE Autologout; idle too long\r\n');
+    assert.equal(await rejections(fd, 'idle_timeout'), 1);
+  });
+
+  test('too many bad or unknown commands: BAD each, then * BYE and close', async (t) => {
+    const fd = await withFrontdoor(t, { badCommands: 3 });
+    const c = await RawImapClient.connect(fd.port);
+    t.after(() => c.close());
+    await c.readLine();
+    assert.deepEqual(await c.command('a', 'SELECT INBOX'), [
+      'a BAD Unknown command or not allowed before login',
+    ]);
+    assert.deepEqual(await c.command('b', 'NOOP extra'), ['b BAD Unexpected arguments']);
+    c.write('c EXAMINE Drafts\r\nd NOOP\r\n');
+    assert.equal(
+      await c.readToClose(),
+      'c BAD Unknown command or not allowed before login\r\n* BYE Too many invalid commands\r\n',
+      'nothing after the limit is answered',
+    );
+    assert.equal(await rejections(fd, 'too_many_bad_commands'), 1);
+  });
+
+  test('an HTTP request line is closed without an IMAP answer', async (t) => {
+    const fd = await withFrontdoor(t);
+    const c = await RawImapClient.connect(fd.port);
+    t.after(() => c.close());
+    await c.readLine();
+    c.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+    assert.equal(await c.readToClose(), '');
+    assert.equal(await rejections(fd, 'http_request'), 1);
+  });
+
+  test('talking before the greeting is closed (greeting delay on)', async (t) => {
+    const fd = await withFrontdoor(t, { greetingDelayMs: 10_000 });
+    const c = await RawImapClient.connect(fd.port);
+    t.after(() => c.close());
+    c.write('a LOGIN alice pw\r\n');
+    assert.equal(await c.readToClose(), '', 'no greeting, no reply');
+    assert.equal(fd.requests.length, 0);
+    assert.equal(await rejections(fd, 'talk_before_greeting'), 1);
+  });
+
+  test('line one byte over the limit: * BYE and close; at the limit: answered', async (t) => {
+    const fd = await withFrontdoor(t, { lineBytes: 600 });
+    const c = await RawImapClient.connect(fd.port);
+    t.after(() => c.close());
+    await c.readLine();
+    const at = `a NOOP ${'x'.repeat(600 - 7)}`;
+    assert.deepEqual(await c.command('a', at.slice(2)), ['a BAD Unexpected arguments']);
+    c.write(`${at}y\r\n`);
+    assert.equal(await c.readToClose(), '* BYE Command line too long\r\n');
+    assert.equal(await rejections(fd, 'line_too_long'), 1);
+  });
+
+  test('literal over the limit is refused before the client sends it', async (t) => {
+    const fd = await withFrontdoor(t, { literalBytes: 1024 });
+    const c = await RawImapClient.connect(fd.port);
+    t.after(() => c.close());
+    await c.readLine();
+    c.write('a LOGIN {1025}\r\n');
+    assert.equal(await c.readToClose(), '* BYE Literal too large\r\n');
+    assert.equal(await rejections(fd, 'literal_too_long'), 1);
+  });
+
+  test('a sychronizing literal gets + before the client sends it; LITERAL+ does not wait', async (t) => {
+    const fd = await withFrontdoor(t);
+    const c = await RawImapClient.connect(fd.port);
+    t.after(() => c.close());
+    await c.readLine();
+    c.write('a LOGIN {5}\r\n');
+    assert.equal(await c.readLine(), '+ Ready for literal data');
+    c.write('alice {7+}\r\npa"ss\\w\r\n');
+    assert.match(await c.readLine(), /^a OK /);
+    assert.deepEqual([fd.requests[0]!.login, fd.requests[0]!.password], ['alice', 'pa"ss\\w']);
+  });
+
+  test('server shutdown ends pre-auth sessions with * BYE', async (t) => {
+    const fd = await startFrontdoor({ tls: 'none' });
+    const c = await RawImapClient.connect(fd.port);
+    t.after(() => c.close());
+    await c.readLine();
+    const closing = fd.close();
+    assert.equal(await c.readToClose(), '* BYE Server shutting down\r\n');
+    await closing;
+  });
+});
