@@ -1,11 +1,12 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
+import type { WireLimits } from '../../../src/imap/limits.js';
 import { RawImapClient } from '../../helpers/imap-client.js';
 import { type Frontdoor, metricValue, startFrontdoor } from './harness.js';
 
 async function withFrontdoor(
   t: { after: (fn: () => Promise<void>) => void },
-  limits: Parameters<typeof startFrontdoor>[1]['limits'] = {},
+  limits: Partial<WireLimits> = {},
 ): Promise<Frontdoor> {
   const fd = await startFrontdoor({ tls: 'none', allow_cleartext_login: true }, { limits });
   t.after(() => fd.close());
