@@ -25,7 +25,8 @@ export async function testPems(): Promise<{ cert: Buffer; key: Buffer; certFile:
 
 /**
  * A stand-in for the authenticated upstream: a loopback TCP server that records every byte
- * it receives and echoes it back, so tests can check order end to end.
+ * it receives and either echoes it back (tests check order end to end) or, in 'imap' mode,
+ * answers each tagged line `<tag> OK done` (real clients finish their session).
  */
 export class EchoUpstream {
   readonly received: Buffer[] = [];
@@ -33,13 +34,21 @@ export class EchoUpstream {
   private sockets = new Set<Socket>();
   port = 0;
 
-  constructor() {
+  constructor(mode: 'echo' | 'imap' = 'echo') {
     this.server = createServer((s) => {
       this.sockets.add(s);
       s.on('close', () => this.sockets.delete(s));
+      let pending = '';
       s.on('data', (d: Buffer) => {
         this.received.push(d);
-        s.write(d);
+        if (mode === 'echo') return void s.write(d);
+        pending += d.toString('latin1');
+        for (let lf = pending.indexOf('\n'); lf !== -1; lf = pending.indexOf('\n')) {
+          const [tag, cmd] = pending.slice(0, lf).trim().split(' ');
+          pending = pending.slice(lf + 1);
+          if (cmd?.toUpperCase() === 'LOGOUT') s.end(`* BYE bye\r\n${tag} OK done\r\n`);
+          else s.write(`${tag} OK done\r\n`);
+        }
       });
       s.on('error', () => {});
     });
@@ -87,9 +96,9 @@ export const UPSTREAM_BUFFERED = '* 3 EXISTS\r\n';
 /** Starts one listener with a test-double LoginHandler; 'upstream' means succeed via EchoUpstream. */
 export async function startFrontdoor(
   cfg: Partial<ListenerConfig> & Pick<ListenerConfig, 'tls'>,
-  opts: { limits?: Partial<WireLimits>; decide?: Decide } = {},
+  opts: { limits?: Partial<WireLimits>; decide?: Decide; upstream?: 'echo' | 'imap' } = {},
 ): Promise<Frontdoor> {
-  const upstream = new EchoUpstream();
+  const upstream = new EchoUpstream(opts.upstream);
   await upstream.start();
   const metrics = createMetrics({ defaults: false });
   const { cert, key } = await testPems();
