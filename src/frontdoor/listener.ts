@@ -89,6 +89,7 @@ export function createListener(cfg: ListenerConfig, deps: ListenerDeps): Listene
   /** Implicit TLS: handshake first (bounded by the idle limit), then the IMAP session. */
   const startTls = (raw: Socket, source: ProxySource | null) => {
     const timer = setTimeout(() => refuse(raw, 'idle_timeout'), limits.preauthIdleMs);
+    raw.once('close', () => clearTimeout(timer));
     const tls = new TLSSocket(raw, { isServer: true, secureContext: secureContext! });
     tls.once('secure', () => {
       clearTimeout(timer);
@@ -111,6 +112,7 @@ export function createListener(cfg: ListenerConfig, deps: ListenerDeps): Listene
   const readProxyHeader = (raw: Socket) => {
     let buf = Buffer.alloc(0);
     const timer = setTimeout(() => refuse(raw, 'idle_timeout'), limits.preauthIdleMs);
+    raw.once('close', () => clearTimeout(timer));
     const onData = (chunk: Buffer) => {
       buf = Buffer.concat([buf, chunk]);
       const r = parseProxyHeader(buf, limits.proxyHeaderBytes);

@@ -328,7 +328,10 @@ export class PreauthSession implements CommandContext {
         this.reject('tls_handshake');
       }
     });
-    tls.once('close', () => raw.destroy());
+    tls.once('close', () => {
+      raw.destroy();
+      this.close('client_closed');
+    });
   }
 
   // --- authentication ----------------------------------------------------------------------

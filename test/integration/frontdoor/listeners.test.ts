@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
 import { after, before, describe, test } from 'node:test';
+import { connect as tlsConnect } from 'node:tls';
 import { RawImapClient } from '../../helpers/imap-client.js';
 import { type Frontdoor, metricValue, startFrontdoor } from './harness.js';
 
@@ -208,5 +210,30 @@ describe('implicit TLS listener', () => {
       await metricValue(fd.metrics, 'imap_proxy_preauth_rejections_total', { reason: 'tls_handshake' }),
       1,
     );
+  });
+
+  test('TLS 1.2 and 1.3 are accepted; the server refuses TLS 1.1', async () => {
+    const attempt = async (maxVersion: 'TLSv1.1' | 'TLSv1.2' | 'TLSv1.3') => {
+      // SECLEVEL=0 lets this client offer TLS 1.1 at all, so the refusal is the server's.
+      const s = tlsConnect({
+        port: fd.port,
+        host: '127.0.0.1',
+        rejectUnauthorized: false,
+        minVersion: 'TLSv1',
+        maxVersion,
+        ciphers: 'DEFAULT:@SECLEVEL=0',
+      });
+      try {
+        await once(s, 'secureConnect');
+        return s.getProtocol();
+      } catch (err) {
+        return (err as NodeJS.ErrnoException).code;
+      } finally {
+        s.destroy();
+      }
+    };
+    assert.equal(await attempt('TLSv1.1'), 'ERR_SSL_TLSV1_ALERT_PROTOCOL_VERSION');
+    assert.equal(await attempt('TLSv1.2'), 'TLSv1.2');
+    assert.equal(await attempt('TLSv1.3'), 'TLSv1.3');
   });
 });

@@ -1,0 +1,97 @@
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import { type AddressInfo, connect, createServer, type Socket } from 'node:net';
+import { test } from 'node:test';
+import { createMetrics } from '../../../src/metrics.js';
+import { splice } from '../../../src/proxy/splice.js';
+import { EchoUpstream } from './harness.js';
+
+/** A connected pair over loopback: [the proxy's accepted socket, the user's socket]. */
+async function tcpPair(): Promise<[Socket, Socket]> {
+  const server = createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const accepted = once(server, 'connection') as Promise<[Socket]>;
+  const user = connect((server.address() as AddressInfo).port, '127.0.0.1');
+  const [proxySide] = await accepted;
+  await once(user, 'connect');
+  server.close();
+  return [proxySide, user];
+}
+
+const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+
+test('splice moves megabytes both ways intact with backpressure, counts bytes and releases once', async (t) => {
+  const echo = new EchoUpstream();
+  await echo.start();
+  t.after(() => echo.stop());
+  const [client, user] = await tcpPair();
+  t.after(() => user.destroy());
+  const up = connect(echo.port, '127.0.0.1');
+  await once(up, 'connect');
+  up.pause();
+  client.pause();
+  const metrics = createMetrics({ defaults: false });
+  let released = 0;
+  const done = splice({
+    client,
+    upstream: { socket: up, capabilities: [], buffered: Buffer.from('BUF') },
+    pipelined: Buffer.from('PIPE'),
+    metrics,
+    release: () => {
+      released++;
+    },
+  });
+  const payload = randomBytes(4 * 1024 * 1024);
+  const expected = Buffer.concat([Buffer.from('BUFPIPE'), payload]);
+  const chunks: Buffer[] = [];
+  let got = 0;
+  const all = new Promise<void>((resolve) => {
+    user.on('data', (d: Buffer) => {
+      chunks.push(d);
+      got += d.length;
+      if (got >= expected.length) resolve();
+    });
+  });
+  user.write(payload);
+  await all;
+  assert.equal(
+    sha(Buffer.concat(chunks)),
+    sha(expected),
+    'upstream buffer, pipelined bytes, then the stream, in order',
+  );
+  user.end();
+  const stats = await done;
+  assert.equal(stats.clientToUpstream, payload.length + 4);
+  assert.equal(stats.upstreamToClient, payload.length + 7);
+  assert.equal(released, 1);
+  const text = await metrics.registry.metrics();
+  assert.match(text, new RegExp(`direction="client_to_upstream"} ${payload.length + 4}\\n`));
+});
+
+test('upstream closing tears down the client side', async (t) => {
+  const echo = new EchoUpstream();
+  await echo.start();
+  t.after(() => echo.stop());
+  const [client, user] = await tcpPair();
+  t.after(() => user.destroy());
+  const up = connect(echo.port, '127.0.0.1');
+  await once(up, 'connect');
+  let released = 0;
+  const done = splice({
+    client,
+    upstream: { socket: up, capabilities: [], buffered: Buffer.alloc(0) },
+    pipelined: Buffer.alloc(0),
+    metrics: createMetrics({ defaults: false }),
+    release: () => {
+      released++;
+    },
+  });
+  const userClosed = once(user, 'close');
+  user.on('error', () => {});
+  up.destroy(new Error('upstream reset'));
+  await userClosed;
+  await done;
+  assert.equal(released, 1);
+});
