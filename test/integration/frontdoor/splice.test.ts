@@ -4,7 +4,7 @@ import { once } from 'node:events';
 import { type AddressInfo, connect, createServer, type Socket } from 'node:net';
 import { test } from 'node:test';
 import { createMetrics } from '../../../src/metrics.js';
-import { splice } from '../../../src/proxy/splice.js';
+import { type SpliceStats, splice } from '../../../src/proxy/splice.js';
 import { EchoUpstream } from './harness.js';
 
 /** A connected pair over loopback: [the proxy's accepted socket, the user's socket]. */
@@ -22,7 +22,8 @@ async function tcpPair(): Promise<[Socket, Socket]> {
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
-test('splice moves megabytes both ways intact with backpressure, counts bytes and releases once', async (t) => {
+/** Splices a fresh loopback client to a fresh echo upstream; counts release() calls. */
+async function spliceToEcho(t: { after: (fn: () => unknown) => void }, buffered: Buffer, pipelined: Buffer) {
   const echo = new EchoUpstream();
   await echo.start();
   t.after(() => echo.stop());
@@ -33,16 +34,22 @@ test('splice moves megabytes both ways intact with backpressure, counts bytes an
   up.pause();
   client.pause();
   const metrics = createMetrics({ defaults: false });
-  let released = 0;
-  const done = splice({
+  const r = { user, up, metrics, released: 0, done: undefined as unknown as Promise<SpliceStats> };
+  r.done = splice({
     client,
-    upstream: { socket: up, capabilities: [], buffered: Buffer.from('BUF') },
-    pipelined: Buffer.from('PIPE'),
+    upstream: { socket: up, capabilities: [], buffered },
+    pipelined,
     metrics,
     release: () => {
-      released++;
+      r.released++;
     },
   });
+  return r;
+}
+
+test('splice moves megabytes both ways intact with backpressure, counts bytes and releases once', async (t) => {
+  const r = await spliceToEcho(t, Buffer.from('BUF'), Buffer.from('PIPE'));
+  const { user, metrics, done } = r;
   const payload = randomBytes(4 * 1024 * 1024);
   const expected = Buffer.concat([Buffer.from('BUFPIPE'), payload]);
   const chunks: Buffer[] = [];
@@ -65,33 +72,18 @@ test('splice moves megabytes both ways intact with backpressure, counts bytes an
   const stats = await done;
   assert.equal(stats.clientToUpstream, payload.length + 4);
   assert.equal(stats.upstreamToClient, payload.length + 7);
-  assert.equal(released, 1);
+  assert.equal(r.released, 1);
   const text = await metrics.registry.metrics();
   assert.match(text, new RegExp(`direction="client_to_upstream"} ${payload.length + 4}\\n`));
 });
 
 test('upstream closing tears down the client side', async (t) => {
-  const echo = new EchoUpstream();
-  await echo.start();
-  t.after(() => echo.stop());
-  const [client, user] = await tcpPair();
-  t.after(() => user.destroy());
-  const up = connect(echo.port, '127.0.0.1');
-  await once(up, 'connect');
-  let released = 0;
-  const done = splice({
-    client,
-    upstream: { socket: up, capabilities: [], buffered: Buffer.alloc(0) },
-    pipelined: Buffer.alloc(0),
-    metrics: createMetrics({ defaults: false }),
-    release: () => {
-      released++;
-    },
-  });
+  const r = await spliceToEcho(t, Buffer.alloc(0), Buffer.alloc(0));
+  const { user, up, done } = r;
   const userClosed = once(user, 'close');
   user.on('error', () => {});
   up.destroy(new Error('upstream reset'));
   await userClosed;
   await done;
-  assert.equal(released, 1);
+  assert.equal(r.released, 1);
 });
