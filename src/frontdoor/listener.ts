@@ -52,7 +52,8 @@ export function createListener(cfg: ListenerConfig, deps: ListenerDeps): Listene
   }
   const trusted = cfg.proxy_protocol ? trustList(cfg.proxy_protocol.trusted) : undefined;
   const sockets = new Set<Socket>();
-  const sessions = new Set<PreauthSession>();
+  /** Sockets past their preamble, with their session (absent while PROXY/TLS preamble runs). */
+  const sessions = new Map<Socket, PreauthSession>();
   const server: Server = createServer({ noDelay: true, keepAlive: true, keepAliveInitialDelay: 60_000 });
   if (deps.maxConnections !== undefined) server.maxConnections = deps.maxConnections;
   const log = deps.log.child({ listener: cfg.name });
@@ -81,8 +82,8 @@ export function createListener(cfg: ListenerConfig, deps: ListenerDeps): Listene
       },
       log.child({ cid, client: address }),
     );
-    sessions.add(session);
-    void session.done.then(() => sessions.delete(session));
+    sessions.set(raw, session);
+    void session.done.then(() => sessions.delete(raw));
     session.start();
   };
 
@@ -163,7 +164,11 @@ export function createListener(cfg: ListenerConfig, deps: ListenerDeps): Listene
       }),
     close: async (opts = {}) => {
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-      for (const s of sessions) s.shutdown();
+      for (const raw of sockets) {
+        const session = sessions.get(raw);
+        if (session) session.shutdown();
+        else raw.destroy();
+      }
       let timer: NodeJS.Timeout | undefined;
       const drained = new Promise<void>((resolve) => {
         timer = setTimeout(resolve, opts.drainMs ?? SHUTDOWN_DRAIN_MS);

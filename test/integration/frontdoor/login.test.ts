@@ -124,6 +124,10 @@ describe('login outcomes', () => {
     c.close();
     if (!fd.signals[0]!.aborted) await once(fd.signals[0]!, 'abort');
     assert.equal(fd.signals[0]!.aborted, true);
+    assert.equal(
+      await metricValue(fd.metrics, 'imap_proxy_active_sessions', { listener: 'test', phase: 'preauth' }),
+      0,
+    );
   });
 
   test('one login at a time: a second command waits until the first login is answered', async (t) => {

@@ -107,4 +107,22 @@ describe('pre-auth policy', () => {
     assert.equal(await c.readToClose(), '* BYE Server shutting down\r\n');
     await closing;
   });
+
+  test('shutdown: pre-auth sessions get * BYE at once, spliced ones are closed after drainMs and released', async (t) => {
+    const fd = await startFrontdoor({ tls: 'none', allow_cleartext_login: true });
+    t.after(() => fd.upstream.stop());
+    const spliced = await RawImapClient.connect(fd.port);
+    t.after(() => spliced.close());
+    await spliced.readLine();
+    assert.match((await spliced.command('a', 'LOGIN alice pw')).at(-1)!, /^a OK /);
+    const pre = await RawImapClient.connect(fd.port);
+    t.after(() => pre.close());
+    await pre.readLine();
+    await fd.listener.close({ drainMs: 50 });
+    assert.equal(await pre.readToClose(), '* BYE Server shutting down\r\n');
+    await spliced.closed;
+    while (fd.releases === 0) await new Promise((r) => setImmediate(r));
+    assert.equal(fd.releases, 1);
+    assert.equal(fd.listener.connections, 0);
+  });
 });
