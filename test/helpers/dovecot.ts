@@ -49,11 +49,21 @@ const HOST = '127.0.0.1';
 const READY_MS = 15_000;
 const STOP_MS = 5_000;
 const live = new Set<ChildProcess>();
+const liveDirs = new Set<string>();
 
 // Last resort when a test run dies without calling stop(): never leave a Dovecot behind.
-process.once('exit', () => {
+function killLive(): void {
   for (const child of live) child.kill('SIGKILL');
-});
+  for (const dir of liveDirs) rmSync(dir, { recursive: true, force: true });
+}
+process.once('exit', killLive);
+for (const sig of ['SIGTERM', 'SIGINT'] as const) {
+  process.once(sig, () => {
+    killLive();
+    // Die of the same signal as before this handler existed.
+    process.kill(process.pid, sig);
+  });
+}
 
 async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -214,12 +224,14 @@ async function startOnce(dir: string, o: DovecotOptions, cert: string, key: stri
     stop: async () => {
       await stopChild(child);
       rmSync(dir, { recursive: true, force: true });
+      liveDirs.delete(dir);
     },
   };
 }
 
 export async function startDovecot(opts: DovecotOptions = {}): Promise<Dovecot> {
   const dir = mkdtempSync(join(tmpdir(), 'iop-dovecot-'));
+  liveDirs.add(dir);
   // Dovecot's unprivileged processes (nobody, dovenull) must traverse to the mail dir.
   chmodSync(dir, 0o755);
   const mail = join(dir, 'mail');
@@ -242,6 +254,7 @@ export async function startDovecot(opts: DovecotOptions = {}): Promise<Dovecot> 
     }
   }
   rmSync(dir, { recursive: true, force: true });
+  liveDirs.delete(dir);
   throw lastErr;
 }
 
