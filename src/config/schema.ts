@@ -91,6 +91,10 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
+    workers: z
+      .union([z.number().int().min(1).max(64), z.literal('auto')])
+      .default(1)
+      .describe('Worker processes sharing the listeners ("auto" = one per CPU); each holds its own caches'),
     listeners: z.array(listenerSchema).min(1),
     limits: z
       .object({
