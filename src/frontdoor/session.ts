@@ -69,6 +69,7 @@ export class PreauthSession implements CommandContext {
   private firstChunk = true;
   private endReason = 'client_closed';
   private loginResult: LoginResult | undefined;
+  private loginMs: number | undefined;
   private phase: 'preauth' | 'spliced' = 'preauth';
   private readonly started = Date.now();
   private readonly onData = (chunk: Buffer) => this.receive(chunk);
@@ -81,7 +82,8 @@ export class PreauthSession implements CommandContext {
     this.close('socket_error');
   };
   private readonly onClose = () => this.close('client_closed');
-  readonly log: Logger;
+  /** Gains `account` once a login names one. */
+  log: Logger;
   /** Resolves when the session (including any splice) is over. */
   readonly done: Promise<void>;
   private resolveDone!: () => void;
@@ -383,6 +385,7 @@ export class PreauthSession implements CommandContext {
 
   private countLogin(result: LoginResult, seconds: number): void {
     this.loginResult = result;
+    this.loginMs = Math.round(seconds * 1000);
     this.opts.metrics.logins.inc({ result });
     this.opts.metrics.loginSeconds.observe({ result }, seconds);
   }
@@ -425,6 +428,8 @@ export class PreauthSession implements CommandContext {
       return;
     }
     this.countLogin(outcome.ok ? 'success' : outcome.reason, seconds);
+    const account = outcome.ok ? outcome.accountLabel : outcome.account;
+    if (account !== undefined) this.log = this.log.child({ account });
     if (!outcome.ok) {
       this.log.info({ mechanism, result: outcome.reason }, 'login failed');
       const r = clientReply(outcome.reason);
@@ -433,7 +438,7 @@ export class PreauthSession implements CommandContext {
       this.armIdle();
       return;
     }
-    this.log.info({ mechanism, account: outcome.accountLabel }, 'login ok');
+    this.log.info({ mechanism }, 'login ok');
     const caps = outcome.upstream.capabilities;
     const code = caps.length > 0 ? `CAPABILITY ${caps.join(' ')}` : undefined;
     this.write(w.tagged(tag, 'OK', 'Logged in', code));
@@ -510,13 +515,16 @@ export class PreauthSession implements CommandContext {
     if (this.finishedOnce) return;
     this.finishedOnce = true;
     this.opts.metrics.activeSessions.dec({ listener: this.opts.listener, phase: this.phase });
+    // The one summary line per session an admin greps for: how it ended and what it moved.
     this.log.info(
       {
-        end: this.phase === 'spliced' ? reason : this.endReason,
-        login: this.loginResult ?? 'none',
+        result: this.loginResult ?? 'none',
+        reason: this.phase === 'spliced' ? reason : this.endReason,
         secure: this.secure,
-        ms: Date.now() - this.started,
-        ...(stats ? { bytesIn: stats.clientToUpstream, bytesOut: stats.upstreamToClient } : {}),
+        loginMs: this.loginMs ?? null,
+        totalMs: Date.now() - this.started,
+        bytesIn: stats?.clientToUpstream ?? 0,
+        bytesOut: stats?.upstreamToClient ?? 0,
       },
       'session end',
     );

@@ -31,7 +31,13 @@ export type LoginOutcome =
       release: () => void;
       accountLabel: string;
     }
-  | { ok: false; reason: FailureReason; clientText?: string };
+  | {
+      ok: false;
+      reason: FailureReason;
+      clientText?: string;
+      /** The account, when the password matched (for the session's log lines; never a label). */
+      account?: string;
+    };
 
 /** What the front door calls once it has a login name and password. Filled by proxy/. */
 export interface LoginHandler {
