@@ -33,14 +33,15 @@ export class LoginPipeline implements LoginHandler {
     const cred = await this.deps.credentials.verify(req.login, req.password, req.client.address);
     if (!cred.ok) return { ok: false, reason: cred.reason };
     const account = cred.account;
-    const alog = log.child({ account: account.logins[0], provider: account.provider });
+    const accountLabel = account.logins[0] ?? String(account.id);
+    const alog = log.child({ account: accountLabel, provider: account.provider });
 
     const cap = account.maxSessions ?? this.deps.config.limits.max_sessions_per_account;
     const release = this.sessions.tryAcquire(account.id, cap);
-    if (!release) return { ok: false, reason: 'session_limit' };
+    if (!release) return { ok: false, reason: 'session_limit', account: accountLabel };
     try {
       const upstream = await this.authenticate(account, signal);
-      return { ok: true, upstream, release, accountLabel: account.logins[0] ?? String(account.id) };
+      return { ok: true, upstream, release, accountLabel };
     } catch (err) {
       release();
       if (isProxyError(err)) {
@@ -49,11 +50,11 @@ export class LoginPipeline implements LoginHandler {
           'login failed upstream',
         );
         return err.clientText === undefined
-          ? { ok: false, reason: err.reason }
-          : { ok: false, reason: err.reason, clientText: err.clientText };
+          ? { ok: false, reason: err.reason, account: accountLabel }
+          : { ok: false, reason: err.reason, clientText: err.clientText, account: accountLabel };
       }
       alog.error({ err }, 'login failed with an unexpected error');
-      return { ok: false, reason: 'protocol_error' };
+      return { ok: false, reason: 'protocol_error', account: accountLabel };
     }
   }
 
