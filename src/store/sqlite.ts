@@ -133,6 +133,8 @@ export class SqliteGrantStore implements GrantStore, KeyRotatable {
     this.#db
       .prepare('INSERT INTO audit (at, actor, action, account_id, detail) VALUES (?, ?, ?, ?, ?)')
       .run(Date.now(), actor, action, accountId, detail ?? null);
+    // Mirrored to the log so account and grant changes reach the admin's log pipeline too.
+    this.#log.info({ audit: { actor, action, accountId, detail: detail ?? null } }, `audit: ${action}`);
   }
 
   #bumpVersion(id: number): void {
