@@ -54,6 +54,11 @@ export interface Stack {
   proxyCaFile: string;
   /** Every log line the proxy wrote so far. */
   logs(): string;
+  /**
+   * Strings that must never be logged. addAccount registers its app password and tokens,
+   * close() adds the grants' current tokens and the config's secrets, then scans logs().
+   */
+  secrets: Set<string>;
   addAccount(
     login: string,
     opts?: {
@@ -119,6 +124,9 @@ ${opts.configYaml?.({ op, dovecot }) ?? ''}
     const metrics = createMetrics();
     const app = await startProxy(config, { log, metrics, version: 'test' });
     const d = dovecot;
+    const secrets = new Set<string>([op.client.secret, op.introspection.secret]);
+    if (config.encryption.key) secrets.add(config.encryption.key.split(':')[1]!);
+    const accountIds: number[] = [];
     return {
       op,
       dovecot: d,
@@ -135,6 +143,7 @@ ${opts.configYaml?.({ op, dovecot }) ?? ''}
       },
       proxyCaFile: join(dir, 'tls', 'selfsigned.crt'),
       logs: () => chunks.join(''),
+      secrets,
       async addAccount(login, o = {}) {
         const upstreamUser = o.upstreamUser ?? (login.includes('@') ? login : `${login}@example.com`);
         const account = await app.store.createAccount(
@@ -147,7 +156,9 @@ ${opts.configYaml?.({ op, dovecot }) ?? ''}
           },
           'test',
         );
+        accountIds.push(account.id);
         const password = generateAppPassword();
+        secrets.add(password);
         await app.store.addAppPassword(account.id, 'test', await hashAppPassword(password), 'test');
         let refreshToken: string | null = null;
         let accessToken: string | null = null;
@@ -155,6 +166,8 @@ ${opts.configYaml?.({ op, dovecot }) ?? ''}
           const t = await op.mintGrant(upstreamUser);
           refreshToken = t.refresh_token;
           accessToken = t.access_token;
+          secrets.add(refreshToken);
+          secrets.add(accessToken);
           await app.store.putGrant(
             account.id,
             {
@@ -180,10 +193,17 @@ ${opts.configYaml?.({ op, dovecot }) ?? ''}
         };
       },
       async close() {
+        // Tokens the proxy refreshed or rotated during the run count too.
+        for (const id of accountIds) {
+          const g = await app.store.getGrant(id).catch(() => null);
+          if (g?.refreshToken) secrets.add(g.refreshToken);
+          if (g?.accessToken) secrets.add(g.accessToken);
+        }
         await app.close({ drainMs: 0 });
         if (ownDovecot) await d.stop();
         if (ownOp) await op.close();
         rmSync(dir, { recursive: true, force: true });
+        assertNoSecretsLogged(chunks.join(''), secrets);
       },
     };
   } catch (err) {
@@ -191,6 +211,31 @@ ${opts.configYaml?.({ op, dovecot }) ?? ''}
     if (ownOp) await op.close();
     rmSync(dir, { recursive: true, force: true });
     throw err;
+  }
+}
+
+/** Throws naming the log line (never the secret) where any registered secret appears. */
+export function assertNoSecretsLogged(logs: string, secrets: Iterable<string>): void {
+  const lines = logs.split('\n');
+  const found: string[] = [];
+  let i = 0;
+  for (const secret of secrets) {
+    i++;
+    // Short strings would match by accident; every real secret here is long.
+    if (secret.length < 8) continue;
+    const at = lines.findIndex((l) => l.includes(secret));
+    if (at >= 0)
+      found.push(`secret #${i} (${secret.length} chars) in log line ${at + 1}: ${msgOf(lines[at]!)}`);
+  }
+  if (found.length > 0) throw new Error(`secrets found in the proxy's logs:\n${found.join('\n')}`);
+}
+
+function msgOf(line: string): string {
+  try {
+    const o = JSON.parse(line) as { msg?: unknown };
+    return JSON.stringify(o.msg ?? '');
+  } catch {
+    return '(not JSON)';
   }
 }
 

@@ -116,7 +116,7 @@ test('upstream rejects once: report, forced refresh, retry on the same connectio
 test('upstream rejects twice: AUTHORIZATIONFAILED-class reason, connection destroyed, slot freed', async () => {
   const h = harness({ accept: () => false, reusable: false });
   const out = await h.pipeline.login(req(), new AbortController().signal);
-  assert.deepEqual(out, { ok: false, reason: 'upstream_rejected' });
+  assert.deepEqual(out, { ok: false, reason: 'upstream_rejected', account: 'alice' });
   assert.equal(
     h.events.filter((e) => e === 'connect').length,
     2,
@@ -134,7 +134,12 @@ test('token failure destroys the parallel upstream connection and carries the cl
     }),
   });
   const out = await h.pipeline.login(req(), new AbortController().signal);
-  assert.deepEqual(out, { ok: false, reason: 'needs_consent', clientText: 'reconnect at https://x/connect' });
+  assert.deepEqual(out, {
+    ok: false,
+    reason: 'needs_consent',
+    clientText: 'reconnect at https://x/connect',
+    account: 'alice',
+  });
   assert.ok(h.events.includes('destroy'));
 });
 
@@ -153,11 +158,19 @@ test('per-account session cap: the third concurrent session gets session_limit u
   const a = await h.pipeline.login(req(), s);
   const b = await h.pipeline.login(req(), s);
   assert.equal(a.ok && b.ok, true);
-  assert.deepEqual(await h.pipeline.login(req(), s), { ok: false, reason: 'session_limit' });
+  assert.deepEqual(await h.pipeline.login(req(), s), {
+    ok: false,
+    reason: 'session_limit',
+    account: 'alice',
+  });
   if (a.ok) {
     a.release();
     a.release(); // releasing twice frees one slot only
   }
   assert.equal((await h.pipeline.login(req(), s)).ok, true);
-  assert.deepEqual(await h.pipeline.login(req(), s), { ok: false, reason: 'session_limit' });
+  assert.deepEqual(await h.pipeline.login(req(), s), {
+    ok: false,
+    reason: 'session_limit',
+    account: 'alice',
+  });
 });
