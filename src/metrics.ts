@@ -10,8 +10,11 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
   const registry = new Registry();
   if (opts.defaults !== false) collectDefaultMetrics({ register: registry, prefix: P });
   const r = [registry];
+  const grantSource: GrantSource = {};
   return {
     registry,
+    /** Set `count` and the grants gauge is read from the store at every scrape. */
+    grantSource,
     connections: new Counter({
       name: `${P}connections_total`,
       help: 'Client connections accepted, by listener and TLS mode',
@@ -71,6 +74,16 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
       help: 'Stored grants by status (alert on needs_consent)',
       labelNames: ['status'] as const,
       registers: r,
+      // Read at scrape time, so a grant that just lost consent shows on the next scrape.
+      async collect() {
+        if (!grantSource.count) return;
+        try {
+          const counts = await grantSource.count();
+          for (const [status, n] of Object.entries(counts)) this.set({ status }, n);
+        } catch {
+          // Keep the last values; /readyz reports an unreachable store.
+        }
+      },
     }),
     buildInfo: new Gauge({
       name: `${P}build_info`,
@@ -100,6 +113,10 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
       registers: r,
     }),
   };
+}
+
+export interface GrantSource {
+  count?: (() => Promise<Record<string, number>>) | undefined;
 }
 
 export type Metrics = ReturnType<typeof createMetrics>;
