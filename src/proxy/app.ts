@@ -38,8 +38,6 @@ export interface StartOptions {
   routes?: (deps: { store: GrantStore; config: Config }) => Route[];
 }
 
-const GRANT_GAUGE_INTERVAL_MS = 30_000;
-
 /** Builds and starts everything `serve` runs: store, broker, upstream, listeners, admin HTTP. */
 export async function startProxy(config: Config, opts: StartOptions): Promise<ProxyApp> {
   const { log } = opts;
@@ -71,7 +69,6 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
   const listeners: Listener[] = [];
   const addresses: Record<string, AddressInfo> = {};
   let admin: AdminServer | undefined;
-  let gaugeTimer: NodeJS.Timeout | undefined;
   try {
     const fallback = await fallbackCertificate(config, log);
     for (const lc of config.listeners) {
@@ -107,18 +104,8 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
     const adminAddress = await admin.listen();
     log.info({ address: adminAddress }, 'admin HTTP listening');
 
-    const updateGrantGauge = async () => {
-      try {
-        for (const [status, n] of Object.entries(await store.countGrantsByStatus())) {
-          metrics.grantsByStatus.set({ status }, n);
-        }
-      } catch (err) {
-        log.warn({ err }, 'cannot count grants');
-      }
-    };
-    await updateGrantGauge();
-    gaugeTimer = setInterval(() => void updateGrantGauge(), GRANT_GAUGE_INTERVAL_MS);
-    gaugeTimer.unref();
+    // Read at scrape time: a grant that just lost consent shows on the next scrape.
+    metrics.grantSource.count = () => store.countGrantsByStatus();
 
     const adminServer = admin;
     return {
@@ -130,14 +117,13 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
       addresses,
       adminAddress,
       async close(closeOpts) {
-        clearInterval(gaugeTimer);
+        metrics.grantSource.count = undefined;
         await Promise.all(listeners.map((l) => l.close(closeOpts)));
         await adminServer.close();
         await store.close();
       },
     };
   } catch (err) {
-    clearInterval(gaugeTimer);
     await Promise.allSettled(listeners.map((l) => l.close({ drainMs: 0 })));
     await admin?.close().catch(() => {});
     await store.close();
