@@ -2,18 +2,34 @@ import { version } from '../cli.js';
 import { loadConfig } from '../config/load.js';
 import { createLogger } from '../log.js';
 import { startProxy } from '../proxy/app.js';
+import { isClusterWorker, resolveWorkers, runPrimary, startWorker } from '../proxy/cluster.js';
 
 /** `imap-oauth-proxy serve`: runs until SIGTERM/SIGINT, then drains and exits 0. */
 export async function runServe(configFile: string): Promise<number> {
   const { config } = loadConfig(configFile);
   const log = createLogger({ level: config.log.level, format: config.log.format });
-  log.info({ config: configFile, version: version(), pid: process.pid }, 'starting imap-oauth-proxy');
-  const app = await startProxy(config, { log, version: version() });
-  log.info('ready');
+  const workers = resolveWorkers(config.workers);
+  const worker = isClusterWorker();
+  if (!worker)
+    log.info(
+      { config: configFile, version: version(), pid: process.pid, workers },
+      'starting imap-oauth-proxy',
+    );
+  if (!worker && workers > 1) {
+    const code = await runPrimary(config, { log, workers, version: version() });
+    log.flush();
+    return code;
+  }
+  const app = worker
+    ? await startWorker(config, { log, version: version() })
+    : await startProxy(config, { log, version: version() });
+  if (!worker) log.info('ready');
   await new Promise<void>((resolve) => {
     let stopping = false;
-    const stop = (signal: NodeJS.Signals) => {
+    const stop = (signal: NodeJS.Signals | 'disconnect') => {
       if (stopping) {
+        // A terminal's SIGINT reaches workers as well as the primary, which then sends SIGTERM.
+        if (worker) return;
         log.warn({ signal }, 'second signal: exiting now');
         process.exit(1);
       }
@@ -26,8 +42,12 @@ export async function runServe(configFile: string): Promise<number> {
     };
     process.once('SIGTERM', stop);
     process.once('SIGINT', stop);
+    // A worker whose primary is gone stops too.
+    if (worker) process.once('disconnect', () => stop('disconnect'));
   });
   log.info('stopped');
   log.flush();
+  // The IPC channel to the primary would keep a worker's event loop alive.
+  if (worker && process.connected) process.disconnect();
   return 0;
 }

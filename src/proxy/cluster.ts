@@ -1,0 +1,177 @@
+import cluster, { type Worker } from 'node:cluster';
+import { availableParallelism } from 'node:os';
+import { AggregatorRegistry } from 'prom-client';
+import { AdminServer, secretEquals, send } from '../admin/server.js';
+import type { Config } from '../config/schema.js';
+import type { Logger } from '../log.js';
+import { createMetrics } from '../metrics.js';
+import { Keyring } from '../store/crypto.js';
+import { openStore } from '../store/index.js';
+import { type ProxyApp, startProxy } from './app.js';
+
+/**
+ * Multi-worker mode: the primary forks N workers that each run the whole proxy (startProxy)
+ * on listeners shared through node:cluster (the primary accepts and hands connections out
+ * round-robin). Token and credential caches are per worker; the grant store's lock keeps
+ * refreshes single across processes. The primary alone serves admin HTTP on the configured
+ * port: /metrics aggregates every worker's registry (series carry a `worker` label), /readyz
+ * is ready when every worker is. Workers bind their own admin server to 127.0.0.1:0 (unused).
+ */
+
+const READY = 'imap-oauth-proxy:ready';
+/** A worker that exits before it is ready fails the start; later crashes are re-forked after this delay. */
+const RESTART_DELAY_MS = 1000;
+/** How long workers get to drain on SIGTERM before they are killed. */
+const STOP_TIMEOUT_MS = 40_000;
+
+/** `workers: N | 'auto'` → a process count ('auto' = one per CPU). */
+export function resolveWorkers(setting: number | 'auto'): number {
+  return setting === 'auto' ? availableParallelism() : setting;
+}
+
+export function isClusterWorker(): boolean {
+  return cluster.isWorker;
+}
+
+/** In a worker: runs startProxy with a private admin port and reports readiness to the primary. */
+export async function startWorker(config: Config, opts: { log: Logger; version: string }): Promise<ProxyApp> {
+  const id = String(cluster.worker?.id ?? 0);
+  const metrics = createMetrics();
+  metrics.registry.setDefaultLabels({ worker: id });
+  AggregatorRegistry.setRegistries([metrics.registry]);
+  // The constructor installs the IPC listener that answers the primary's metric requests.
+  new AggregatorRegistry();
+  const workerConfig: Config = { ...config, admin: { ...config.admin, address: '127.0.0.1', port: 0 } };
+  const app = await startProxy(workerConfig, {
+    log: opts.log.child({ worker: id }),
+    metrics,
+    version: opts.version,
+  });
+  process.send?.({ type: READY });
+  return app;
+}
+
+/** In the primary: forks the workers, serves admin HTTP, stops everything on SIGTERM/SIGINT. */
+export async function runPrimary(
+  config: Config,
+  opts: { log: Logger; workers: number; version: string },
+): Promise<number> {
+  const log = opts.log.child({ component: 'cluster' });
+  // Migrate (and create a key file if configured) once, before workers race for it.
+  const store = await openStore(config, Keyring.fromConfig(config.encryption, config.data_dir, log), log);
+  await store.migrate();
+  await store.close();
+
+  const ready = new Set<number>();
+  let stopping = false;
+  let startFailed: ((err: Error) => void) | undefined;
+  let allReady: (() => void) | undefined;
+
+  const fork = (): Worker => {
+    const w = cluster.fork();
+    w.on('message', (m: unknown) => {
+      if ((m as { type?: unknown } | null)?.type === READY) {
+        ready.add(w.id);
+        log.info({ worker: w.id, pid: w.process.pid }, 'worker ready');
+        if (ready.size >= opts.workers) allReady?.();
+      }
+    });
+    w.once('exit', (code, signal) => {
+      const wasReady = ready.delete(w.id);
+      if (stopping) return;
+      log.error({ worker: w.id, pid: w.process.pid, code, signal }, 'worker exited');
+      if (!wasReady) startFailed?.(new Error(`worker ${w.id} exited (code ${code}) before it was ready`));
+      else setTimeout(() => !stopping && fork(), RESTART_DELAY_MS).unref();
+    });
+    return w;
+  };
+
+  const stopWorkers = async (): Promise<void> => {
+    stopping = true;
+    const alive = Object.values(cluster.workers ?? {}).filter((w): w is Worker => !!w && !w.isDead());
+    await Promise.all(
+      alive.map(
+        (w) =>
+          new Promise<void>((resolve) => {
+            const kill = setTimeout(() => w.process.kill('SIGKILL'), STOP_TIMEOUT_MS);
+            w.once('exit', () => {
+              clearTimeout(kill);
+              resolve();
+            });
+            w.process.kill('SIGTERM');
+          }),
+      ),
+    );
+  };
+
+  try {
+    await new Promise<void>((resolve, reject) => {
+      startFailed = reject;
+      allReady = resolve;
+      for (let i = 0; i < opts.workers; i++) fork();
+    });
+  } catch (err) {
+    log.error({ err }, 'cannot start workers');
+    await stopWorkers();
+    return 1;
+  }
+  startFailed = undefined;
+  allReady = undefined;
+
+  const aggregator = new AggregatorRegistry();
+  const token = config.admin.metrics_bearer_token;
+  const admin = new AdminServer({
+    address: config.admin.address,
+    port: config.admin.port,
+    metrics: createMetrics({ defaults: false }),
+    log: log.child({ component: 'admin' }),
+    readiness: [
+      {
+        name: 'workers',
+        check: async () => {
+          if (ready.size < opts.workers) throw new Error(`${ready.size}/${opts.workers} workers ready`);
+        },
+      },
+    ],
+    routes: [
+      {
+        method: 'GET',
+        path: '/metrics',
+        handler: async (req, res) => {
+          const auth = req.headers.authorization ?? '';
+          if (token && !secretEquals(auth.startsWith('Bearer ') ? auth.slice(7) : '', token)) {
+            res.setHeader('www-authenticate', 'Bearer realm="metrics"');
+            send(res, 401, 'unauthorized\n');
+            return;
+          }
+          send(res, 200, await aggregator.clusterMetrics(), aggregator.contentType);
+        },
+      },
+    ],
+  });
+  try {
+    log.info({ address: await admin.listen(), workers: opts.workers }, 'admin HTTP listening (primary)');
+  } catch (err) {
+    log.error({ err }, 'cannot start admin HTTP');
+    await stopWorkers();
+    return 1;
+  }
+  log.info({ workers: opts.workers, pid: process.pid }, 'ready');
+
+  await new Promise<void>((resolve) => {
+    const stop = (signal: NodeJS.Signals) => {
+      if (stopping) {
+        log.warn({ signal }, 'second signal: killing workers');
+        for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGKILL');
+        return;
+      }
+      log.info({ signal }, 'stopping workers: no new connections, draining sessions');
+      void stopWorkers().then(resolve);
+    };
+    process.on('SIGTERM', stop);
+    process.on('SIGINT', stop);
+  });
+  await admin.close();
+  log.info('stopped');
+  return 0;
+}
