@@ -4,8 +4,19 @@
 // names the one command to run.
 import { spawnSync } from 'node:child_process';
 
-const NEEDED = ['dovecot', 'doveadm', 'curl', 'python3', 'openssl', 'fetchmail', 'mbsync', 'tmux', 'promtool'];
-const have = (cmd) => spawnSync('sh', ['-c', `command -v ${cmd} || test -x /usr/sbin/${cmd}`], { stdio: 'ignore' }).status === 0;
+const NEEDED = [
+  'dovecot',
+  'doveadm',
+  'curl',
+  'python3',
+  'openssl',
+  'fetchmail',
+  'mbsync',
+  'tmux',
+  'promtool',
+];
+const have = (cmd) =>
+  spawnSync('sh', ['-c', `command -v ${cmd} || test -x /usr/sbin/${cmd}`], { stdio: 'ignore' }).status === 0;
 let missing = NEEDED.filter((c) => !have(c));
 if (missing.length > 0) {
   const root = process.getuid?.() === 0;

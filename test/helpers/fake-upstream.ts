@@ -103,7 +103,8 @@ export async function startFakeUpstream(opts: Partial<FakeUpstreamOptions> = {})
 
   function session(raw: Socket): void {
     fake.connections++;
-    let sock: Socket = options.tls === 'implicit' ? new TLSSocket(raw, { isServer: true, secureContext }) : raw;
+    let sock: Socket =
+      options.tls === 'implicit' ? new TLSSocket(raw, { isServer: true, secureContext }) : raw;
     let secure = options.tls === 'implicit';
     let buf = '';
     let authenticated = false;
