@@ -6,7 +6,8 @@ import type { Metrics } from '../../../src/metrics.js';
 import { type FakeUpstream, startFakeUpstream } from '../../helpers/fake-upstream.js';
 import { RawImapClient } from '../../helpers/imap-client.js';
 import { assertNoSecretsLogged, type Stack, startStack, type TestAccount } from '../../helpers/stack.js';
-import { closedPort, logLines, parseScrape, scrape } from './scrape.js';
+import { dashboardExprs, promtool, ruleExprs } from './promtool.js';
+import { closedPort, exportedNames, logLines, parseScrape, scrape } from './scrape.js';
 
 type Counts = Map<string, number>;
 
@@ -324,6 +325,25 @@ describe('every login outcome is counted once, by its own reason, end to end (re
         assert.ok(!v.includes('@') && !v.includes('-user'), `no user name as a label value: ${x.name} ${v}`);
       }
     }
+  });
+
+  test('promtool check metrics accepts a live scrape with every series populated', async () => {
+    const r = await promtool(['check', 'metrics'], await scrape(s.ports.admin));
+    // prom-client's default gauges nodejs_active_{handles,requests,resources}_total carry a
+    // "_total" suffix promtool dislikes; they are the library's names, not ours.
+    const findings = r.output
+      .split('\n')
+      .filter((l) => l.trim() !== '' && !/^imap_proxy_nodejs_active_\w+_total non-counter/.test(l));
+    assert.deepEqual(findings, [], r.output);
+  });
+
+  test('every metric the dashboard and the alert rules query is one the proxy exports', async () => {
+    const exported = exportedNames(await scrape(s.ports.admin));
+    const exprs = [...dashboardExprs(), ...ruleExprs()];
+    assert.ok(exprs.length >= 20, 'the dashboard and rules were read');
+    const used = new Set(exprs.flatMap((e) => e.match(/\bimap_proxy_[a-z0-9_]+/g) ?? []));
+    assert.ok(used.size >= 12);
+    for (const name of used) assert.ok(exported.has(name), `${name} is queried but not exported`);
   });
 
   test('one summary line per session: result, reason, login and total time, bytes each way, account', () => {

@@ -56,6 +56,17 @@ export function parseScrape(text: string): Sample[] {
   return out;
 }
 
+/** Every series name a scrape can carry, from its TYPE lines (so families with no samples yet count). */
+export function exportedNames(text: string): Set<string> {
+  const names = new Set<string>();
+  for (const m of text.matchAll(/^# TYPE (\S+) (\S+)$/gm)) {
+    const [, name, type] = m as unknown as [string, string, string];
+    names.add(name);
+    if (type === 'histogram') for (const s of ['_bucket', '_sum', '_count']) names.add(name + s);
+  }
+  return names;
+}
+
 /** The proxy's JSON log as objects (non-JSON lines skipped). */
 export function logLines(logs: string): Array<Record<string, unknown>> {
   const out: Array<Record<string, unknown>> = [];
