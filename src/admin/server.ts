@@ -35,6 +35,23 @@ export function secretEquals(presented: string, expected: string): boolean {
   return a.length === b.length && timingSafeEqual(a, b);
 }
 
+/**
+ * Whether an Authorization header may read /metrics: `Bearer <token>`, or Basic auth with
+ * user "metrics" and the token as password (for scrapers that only speak Basic).
+ */
+export function metricsAuthorized(authorization: string | undefined, token: string): boolean {
+  const auth = authorization ?? '';
+  if (auth.startsWith('Bearer ')) return secretEquals(auth.slice(7), token);
+  if (!auth.startsWith('Basic ')) return false;
+  const decoded = Buffer.from(auth.slice(6), 'base64').toString('utf8');
+  const colon = decoded.indexOf(':');
+  if (colon < 0) return false;
+  // Both parts always compared, so the answer time does not tell which one was wrong.
+  const userOk = secretEquals(decoded.slice(0, colon), 'metrics');
+  const passOk = secretEquals(decoded.slice(colon + 1), token);
+  return userOk && passOk;
+}
+
 export function send(
   res: ServerResponse,
   status: number,
@@ -115,10 +132,8 @@ export class AdminServer {
   private async metrics(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const token = this.opts.metricsBearerToken;
     if (token) {
-      const auth = req.headers.authorization ?? '';
-      const presented = auth.startsWith('Bearer ') ? auth.slice(7) : '';
-      if (!secretEquals(presented, token)) {
-        res.setHeader('www-authenticate', 'Bearer realm="metrics"');
+      if (!metricsAuthorized(req.headers.authorization, token)) {
+        res.setHeader('www-authenticate', 'Bearer realm="metrics", Basic realm="metrics"');
         send(res, 401, 'unauthorized\n');
         return;
       }
