@@ -1,4 +1,5 @@
 import { generateAppPassword, hashAppPassword } from '../accounts/passwords.js';
+import { addAppOnlyGrant, connectCommand, linkCommand } from './account-onboarding.js';
 import {
   type CommandContext,
   dispatch,
@@ -32,10 +33,13 @@ const ACCOUNT: Group = {
   summary: 'Manage accounts: the login names legacy clients use and the mailbox each maps to.',
   sub: {
     add: {
-      usage: 'account add <login> --provider P [--upstream-user EMAIL] [--max-sessions N]',
-      summary: 'Create an account (then add an app password and import or connect a grant)',
+      usage: 'account add <login> --provider P [--upstream-user EMAIL] [--max-sessions N] [--grant app-only]',
+      summary:
+        'Create an account (then add an app password and connect a grant); --grant app-only stores a ' +
+        'client-credentials or service-account grant that needs no user sign-in',
       options: {
         provider: { type: 'string' },
+        grant: { type: 'string' },
         'upstream-user': { type: 'string' },
         'max-sessions': { type: 'string' },
       },
@@ -47,6 +51,7 @@ const ACCOUNT: Group = {
           const known = Object.keys(ctx.config.providers).join(', ') || 'none';
           throw new UsageError(`unknown provider "${provider}" (configured: ${known})`);
         }
+        if (v.grant !== undefined && v.grant !== 'app-only') throw new UsageError('--grant must be app-only');
         const upstreamUser = typeof v['upstream-user'] === 'string' ? v['upstream-user'] : login!;
         if (!/^[^\s@]+@[^\s@]+$/.test(upstreamUser)) {
           throw new UsageError('--upstream-user EMAIL is required when the login is not a mail address');
@@ -65,9 +70,11 @@ const ACCOUNT: Group = {
         ctx.out(
           `account ${a.logins[0]} created (id ${a.id}, mailbox ${a.upstreamUser}, provider ${provider})`,
         );
-        return EXIT_OK;
+        return v.grant === 'app-only' ? addAppOnlyGrant(ctx, a) : EXIT_OK;
       },
     },
+    connect: connectCommand,
+    link: linkCommand,
     list: {
       usage: 'account list',
       summary: 'List accounts',

@@ -1,8 +1,11 @@
+import { revokeAtProvider } from '../oauth/flows/revoke.js';
+import { createProviderRegistry } from '../oauth/provider.js';
 import type { GrantKind } from '../store/types.js';
 import {
   type CommandContext,
   dispatch,
   EXIT_OK,
+  EXIT_RUNTIME,
   type Group,
   isoOrDash,
   readAll,
@@ -49,6 +52,41 @@ const GRANT: Group = {
         );
         ctx.out(`grant (${kind}) stored for ${a.logins[0]}; it is used at the next login`);
         return EXIT_OK;
+      },
+    },
+    revoke: {
+      usage: 'grant revoke <login>',
+      summary:
+        'Revoke the grant at the provider (RFC 7009, where offered) and delete it here; the ' +
+        "account's next logins are refused until it is connected again",
+      positionals: [1, 1],
+      async run(_v, [login], ctx) {
+        const a = await requireAccount(ctx, login!);
+        const grant = await ctx.store.getGrant(a.id);
+        if (!grant) throw new Error(`${a.logins[0]} has no grant`);
+        let outcome: string;
+        let failed = false;
+        try {
+          outcome = await revokeAtProvider(
+            createProviderRegistry(ctx.config.providers).get(a.provider),
+            grant,
+          );
+        } catch (err) {
+          // Deleting locally still stops the proxy from using the grant; the admin must finish at the provider.
+          failed = true;
+          outcome = `provider revocation failed (${(err as Error).message})`;
+        }
+        await ctx.store.deleteGrant(a.id, 'cli');
+        await ctx.store.audit('cli', 'grant.revoke', a.id, outcome);
+        const said: Record<string, string> = {
+          revoked: 'revoked at the provider',
+          not_offered: 'the provider offers no revocation endpoint: also remove the consent there',
+          nothing_to_revoke: 'no token to revoke at the provider (app-only grant)',
+        };
+        (failed ? ctx.err : ctx.out)(
+          `grant for ${a.logins[0]} removed; ${said[outcome] ?? outcome}. Its next logins are refused.`,
+        );
+        return failed ? EXIT_RUNTIME : EXIT_OK;
       },
     },
     status: {

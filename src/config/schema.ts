@@ -162,6 +162,10 @@ export const configSchema = z
         metrics_bearer_token: z.string().optional().describe('Require this bearer token on /metrics'),
         admin_password: z.string().optional().describe('Basic-auth password for /status (user "admin")'),
         connect_page: z.boolean().default(false).describe('Serve the self-service /connect page'),
+        imap_host: z
+          .string()
+          .optional()
+          .describe('IMAP server name /connect shows users (defaults to the public_url host)'),
         allowed_domains: z
           .array(z.string())
           .default([])

@@ -164,7 +164,7 @@ export class OAuthTokenBroker implements TokenBroker {
       throw new ProxyError('token_unavailable', 'token endpoint in backoff', { detail: 'backoff' });
     }
     const outcome =
-      ctx.handler.per === 'provider'
+      ctx.handler.per !== 'grant'
         ? await this.#fetchShared(key, ctx, stale, now)
         : await this.#o.store.withGrantLock(ctx.account.id, (tx) =>
             this.#refreshLocked(tx, key, ctx, stale, now),
@@ -241,7 +241,7 @@ export class OAuthTokenBroker implements TokenBroker {
     if (!grant) return { type: 'no_grant' };
     const got = await this.#call(ctx, grant, now);
     if ('failure' in got) {
-      // App-only grants have no user consent to lose: every failure is "unavailable".
+      // App-only and service-account grants have no user consent to lose: every failure is "unavailable".
       const failure: RefreshFailure =
         got.failure.result === 'invalid_grant' ? { ...got.failure, result: 'unavailable' } : got.failure;
       const fallback = this.#servable(stale, key, ctx) ? stale : undefined;

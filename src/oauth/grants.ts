@@ -24,11 +24,13 @@ export interface GrantContext {
 
 /**
  * One way of getting an access token. `per: 'provider'` tokens (app-only) are shared by all
- * accounts of a provider; `per: 'grant'` tokens are per account and persisted.
+ * accounts of a provider; `per: 'grant'` tokens are per account and persisted (refresh
+ * tokens); `per: 'account'` tokens are per account, minted without a stored secret
+ * (service-account JWT bearer) and kept only in memory.
  */
 export interface GrantHandler {
   readonly kind: GrantKind;
-  readonly per: 'grant' | 'provider';
+  readonly per: 'grant' | 'provider' | 'account';
   /** Throws whatever openid-client throws; the broker classifies it. */
   fetchToken(ctx: GrantContext): Promise<TokenSet>;
 }

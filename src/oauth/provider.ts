@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import {
   allowInsecureRequests,
   type ClientAuth,
@@ -6,12 +7,16 @@ import {
   Configuration,
   customFetch,
   discovery,
+  modifyAssertion,
   None,
+  PrivateKeyJwt,
   type ServerMetadata,
 } from 'openid-client';
 import type { ProviderConfig } from '../config/schema.js';
 import { ConfigError } from '../errors.js';
 import { tracingFetch } from './http-trace.js';
+import { readServiceAccount } from './service-account.js';
+import { parsePrivateKey, type SigningKey, thumbprintToX5t, toSigningKey } from './signing-key.js';
 
 /** One configured OAuth provider: its settings and a lazily built openid-client Configuration. */
 export interface OAuthProvider {
@@ -42,7 +47,12 @@ export function createProviderRegistry(providers: Record<string, ProviderConfig>
   };
 }
 
-export function createProvider(name: string, config: ProviderConfig): OAuthProvider {
+export function createProvider(name: string, configIn: ProviderConfig): OAuthProvider {
+  // A Google provider used only for service accounts may take its client id from the key file.
+  const config =
+    !configIn.client_id && configIn.service_account_file
+      ? { ...configIn, client_id: readServiceAccount(configIn.service_account_file).clientId }
+      : configIn;
   if (!config.client_id) throw new ConfigError(`providers.${name}: client_id is required`);
   if (!config.issuer && !config.token_endpoint) {
     throw new ConfigError(`providers.${name}: set issuer (discovery) or token_endpoint`);
@@ -82,8 +92,39 @@ function clientAuthFor(name: string, config: ProviderConfig): ClientAuth {
     case 'none':
       return None();
     case 'private_key_jwt':
-      throw new ConfigError(`providers.${name}: private_key_jwt client authentication is not supported yet`);
+      return privateKeyJwt(name, config);
   }
+}
+
+/** RFC 7523 client assertion signed with private_key_file; `x5t` names a Microsoft certificate. */
+function privateKeyJwt(name: string, config: ProviderConfig): ClientAuth {
+  const where = `providers.${name}.private_key_file`;
+  if (!config.private_key_file) throw new ConfigError(`${where} is required for private_key_jwt`);
+  let pem: string;
+  try {
+    pem = readFileSync(config.private_key_file, 'utf8');
+  } catch (err) {
+    throw new ConfigError(`${where}: cannot read ${config.private_key_file} (${(err as Error).message})`);
+  }
+  const keyObject = parsePrivateKey(pem, where);
+  const x5t = config.certificate_thumbprint ? thumbprintToX5t(config.certificate_thumbprint) : undefined;
+  let key: Promise<SigningKey> | undefined;
+  let auth: ClientAuth | undefined;
+  return async (as, client, body, headers) => {
+    key ??= toSigningKey(keyObject, where);
+    const k = await key;
+    auth ??= PrivateKeyJwt(
+      { key: k.key } as Parameters<typeof PrivateKeyJwt>[0],
+      x5t
+        ? {
+            [modifyAssertion]: (header) => {
+              header.x5t = x5t;
+            },
+          }
+        : {},
+    );
+    await auth(as, client, body, headers);
+  };
 }
 
 async function build(config: ProviderConfig, clientAuth: ClientAuth): Promise<Configuration> {

@@ -2,6 +2,7 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { StoreCredentialChecker } from '../accounts/credentials.js';
 import { LoginLimiter } from '../accounts/limiter.js';
+import { onboardingRoutes } from '../admin/onboarding/routes.js';
 import { AdminServer, type Route } from '../admin/server.js';
 import type { Config } from '../config/schema.js';
 import { createListener, type Listener } from '../frontdoor/listener.js';
@@ -11,6 +12,7 @@ import { limitsFromConfig } from '../imap/limits.js';
 import type { Logger } from '../log.js';
 import { createMetrics, type Metrics } from '../metrics.js';
 import { OAuthTokenBroker } from '../oauth/broker.js';
+import { createJwtBearerHandler } from '../oauth/jwt-bearer.js';
 import { createProviderRegistry } from '../oauth/provider.js';
 import { Keyring } from '../store/crypto.js';
 import { openStore } from '../store/index.js';
@@ -34,7 +36,7 @@ export interface StartOptions {
   log: Logger;
   metrics?: Metrics;
   version?: string;
-  /** Extra admin routes (onboarding pages). */
+  /** Extra admin routes (besides the onboarding pages, which are always added). */
   routes?: (deps: { store: GrantStore; config: Config }) => Route[];
 }
 
@@ -54,10 +56,12 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
     cacheSeconds: config.tokens.credential_cache_seconds,
     log: log.child({ component: 'credentials' }),
   });
+  const providers = createProviderRegistry(config.providers);
   const broker = new OAuthTokenBroker({
     store,
-    providers: createProviderRegistry(config.providers),
+    providers,
     tokens: config.tokens,
+    handlers: [createJwtBearerHandler()],
     ...(config.admin.public_url ? { publicUrl: config.admin.public_url } : {}),
     metrics,
     log: log.child({ component: 'broker' }),
@@ -99,7 +103,17 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
           },
         },
       ],
-      routes: opts.routes?.({ store, config }) ?? [],
+      routes: [
+        ...onboardingRoutes({
+          store,
+          config,
+          keyring,
+          providers,
+          addresses,
+          log: log.child({ component: 'onboarding' }),
+        }),
+        ...(opts.routes?.({ store, config }) ?? []),
+      ],
     });
     const adminAddress = await admin.listen();
     log.info({ address: adminAddress }, 'admin HTTP listening');

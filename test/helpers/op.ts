@@ -41,9 +41,15 @@ export interface StartOPOptions {
   clientCredentials?: boolean;
   /** `sub` reported by introspection for client-credentials tokens (default: the client id). */
   clientCredentialsSubject?: string;
+  /**
+   * Register the proxy's client as a native app with http://127.0.0.1/oauth/callback, so
+   * (RFC 8252 §7.3) any loopback port is accepted: the admin server listens on port 0.
+   */
+  loopbackCallback?: boolean;
 }
 
 const REDIRECT_URI = 'http://127.0.0.1/callback';
+const LOOPBACK_CALLBACK = 'http://127.0.0.1/oauth/callback';
 /** Marks the harness's own requests so tokenRequests() counts only the code under test. */
 const INTERNAL = 'x-test-op-internal';
 
@@ -70,7 +76,8 @@ export async function startOP(opts: StartOPOptions = {}): Promise<TestOP> {
         client_secret: client.secret,
         grant_types: grantTypes,
         response_types: ['code'],
-        redirect_uris: [REDIRECT_URI],
+        redirect_uris: opts.loopbackCallback ? [REDIRECT_URI, LOOPBACK_CALLBACK] : [REDIRECT_URI],
+        ...(opts.loopbackCallback ? { application_type: 'native' } : {}),
         token_endpoint_auth_method: 'client_secret_basic',
         scope: 'openid offline_access email mail',
       },
