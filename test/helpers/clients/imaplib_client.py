@@ -3,6 +3,7 @@
 
 Usage: imaplib_client.py HOST PORT {starttls,implicit,none} CAFILE USER PASSWORD [login|plain] [UID]
 The password is read from the IMAP_PASSWORD environment variable when PASSWORD is "-".
+With IMAPLIB_DEBUG=1 imaplib's protocol trace goes to stderr (it shows the password: redact it).
 """
 import base64
 import imaplib
@@ -18,6 +19,8 @@ def main() -> int:
     uid = sys.argv[8] if len(sys.argv) > 8 else None
     if password == "-":
         password = os.environ["IMAP_PASSWORD"]
+    if os.environ.get("IMAPLIB_DEBUG") == "1":
+        imaplib.Debug = 4
     ctx = ssl.create_default_context(cafile=cafile)
     out = {"mechanism": mech}
     try:
