@@ -64,6 +64,10 @@ function interactiveProviders(config: Config): string[] {
 
 export function connectPage(deps: OnboardingDeps) {
   return (_req: IncomingMessage, res: ServerResponse): void => {
+    if (!deps.config.admin.connect_page) {
+      page(res, 404, 'Not found', '<p>The self-service page is not enabled.</p>');
+      return;
+    }
     const names = interactiveProviders(deps.config);
     const buttons = names
       .map(
