@@ -78,6 +78,11 @@ export interface FaultResult {
 
 let seq = 0;
 
+function secretForms(user: string, password: string): string[] {
+  const b64 = (s: string) => Buffer.from(s).toString('base64');
+  return [password, b64(password), b64(`\0${user}\0${password}`), b64(`${user}\0${user}\0${password}`)];
+}
+
 export async function runFault(stack: Stack, fault: FaultCase, client: ClientDriver): Promise<FaultResult> {
   const fake = await startFakeUpstream({ tls: 'implicit', ...fault.fake });
   const workDir = mkdtempSync(join(tmpdir(), 'iop-fault-'));
@@ -105,7 +110,10 @@ export async function runFault(stack: Stack, fault: FaultCase, client: ClientDri
       workDir,
       timeoutMs: 30_000,
     });
-    const text = redact(`${run.error ?? ''}\n${run.transcript}`, login, [acct.password]);
+    const raw = `${run.error ?? ''}\n${run.transcript}`;
+    const text = redact(raw, login, [acct.password]);
+    // The verbose traces carry the password (imaplib) or the PLAIN blob (curl): both must go.
+    const forms = secretForms(login, acct.password);
     const told = /\bNO \[([A-Z-]+)\]/.exec(text)?.[1] ?? 'nothing';
     const observedLogin =
       linesFor(stack.logs(), login)
@@ -117,6 +125,10 @@ export async function runFault(stack: Stack, fault: FaultCase, client: ClientDri
       told === fault.expectCode ? undefined : `client was told [${told}], want [${fault.expectCode}]`,
       run.message?.length ? 'the client fetched a message through a failed login' : undefined,
       fault.expectSent?.(fake.received),
+      forms.some((f) => raw.includes(f))
+        ? undefined
+        : 'the client trace shows no credentials: redaction untested',
+      forms.some((f) => text.includes(f)) ? 'the redacted transcript still carries the password' : undefined,
     ].filter(Boolean);
     return {
       fault,
