@@ -49,10 +49,15 @@ export function createProviderRegistry(providers: Record<string, ProviderConfig>
 
 export function createProvider(name: string, configIn: ProviderConfig): OAuthProvider {
   // A Google provider used only for service accounts may take its client id from the key file.
-  const config =
-    !configIn.client_id && configIn.service_account_file
-      ? { ...configIn, client_id: readServiceAccount(configIn.service_account_file).clientId }
-      : configIn;
+  const saOnly = !!configIn.service_account_file && !configIn.client_secret && !configIn.private_key_file;
+  const config: ProviderConfig = saOnly
+    ? {
+        ...configIn,
+        client_id: configIn.client_id ?? readServiceAccount(configIn.service_account_file as string).clientId,
+        // The signed assertion is the credential; there is no client secret to send.
+        client_auth: 'none',
+      }
+    : configIn;
   if (!config.client_id) throw new ConfigError(`providers.${name}: client_id is required`);
   if (!config.issuer && !config.token_endpoint) {
     throw new ConfigError(`providers.${name}: set issuer (discovery) or token_endpoint`);
