@@ -115,7 +115,7 @@ export async function runCell(env: Interop, cell: Cell, timeoutMs = 60_000): Pro
         .filter((p) => p?.msg === 'login ok')
         .map((p) => String(p?.mechanism))
         .join(', ') || '—';
-    const observedUpstream = await upstreamSuccesses(stack);
+    const observedUpstream = observedLogin === '—' ? '—' : await upstreamSuccesses(stack);
     const expected = cell.client.storesLf ? lf(seeded) : seeded;
     const got = run.message && cell.client.normalize ? cell.client.normalize(run.message) : run.message;
     const bytesOk = got?.equals(expected) === true;

@@ -48,6 +48,7 @@ export function renderMatrix(
       `| ${f.fault.name} | ${f.client.name} | ${f.observedLogin} | [${f.fault.expectCode}] | [${f.told}] | ${f.pass ? 'pass' : '**FAIL**'} |`,
   );
   const passed = cells.filter((c) => c.pass).length;
+  const limited = cells.filter((c) => !c.pass && c.cell.client.limitations?.[c.cell.way]).length;
   return `# Interoperability matrix
 
 Upstream: ${upstreamVersion} (oauth2 passdb introspecting oidc-provider tokens), through the proxy.
@@ -56,7 +57,7 @@ Each cell: log in, SELECT INBOX, fetch a seeded message, compare its bytes, log 
 metrics counted as a successful upstream authentication. Clients that store mail locally
 (fetchmail, mbsync, offlineimap3, mutt, neomutt) are compared with CRLF → LF, and mbsync's own
 X-TUID header removed.
-${passed} of ${cells.length} cells pass.
+${passed} of ${cells.length} cells pass; ${limited} are documented client limitations (below).
 
 | client | version | client transport | login way | logged in with (observed) | upstream TLS | upstream SASL (observed) | result |
 | --- | --- | --- | --- | --- | --- | --- | --- |

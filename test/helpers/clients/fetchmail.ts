@@ -11,7 +11,7 @@ export const fetchmail: ClientDriver = {
   name: 'fetchmail',
   storesLf: true,
   ways: ['login'],
-  version: () => versionOf('fetchmail', ['--version'], /release \S+/),
+  version: () => versionOf('fetchmail', ['--version'], /fetchmail release [\d.]+/),
   async fetch(job) {
     const out = join(job.workDir, 'message');
     const rc = join(job.workDir, 'fetchmailrc');

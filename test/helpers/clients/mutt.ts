@@ -16,9 +16,7 @@ function driver(bin: 'mutt' | 'neomutt'): ClientDriver {
     name: bin,
     storesLf: true,
     ways: ['sasl-login'],
-    notes:
-      'imap_authenticators="login" gives AUTHENTICATE LOGIN (AUTH=LOGIN is advertised), not the LOGIN command; ' +
-      'mutt sends the LOGIN command only when no advertised SASL mechanism is usable',
+    notes: `imap_authenticators="login" is answered with AUTHENTICATE LOGIN (observed), not the LOGIN command; no ${bin} setting that sends the LOGIN command to a server advertising AUTH=PLAIN was found`,
     version: () => versionOf(bin, ['-v'], bin === 'mutt' ? /^Mutt \S+/m : /^NeoMutt \S+/m),
     fetch: (job) => runUnderTmux(bin, job),
   };

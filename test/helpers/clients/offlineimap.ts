@@ -13,7 +13,7 @@ export const offlineimap: ClientDriver = {
   name: 'offlineimap3',
   storesLf: true,
   ways: ['login'],
-  version: () => versionOf('offlineimap', ['--version'], /\S+/),
+  version: async () => `offlineimap3 ${await versionOf('offlineimap', ['--version'], /\S+/)}`,
   async fetch(job) {
     const mail = join(job.workDir, 'mail');
     const rc = join(job.workDir, 'offlineimaprc');
