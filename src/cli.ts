@@ -13,7 +13,7 @@ Usage: imap-oauth-proxy <command> [--config FILE] [options]
 Commands:
   serve                 run the proxy (listeners, admin HTTP)
   check-config          validate the config file; exit 0, or 1 listing every problem
-  config-schema         print the config JSON Schema (for editors)
+  config-schema         print the config JSON Schema (for editors); --markdown: the reference table
   account …             manage accounts and app passwords   (account --help)
   grant …               manage OAuth grants                  (grant --help)
   key …                 generate and rotate encryption keys  (key --help)
@@ -68,7 +68,10 @@ export async function main(argv: string[]): Promise<number> {
         out(version());
         return 0;
       case 'config-schema':
-        process.stdout.write(configJsonSchemaText());
+        if (args.includes('--markdown')) {
+          const { configReferenceMarkdown } = await import('./config/reference.js');
+          process.stdout.write(configReferenceMarkdown());
+        } else process.stdout.write(configJsonSchemaText());
         return 0;
       case 'check-config': {
         const { file, rest } = takeConfigFlag(args);

@@ -11,13 +11,16 @@ const seconds = (def: number) => z.number().positive().default(def);
 export const upstreamSchema = z
   .object({
     host: z.string().min(1).describe('Upstream IMAP host name'),
-    port: port.default(993),
+    port: port.default(993).describe('Upstream IMAP port'),
     tls: z.enum(['implicit', 'starttls']).default('implicit').describe('Upstream TLS mode; always verified'),
     ca_file: z.string().optional().describe('Extra CA bundle (PEM) trusted for the upstream certificate'),
     servername: z.string().optional().describe('TLS server name to verify (defaults to host)'),
-    mechanism: z.enum(['xoauth2', 'oauthbearer', 'auto']).default('auto'),
-    connect_timeout_seconds: seconds(10),
-    auth_timeout_seconds: seconds(20),
+    mechanism: z
+      .enum(['xoauth2', 'oauthbearer', 'auto'])
+      .default('auto')
+      .describe('SASL mechanism; auto prefers XOAUTH2 when advertised'),
+    connect_timeout_seconds: seconds(10).describe('TCP + TLS + greeting'),
+    auth_timeout_seconds: seconds(20).describe('AUTHENTICATE exchange'),
     post_login_probe: z
       .boolean()
       .default(false)
@@ -27,18 +30,22 @@ export const upstreamSchema = z
 
 export const providerSchema = z
   .object({
-    preset: z.enum(['oidc', 'microsoft', 'google', 'generic']).default('oidc'),
+    preset: z
+      .enum(['oidc', 'microsoft', 'google', 'generic'])
+      .default('oidc')
+      .describe('Fills endpoints, scopes and upstream'),
     issuer: z.string().url().optional().describe('Issuer URL for OpenID discovery'),
     tenant: z.string().optional().describe('Microsoft tenant id or domain'),
-    authorization_endpoint: z.string().url().optional(),
-    token_endpoint: z.string().url().optional(),
-    device_authorization_endpoint: z.string().url().optional(),
-    revocation_endpoint: z.string().url().optional(),
-    client_id: z.string().min(1).optional(),
+    authorization_endpoint: z.string().url().optional().describe('Explicit endpoint (instead of discovery)'),
+    token_endpoint: z.string().url().optional().describe('Explicit endpoint (instead of discovery)'),
+    device_authorization_endpoint: z.string().url().optional().describe('RFC 8628 device flow endpoint'),
+    revocation_endpoint: z.string().url().optional().describe('RFC 7009 revocation endpoint'),
+    client_id: z.string().min(1).optional().describe('OAuth client (application) id'),
     client_secret: z.string().min(1).optional().describe('Client secret; or client_secret_file, or ${ENV}'),
     client_auth: z
       .enum(['client_secret_basic', 'client_secret_post', 'private_key_jwt', 'none'])
-      .default('client_secret_basic'),
+      .default('client_secret_basic')
+      .describe('How the proxy authenticates at the token endpoint'),
     private_key_file: z.string().optional().describe('PEM key for private_key_jwt client authentication'),
     certificate_thumbprint: z
       .string()
@@ -61,10 +68,15 @@ export const providerSchema = z
 
 export const listenerSchema = z
   .object({
-    name: z.string().regex(/^[a-z0-9_-]{1,32}$/, 'use 1-32 of a-z 0-9 _ -'),
-    address: z.string().default('127.0.0.1'),
-    port,
-    tls: z.enum(['none', 'starttls', 'implicit']),
+    name: z
+      .string()
+      .regex(/^[a-z0-9_-]{1,32}$/, 'use 1-32 of a-z 0-9 _ -')
+      .describe('Listener name (logs, metrics)'),
+    address: z.string().default('127.0.0.1').describe('Address to bind (0.0.0.0 or :: for all)'),
+    port: port.describe('TCP port (0 = any free port)'),
+    tls: z
+      .enum(['none', 'starttls', 'implicit'])
+      .describe('cleartext, cleartext + STARTTLS, or TLS from the first byte'),
     cert_file: z.string().optional().describe('PEM certificate chain; a self-signed one is made if absent'),
     key_file: z.string().optional().describe('PEM private key'),
     allow_cleartext_login: z
@@ -86,8 +98,14 @@ export const configSchema = z
       .describe('Where the SQLite store, keys and generated certificates live'),
     log: z
       .object({
-        level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
-        format: z.enum(['json', 'pretty', 'auto']).default('auto'),
+        level: z
+          .enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'])
+          .default('info')
+          .describe('Log level'),
+        format: z
+          .enum(['json', 'pretty', 'auto'])
+          .default('auto')
+          .describe('JSON lines, human-readable, or pretty on a terminal'),
       })
       .strict()
       .prefault({}),
@@ -98,13 +116,43 @@ export const configSchema = z
     listeners: z.array(listenerSchema).min(1),
     limits: z
       .object({
-        line_bytes: z.number().int().min(512).max(65536).default(8192),
-        literal_bytes: z.number().int().min(512).max(65536).default(8192),
-        bad_commands: z.number().int().min(1).max(100).default(5),
-        preauth_idle_seconds: seconds(60),
-        login_timeout_seconds: seconds(30),
-        max_sessions_per_account: z.number().int().min(1).default(10),
-        max_connections: z.number().int().min(1).default(10000),
+        line_bytes: z
+          .number()
+          .int()
+          .min(512)
+          .max(65536)
+          .default(8192)
+          .describe('Longest command line before login'),
+        literal_bytes: z
+          .number()
+          .int()
+          .min(512)
+          .max(65536)
+          .default(8192)
+          .describe('Largest literal before login'),
+        bad_commands: z
+          .number()
+          .int()
+          .min(1)
+          .max(100)
+          .default(5)
+          .describe('Bad or unknown commands before * BYE'),
+        preauth_idle_seconds: seconds(60).describe('Idle time allowed before login'),
+        login_timeout_seconds: seconds(30).describe(
+          'Longest a login (token + upstream) may take before NO [UNAVAILABLE]',
+        ),
+        max_sessions_per_account: z
+          .number()
+          .int()
+          .min(1)
+          .default(10)
+          .describe('Concurrent sessions per account (per process) before NO [LIMIT]'),
+        max_connections: z
+          .number()
+          .int()
+          .min(1)
+          .default(10000)
+          .describe('Open client connections per listener (per process)'),
       })
       .strict()
       .prefault({}),
@@ -112,15 +160,25 @@ export const configSchema = z
       .object({
         free_failures: z.number().int().min(0).default(3).describe('Failures before delays start'),
         max_failures: z.number().int().min(1).default(10).describe('Failures before [LIMIT] refusals'),
-        window_seconds: seconds(900),
-        max_delay_ms: z.number().int().min(0).default(4000),
-        max_entries: z.number().int().min(100).default(100000),
+        window_seconds: seconds(900).describe('How long failures are remembered'),
+        max_delay_ms: z
+          .number()
+          .int()
+          .min(0)
+          .default(4000)
+          .describe('Longest delay before answering a suspect login'),
+        max_entries: z
+          .number()
+          .int()
+          .min(100)
+          .default(100000)
+          .describe('Limiter memory bound (tracked logins/addresses)'),
       })
       .strict()
       .prefault({}),
     store: z
       .object({
-        driver: z.enum(['sqlite', 'postgres']).default('sqlite'),
+        driver: z.enum(['sqlite', 'postgres']).default('sqlite').describe('Grant store backend'),
         sqlite_path: z.string().optional().describe('Defaults to <data_dir>/proxy.db'),
         postgres_url: z.string().optional().describe('postgres://… ; or postgres_url_file, or ${ENV}'),
       })
@@ -142,18 +200,28 @@ export const configSchema = z
       .prefault({}),
     tokens: z
       .object({
-        refresh_before_seconds: z.number().int().min(0).default(300),
-        refresh_before_fraction: z.number().min(0).max(0.9).default(0.1),
-        cache_entries: z.number().int().min(10).default(100000),
-        credential_cache_seconds: seconds(300),
+        refresh_before_seconds: z
+          .number()
+          .int()
+          .min(0)
+          .default(300)
+          .describe('Refresh an access token when this little lifetime is left'),
+        refresh_before_fraction: z
+          .number()
+          .min(0)
+          .max(0.9)
+          .default(0.1)
+          .describe('…or when this fraction of its lifetime is left'),
+        cache_entries: z.number().int().min(10).default(100000).describe('Access tokens kept in memory'),
+        credential_cache_seconds: seconds(300).describe('How long a verified app password skips scrypt'),
       })
       .strict()
       .prefault({}),
     providers: z.record(z.string().regex(/^[a-z0-9_-]{1,32}$/), providerSchema),
     admin: z
       .object({
-        address: z.string().default('127.0.0.1'),
-        port: port.default(9143),
+        address: z.string().default('127.0.0.1').describe('Admin HTTP bind address'),
+        port: port.default(9143).describe('Admin HTTP port (/healthz, /readyz, /metrics, onboarding)'),
         public_url: z
           .string()
           .url()

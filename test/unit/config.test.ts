@@ -130,3 +130,11 @@ test('config/config.schema.json is generated from the schema and up to date', ()
     'run: imap-oauth-proxy config-schema > config/config.schema.json',
   );
 });
+
+test('the README configuration reference is generated from the schema and up to date', async () => {
+  const { configReferenceMarkdown } = await import('../../src/config/reference.js');
+  const readme = readFileSync('README.md', 'utf8');
+  const m = /<!-- config-reference:start -->\n([\s\S]*?)<!-- config-reference:end -->/.exec(readme);
+  assert.ok(m, 'README has the config reference markers');
+  assert.equal(m[1], configReferenceMarkdown(), 'run: imap-oauth-proxy config-schema --markdown');
+});
