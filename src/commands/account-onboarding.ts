@@ -3,7 +3,7 @@ import { linkUrl } from '../admin/onboarding/connect.js';
 import { OAuthTokenBroker } from '../oauth/broker.js';
 import { runDeviceFlow } from '../oauth/flows/device.js';
 import { mailboxOf } from '../oauth/flows/identity.js';
-import { storeRefreshGrant } from '../oauth/flows/store-grant.js';
+import { storeRefreshGrant, tokenlessGrant } from '../oauth/flows/store-grant.js';
 import { createJwtBearerHandler } from '../oauth/jwt-bearer.js';
 import { createProviderRegistry } from '../oauth/provider.js';
 import type { AccountRecord } from '../store/types.js';
@@ -88,20 +88,7 @@ export async function addAppOnlyGrant(ctx: CommandContext, account: AccountRecor
   const providers = createProviderRegistry(ctx.config.providers);
   const provider = providers.get(account.provider);
   const kind = provider.config.service_account_file ? 'jwt_bearer' : 'client_credentials';
-  await ctx.store.putGrant(
-    account.id,
-    {
-      kind,
-      status: 'active',
-      refreshToken: null,
-      accessToken: null,
-      accessTokenExpiresAt: null,
-      scope: null,
-      lastRefreshAt: null,
-      lastError: null,
-    },
-    ACTOR,
-  );
+  await ctx.store.putGrant(account.id, tokenlessGrant(kind), ACTOR);
   const broker = new OAuthTokenBroker({
     store: ctx.store,
     providers,

@@ -1,5 +1,5 @@
 import type { TokenEndpointResponse } from 'openid-client';
-import type { GrantStore } from '../../store/types.js';
+import type { GrantKind, GrantRecord, GrantStore } from '../../store/types.js';
 
 /** Persists a freshly obtained refresh-token grant on an account (replacing any old grant). */
 export async function storeRefreshGrant(
@@ -27,4 +27,18 @@ export async function storeRefreshGrant(
     },
     actor,
   );
+}
+
+/** A grant with no stored token (app-only, service account): the broker mints tokens on demand. */
+export function tokenlessGrant(kind: GrantKind): Omit<GrantRecord, 'accountId' | 'updatedAt'> {
+  return {
+    kind,
+    status: 'active',
+    refreshToken: null,
+    accessToken: null,
+    accessTokenExpiresAt: null,
+    scope: null,
+    lastRefreshAt: null,
+    lastError: null,
+  };
 }

@@ -9,6 +9,7 @@ import { after, before, describe, test } from 'node:test';
 import { providerSchema } from '../../../src/config/schema.js';
 import { isProxyError } from '../../../src/errors.js';
 import { OAuthTokenBroker } from '../../../src/oauth/broker.js';
+import { tokenlessGrant } from '../../../src/oauth/flows/store-grant.js';
 import { createJwtBearerHandler, JWT_BEARER_GRANT } from '../../../src/oauth/jwt-bearer.js';
 import { createProviderRegistry } from '../../../src/oauth/provider.js';
 import { MemoryGrantStore } from '../../helpers/memory-store.js';
@@ -104,20 +105,7 @@ describe('JWT-bearer grant (Google service account, domain-wide delegation)', ()
 
   const addAccount = async (store: MemoryGrantStore, mailbox: string) => {
     const a = await store.createAccount({ login: mailbox, upstreamUser: mailbox, provider: 'google' }, 't');
-    await store.putGrant(
-      a.id,
-      {
-        kind: 'jwt_bearer',
-        status: 'active',
-        refreshToken: null,
-        accessToken: null,
-        accessTokenExpiresAt: null,
-        scope: null,
-        lastRefreshAt: null,
-        lastError: null,
-      },
-      't',
-    );
+    await store.putGrant(a.id, tokenlessGrant('jwt_bearer'), 't');
     return a;
   };
 
