@@ -12,8 +12,13 @@ const NEEDED = [
   'openssl',
   'fetchmail',
   'mbsync',
+  'offlineimap',
+  'mutt',
+  'neomutt',
   'tmux',
   'promtool',
+  'haproxy',
+  'chromium',
 ];
 const have = (cmd) =>
   spawnSync('sh', ['-c', `command -v ${cmd} || test -x /usr/sbin/${cmd}`], { stdio: 'ignore' }).status === 0;
