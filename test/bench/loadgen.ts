@@ -1,0 +1,145 @@
+import { type Auth, BenchConn, type Target } from './imap.js';
+
+/**
+ * Load generator process (forked by run.ts, IPC in and out): runs one job and replies with
+ * its measurements, or for `hold` keeps IDLE sessions open until told to close. Every loop is
+ * bounded in count and time.
+ */
+
+export type Job =
+  | { kind: 'fetch'; target: Target; auth: Auth; mailbox: string; fetch: string; repeat: number }
+  | { kind: 'logins'; target: Target; auth: Auth; concurrency: number; durationMs: number; maxCount: number }
+  | { kind: 'storm'; target: Target; auth: Auth; count: number }
+  | { kind: 'hold'; target: Target; auths: Auth[]; open: number }
+  | { kind: 'close' };
+
+const INFLIGHT = 64;
+
+async function loginOnce(target: Target, auth: Auth): Promise<BenchConn> {
+  const c = await BenchConn.open(target);
+  try {
+    await c.greeting();
+    await c.login(auth);
+    return c;
+  } catch (err) {
+    c.destroy();
+    throw err;
+  }
+}
+
+async function fetchJob(j: Extract<Job, { kind: 'fetch' }>) {
+  const c = await loginOnce(j.target, j.auth);
+  await c.command('S', `EXAMINE ${j.mailbox}`);
+  const seconds: number[] = [];
+  let bytes = 0;
+  for (let i = 0; i < j.repeat; i++) {
+    const t0 = performance.now();
+    bytes = await c.countReply(`F${i}`, `FETCH ${j.fetch} BODY.PEEK[]`);
+    seconds.push((performance.now() - t0) / 1000);
+  }
+  c.destroy();
+  return { bytes, seconds };
+}
+
+async function loginsJob(j: Extract<Job, { kind: 'logins' }>) {
+  const latenciesMs: number[] = [];
+  let errors = 0;
+  let firstError: string | undefined;
+  const deadline = performance.now() + j.durationMs;
+  const t0 = performance.now();
+  const lane = async () => {
+    while (performance.now() < deadline && latenciesMs.length + errors < j.maxCount) {
+      const s = performance.now();
+      try {
+        const c = await loginOnce(j.target, j.auth);
+        latenciesMs.push(performance.now() - s);
+        c.destroy();
+      } catch (err) {
+        errors++;
+        firstError ??= (err as Error).message;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: j.concurrency }, lane));
+  return {
+    count: latenciesMs.length,
+    errors,
+    firstError,
+    elapsed: (performance.now() - t0) / 1000,
+    latenciesMs,
+  };
+}
+
+async function stormJob(j: Extract<Job, { kind: 'storm' }>) {
+  const latenciesMs: number[] = [];
+  let errors = 0;
+  let firstError: string | undefined;
+  const conns: BenchConn[] = [];
+  await Promise.all(
+    Array.from({ length: j.count }, async () => {
+      const s = performance.now();
+      try {
+        conns.push(await loginOnce(j.target, j.auth));
+        latenciesMs.push(performance.now() - s);
+      } catch (err) {
+        errors++;
+        firstError ??= (err as Error).message;
+      }
+    }),
+  );
+  for (const c of conns) c.destroy();
+  return { count: latenciesMs.length, errors, firstError, latenciesMs };
+}
+
+const held: BenchConn[] = [];
+
+async function holdJob(j: Extract<Job, { kind: 'hold' }>) {
+  let opened = 0;
+  let failed = 0;
+  let firstError: string | undefined;
+  let next = 0;
+  const lane = async () => {
+    while (next < j.open) {
+      const i = next++;
+      try {
+        const c = await loginOnce(j.target, j.auths[i % j.auths.length]!);
+        c.write('I IDLE\r\n');
+        const l = await c.line();
+        if (!l.startsWith('+')) throw new Error(`IDLE refused: ${l.slice(0, 100)}`);
+        held.push(c);
+        opened++;
+      } catch (err) {
+        failed++;
+        firstError ??= (err as Error).message;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: INFLIGHT }, lane));
+  return { opened, failed, firstError, held: held.filter((c) => !c.socket.destroyed).length };
+}
+
+async function run(job: Job): Promise<unknown> {
+  switch (job.kind) {
+    case 'fetch':
+      return fetchJob(job);
+    case 'logins':
+      return loginsJob(job);
+    case 'storm':
+      return stormJob(job);
+    case 'hold':
+      return holdJob(job);
+    case 'close':
+      for (const c of held) c.destroy();
+      setImmediate(() => process.exit(0));
+      return { closed: true };
+  }
+}
+
+process.on('message', (job: Job) => {
+  run(job).then(
+    (result) => process.send?.({ ok: true, result }),
+    (err: unknown) => process.send?.({ ok: false, error: (err as Error).message }),
+  );
+});
+// The orchestrator going away ends the generator too.
+process.on('disconnect', () => process.exit(0));

@@ -1,0 +1,529 @@
+import { appendFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, release, tmpdir, totalmem } from 'node:os';
+import { join } from 'node:path';
+import { generateKeyLine } from '../../src/store/crypto.js';
+import { type Dovecot, startDovecot } from '../helpers/dovecot.js';
+import { startOP, type TestOP } from '../helpers/op.js';
+import { type Auth, BenchConn } from './imap.js';
+import { type Generator, runJob, startFakeProc, startGenerator, startHaproxy, treeRss } from './procs.js';
+import { freePort, seedAccounts, startProxyProcess, writeProxyConfig } from './setup.js';
+
+/**
+ * `npm run bench [-- --quick] [-- --out FILE]`: proxy vs direct (and haproxy TCP) in one run.
+ * The proxy runs as `node dist/cli.js serve`; load comes from forked generator processes.
+ */
+
+const ROOT = join(import.meta.dirname, '..', '..');
+const args = process.argv.slice(2);
+const QUICK = args.includes('--quick');
+const OUT =
+  args[args.indexOf('--out') + 1] && args.includes('--out')
+    ? args[args.indexOf('--out') + 1]!
+    : 'bench-results.json';
+const STEPS = (process.env.BENCH_STEPS ?? (QUICK ? '100,300' : '1000,5000,10000,15000,20000'))
+  .split(',')
+  .map(Number);
+const SIZES = { big: QUICK ? 4 << 20 : 32 << 20, small: 4096, smallCount: QUICK ? 200 : 1000 };
+const LOGIN_N = QUICK ? 40 : 300;
+const RATE_MS = QUICK ? 1000 : 3000;
+const STORM = QUICK ? 200 : 1000;
+
+const pct = (xs: number[], p: number) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)]! : Number.NaN;
+};
+const r2 = (x: number) => Math.round(x * 100) / 100;
+const r3 = (x: number) => Math.round(x * 1000) / 1000;
+/** BENCH_FROM_SOURCE=1 runs the proxy from src/ through tsx (the smoke test does not need a build). */
+const PROXY = process.env.BENCH_FROM_SOURCE
+  ? { cwd: ROOT, entry: join(ROOT, 'src', 'cli.ts'), nodeArgs: ['--import', 'tsx'] }
+  : { cwd: ROOT };
+const log = (s: string) => process.stderr.write(`[bench] ${s}\n`);
+
+interface Ctx {
+  dir: string;
+  op: TestOP;
+  dovecot: Dovecot;
+  user: string;
+  token: string;
+  password: string;
+  proxy: { plain: number; imaps: number };
+  haproxy?: { plain: number; imaps: number };
+}
+
+async function seedMail(d: Dovecot, user: string, token: string): Promise<void> {
+  const c = await BenchConn.open({ port: d.imapPort, tls: false });
+  await c.greeting();
+  await c.login({ kind: 'xoauth2', user, token });
+  await c.command('C1', 'CREATE big');
+  await c.command('C2', 'CREATE small');
+  const message = (size: number, n: number) => {
+    const head = `From: bench@example.com\r\nTo: ${user}\r\nSubject: bench ${n}\r\nMessage-ID: <b${n}@example.com>\r\n\r\n`;
+    const line = `${'x'.repeat(76)}\r\n`;
+    return Buffer.from(head + line.repeat(Math.max(1, Math.floor((size - head.length) / line.length))));
+  };
+  const big = message(SIZES.big, 0);
+  c.write(`A0 APPEND big {${big.length}+}\r\n`);
+  c.write(big);
+  c.write('\r\n');
+  await c.tagged('A0');
+  for (let i = 1; i <= SIZES.smallCount; i++) {
+    const m = message(SIZES.small, i);
+    c.write(`A${i} APPEND small {${m.length}+}\r\n`);
+    c.write(m);
+    c.write('\r\n');
+  }
+  for (let i = 1; i <= SIZES.smallCount; i++) await c.tagged(`A${i}`);
+  c.destroy();
+}
+
+type FetchResult = { bytes: number; seconds: number[] };
+
+async function mbps(port: number, tls: boolean, auth: Auth, mailbox: string, fetch: string): Promise<number> {
+  const r = await runJob<FetchResult>({
+    kind: 'fetch',
+    target: { port, tls },
+    auth,
+    mailbox,
+    fetch,
+    repeat: QUICK ? 2 : 5,
+  });
+  // Best of the repeats: the least disturbed run on a shared 2-core machine.
+  return r2(r.bytes / Math.min(...r.seconds) / 1e6);
+}
+
+async function throughput(c: Ctx) {
+  const rows = [];
+  const proxyAuth: Auth = { kind: 'login', user: 'bench', pass: c.password };
+  const direct: Auth = { kind: 'xoauth2', user: c.user, token: c.token };
+  for (const [name, mailbox, fetch] of [
+    ['32 MB message', 'big', '1'],
+    [`${SIZES.smallCount} × 4 KB messages`, 'small', '1:*'],
+  ] as const) {
+    for (const leg of ['plain', 'tls'] as const) {
+      const tls = leg === 'tls';
+      log(`throughput ${name} ${leg}`);
+      const proxy = await mbps(tls ? c.proxy.imaps : c.proxy.plain, tls, proxyAuth, mailbox, fetch);
+      const dir = await mbps(tls ? c.dovecot.imapsPort : c.dovecot.imapPort, tls, direct, mailbox, fetch);
+      const directTls = tls ? dir : await mbps(c.dovecot.imapsPort, true, direct, mailbox, fetch);
+      const hap = c.haproxy
+        ? await mbps(tls ? c.haproxy.imaps : c.haproxy.plain, tls, direct, mailbox, fetch)
+        : undefined;
+      rows.push({
+        scenario: `FETCH ${name}, client leg ${leg === 'tls' ? 'TLS' : 'cleartext'}, upstream TLS`,
+        clientLeg: leg,
+        proxyMBps: proxy,
+        directMBps: dir,
+        ratio: r2(proxy / dir),
+        ...(leg === 'plain' ? { directTlsMBps: directTls, ratioVsDirectTls: r2(proxy / directTls) } : {}),
+        ...(hap !== undefined ? { haproxyMBps: hap, haproxyRatio: r2(hap / dir) } : {}),
+        target: leg === 'plain' ? 0.9 : 0.75,
+      });
+    }
+  }
+  return rows;
+}
+
+type LoginsResult = {
+  count: number;
+  errors: number;
+  firstError?: string;
+  elapsed: number;
+  latenciesMs: number[];
+};
+
+async function loginLatency(c: Ctx) {
+  const rows = [];
+  for (const leg of ['plain', 'tls'] as const) {
+    const tls = leg === 'tls';
+    log(`login latency ${leg}`);
+    const job = (port: number, auth: Auth) =>
+      runJob<LoginsResult>({
+        kind: 'logins',
+        target: { port, tls },
+        auth,
+        concurrency: 1,
+        durationMs: 120_000,
+        maxCount: LOGIN_N,
+      });
+    // One warm-up pass fills the proxy's credential and token caches (the target is about warm caches).
+    await job(tls ? c.proxy.imaps : c.proxy.plain, { kind: 'login', user: 'bench', pass: c.password });
+    const p = await job(tls ? c.proxy.imaps : c.proxy.plain, {
+      kind: 'login',
+      user: 'bench',
+      pass: c.password,
+    });
+    const d = await job(tls ? c.dovecot.imapsPort : c.dovecot.imapPort, {
+      kind: 'xoauth2',
+      user: c.user,
+      token: c.token,
+    });
+    rows.push({
+      scenario: `login, client leg ${tls ? 'TLS' : 'cleartext'}`,
+      clientLeg: leg,
+      n: p.count,
+      errors: p.errors + d.errors,
+      proxyP50ms: r2(pct(p.latenciesMs, 50)),
+      proxyP99ms: r2(pct(p.latenciesMs, 99)),
+      directP50ms: r2(pct(d.latenciesMs, 50)),
+      directP99ms: r2(pct(d.latenciesMs, 99)),
+      addedP50ms: r2(pct(p.latenciesMs, 50) - pct(d.latenciesMs, 50)),
+      targetAddedP50ms: 2,
+    });
+  }
+  return rows;
+}
+
+async function loginRate(c: Ctx) {
+  const rows = [];
+  for (const concurrency of [1, 8, 64]) {
+    log(`login rate c=${concurrency}`);
+    const job = (port: number, auth: Auth) =>
+      runJob<LoginsResult>({
+        kind: 'logins',
+        target: { port, tls: false },
+        auth,
+        concurrency,
+        durationMs: RATE_MS,
+        maxCount: 100_000,
+      });
+    const p = await job(c.proxy.plain, { kind: 'login', user: 'bench', pass: c.password });
+    const d = await job(c.dovecot.imapPort, { kind: 'xoauth2', user: c.user, token: c.token });
+    const pr = p.count / p.elapsed;
+    const dr = d.count / d.elapsed;
+    rows.push({
+      concurrency,
+      proxyPerSec: r2(pr),
+      directPerSec: r2(dr),
+      ratio: r2(pr / dr),
+      errors: p.errors + d.errors,
+      ...(p.firstError || d.firstError ? { firstError: p.firstError ?? d.firstError } : {}),
+      target: 0.8,
+    });
+  }
+  return rows;
+}
+
+async function lagP99(adminPort: number): Promise<number> {
+  const text = await (await fetch(`http://127.0.0.1:${adminPort}/metrics`)).text();
+  const vals = [...text.matchAll(/^imap_proxy_nodejs_eventloop_lag_p99_seconds(?:\{[^}]*\})? (\S+)/gm)].map(
+    (m) => Number(m[1]),
+  );
+  return r2(Math.max(...vals) * 1000);
+}
+
+async function concurrency(c: Ctx) {
+  const max = Math.max(...STEPS);
+  const workers = Math.max(1, Math.ceil((max * 2.3) / 20_000));
+  const fakes = await Promise.all(
+    Array.from({ length: Math.max(1, Math.ceil(max / 7000)) }, () => startFakeProc()),
+  );
+  const gens: Generator[] = Array.from({ length: Math.max(1, Math.ceil(max / 6000)) }, () =>
+    startGenerator(),
+  );
+  const dir = mkdtempSync(join(tmpdir(), 'iop-bench-conc-'));
+  const bundle = join(dir, 'fakes-ca.pem');
+  for (const f of fakes) appendFileSync(bundle, readFileSync(f.caFile));
+  const ports = { plain: await freePort(), imaps: await freePort(), admin: await freePort() };
+  const configFile = writeProxyConfig({
+    dir,
+    workers,
+    plainPort: ports.plain,
+    imapsPort: ports.imaps,
+    adminPort: ports.admin,
+    issuer: c.op.issuer,
+    clientId: c.op.client.id,
+    clientSecret: c.op.client.secret,
+    upstream: { port: fakes[0]!.port, caFile: bundle },
+    encryptionKey: generateKeyLine('k1'),
+  });
+  const pw = await seedAccounts(
+    configFile,
+    fakes.map((f, i) => ({
+      login: `idle${i}`,
+      upstreamUser: `idle${i}@example.com`,
+      refreshToken: 'unused',
+      accessToken: `fake-upstream-accepts-any-${i}`,
+      accessTokenExpiresAt: Date.now() + 24 * 3600_000,
+      upstreamPort: f.port,
+    })),
+  );
+  const auths: Auth[] = fakes.map((_f, i) => ({
+    kind: 'login',
+    user: `idle${i}`,
+    pass: pw.get(`idle${i}`)!,
+  }));
+  const proxy = await startProxyProcess(configFile, PROXY);
+  const steps = [];
+  try {
+    await lagP99(ports.admin);
+    const base = treeRss(proxy.pid);
+    let open = 0;
+    for (const target of STEPS) {
+      log(
+        `concurrency step ${target} (${workers} workers, ${gens.length} generators, ${fakes.length} fake upstreams)`,
+      );
+      const add = target - open;
+      const t0 = performance.now();
+      const res = await Promise.all(
+        gens.map((g, i) => {
+          const share = Math.floor(add / gens.length) + (i < add % gens.length ? 1 : 0);
+          return g.run<{ opened: number; failed: number; firstError?: string }>({
+            kind: 'hold',
+            target: { port: ports.plain, tls: false },
+            auths,
+            open: share,
+          });
+        }),
+      );
+      const rampSec = (performance.now() - t0) / 1000;
+      open += res.reduce((n, r) => n + r.opened, 0);
+      const failed = res.reduce((n, r) => n + r.failed, 0);
+      const rampLag = await lagP99(ports.admin);
+      // A fixed measurement window with every session idle (not synchronisation).
+      await new Promise((r) => setTimeout(r, QUICK ? 1000 : 3000));
+      const idleLag = await lagP99(ports.admin);
+      const rss = treeRss(proxy.pid);
+      steps.push({
+        target,
+        sessions: open,
+        failed,
+        ...(failed ? { firstError: res.find((r) => r.firstError)?.firstError } : {}),
+        rampSeconds: r2(rampSec),
+        proxyRssMB: r2(rss / 2 ** 20),
+        rssPerSessionKiB: r2((rss - base) / 1024 / Math.max(1, open)),
+        lagP99msRamp: rampLag,
+        lagP99msIdle: idleLag,
+      });
+      if (failed > target / 10) break;
+    }
+  } finally {
+    await Promise.all(gens.map((g) => g.run({ kind: 'close' }, 30_000).catch(() => undefined)));
+    await Promise.all(gens.map((g) => g.stop()));
+    await proxy.stop(30_000);
+    await Promise.all(fakes.map((f) => f.stop()));
+    rmSync(dir, { recursive: true, force: true });
+  }
+  return {
+    upstream: 'light fake upstream (test/helpers/fake-upstream.ts), implicit TLS',
+    workers,
+    steps,
+    targetKiB: 64,
+    targetLagMs: 50,
+  };
+}
+
+async function refreshStorm(c: Ctx) {
+  const fake = await startFakeProc();
+  const dir = mkdtempSync(join(tmpdir(), 'iop-bench-storm-'));
+  const ports = { plain: await freePort(), imaps: await freePort(), admin: await freePort() };
+  const configFile = writeProxyConfig({
+    dir,
+    workers: 1,
+    plainPort: ports.plain,
+    imapsPort: ports.imaps,
+    adminPort: ports.admin,
+    issuer: c.op.issuer,
+    clientId: c.op.client.id,
+    clientSecret: c.op.client.secret,
+    upstream: { port: fake.port, caFile: fake.caFile },
+    encryptionKey: generateKeyLine('k1'),
+  });
+  const grant = await c.op.mintGrant('storm@example.com');
+  const pw = await seedAccounts(configFile, [
+    {
+      login: 'storm',
+      upstreamUser: 'storm@example.com',
+      refreshToken: grant.refresh_token,
+      accessToken: grant.access_token,
+      accessTokenExpiresAt: Date.now() - 1000,
+    },
+  ]);
+  const proxy = await startProxyProcess(configFile, PROXY);
+  try {
+    log(`refresh storm ${STORM}`);
+    const before = c.op.tokenRequests();
+    const r = await runJob<{ count: number; errors: number; firstError?: string; latenciesMs: number[] }>({
+      kind: 'storm',
+      target: { port: ports.plain, tls: false },
+      auth: { kind: 'login', user: 'storm', pass: pw.get('storm')! },
+      count: STORM,
+    });
+    return {
+      logins: STORM,
+      ok: r.count,
+      errors: r.errors,
+      ...(r.firstError ? { firstError: r.firstError } : {}),
+      tokenRequests: c.op.tokenRequests() - before,
+      p50ms: r2(pct(r.latenciesMs, 50)),
+      p99ms: r2(pct(r.latenciesMs, 99)),
+      targetTokenRequests: 1,
+    };
+  } finally {
+    await proxy.stop(30_000);
+    await fake.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+function table(res: Results): string {
+  const out: string[] = [];
+  out.push(
+    `Machine: ${res.machine.cpus}× ${res.machine.cpuModel}, ${res.machine.memGB} GB RAM, Linux ${res.machine.kernel}, Node ${res.machine.node}${res.quick ? ' (--quick)' : ''}`,
+  );
+  out.push(
+    '',
+    '| throughput | proxy MB/s | direct MB/s | ratio | target | haproxy MB/s |',
+    '| --- | ---: | ---: | ---: | ---: | ---: |',
+  );
+  for (const t of res.throughput)
+    out.push(
+      `| ${t.scenario} | ${t.proxyMBps} | ${t.directMBps} | ${t.ratio} | ≥ ${t.target} | ${t.haproxyMBps ?? 'n/a'} |`,
+    );
+  out.push(
+    '',
+    '| login latency (warm caches) | proxy p50 / p99 ms | direct XOAUTH2 p50 / p99 ms | added p50 ms | target |',
+    '| --- | ---: | ---: | ---: | ---: |',
+  );
+  for (const l of res.loginLatency)
+    out.push(
+      `| ${l.scenario} | ${l.proxyP50ms} / ${l.proxyP99ms} | ${l.directP50ms} / ${l.directP99ms} | ${l.addedP50ms} | ≤ 2 |`,
+    );
+  out.push(
+    '',
+    '| login rate, concurrency | proxy /s | direct /s | ratio | target |',
+    '| ---: | ---: | ---: | ---: | ---: |',
+  );
+  for (const r of res.loginRate)
+    out.push(`| ${r.concurrency} | ${r.proxyPerSec} | ${r.directPerSec} | ${r.ratio} | ≥ 0.8 |`);
+  const cc = res.concurrency;
+  out.push(
+    '',
+    `| idle IDLE sessions (${cc.workers} workers, fake upstream) | held | failed | proxy RSS MB | RSS/session KiB (≤ 64) | lag p99 ms ramp / idle (< 50) |`,
+    '| ---: | ---: | ---: | ---: | ---: | ---: |',
+  );
+  for (const s of cc.steps)
+    out.push(
+      `| ${s.target} | ${s.sessions} | ${s.failed} | ${s.proxyRssMB} | ${s.rssPerSessionKiB} | ${s.lagP99msRamp} / ${s.lagP99msIdle} |`,
+    );
+  const st = res.refreshStorm;
+  out.push(
+    '',
+    '| refresh storm | logins ok | token requests (target 1) | p50 ms | p99 ms |',
+    '| --- | ---: | ---: | ---: | ---: |',
+  );
+  out.push(
+    `| ${st.logins} concurrent logins, expired token | ${st.ok} | ${st.tokenRequests} | ${st.p50ms} | ${st.p99ms} |`,
+  );
+  return out.join('\n');
+}
+
+type Results = {
+  machine: { cpus: number; cpuModel: string; memGB: number; kernel: string; node: string };
+  quick: boolean;
+  startedAt: string;
+  durationSeconds: number;
+  throughput: Awaited<ReturnType<typeof throughput>>;
+  loginLatency: Awaited<ReturnType<typeof loginLatency>>;
+  loginRate: Awaited<ReturnType<typeof loginRate>>;
+  concurrency: Awaited<ReturnType<typeof concurrency>>;
+  refreshStorm: Awaited<ReturnType<typeof refreshStorm>>;
+};
+
+async function main(): Promise<void> {
+  const started = Date.now();
+  const op = await startOP({ accessTokenTtl: 3600 });
+  const introspection = new URL(op.introspection.url);
+  introspection.username = op.introspection.id;
+  introspection.password = op.introspection.secret;
+  const dovecot = await startDovecot({ introspectionUrl: introspection.toString() });
+  const dir = mkdtempSync(join(tmpdir(), 'iop-bench-'));
+  let haproxy: Awaited<ReturnType<typeof startHaproxy>>;
+  let proxy: Awaited<ReturnType<typeof startProxyProcess>> | undefined;
+  try {
+    const user = 'bench@example.com';
+    const grant = await op.mintGrant(user);
+    log('seeding mail');
+    await seedMail(dovecot, user, grant.access_token);
+    const ports = { plain: await freePort(), imaps: await freePort(), admin: await freePort() };
+    const configFile = writeProxyConfig({
+      dir,
+      workers: 1,
+      plainPort: ports.plain,
+      imapsPort: ports.imaps,
+      adminPort: ports.admin,
+      issuer: op.issuer,
+      clientId: op.client.id,
+      clientSecret: op.client.secret,
+      upstream: { port: dovecot.imapsPort, caFile: dovecot.caFile },
+      encryptionKey: generateKeyLine('k1'),
+    });
+    const pw = await seedAccounts(configFile, [
+      {
+        login: 'bench',
+        upstreamUser: user,
+        refreshToken: grant.refresh_token,
+        accessToken: grant.access_token,
+        accessTokenExpiresAt: Date.now() + grant.expires_in * 1000,
+      },
+    ]);
+    proxy = await startProxyProcess(configFile, PROXY);
+    const hp = { plain: await freePort(), imaps: await freePort() };
+    haproxy = await startHaproxy(dir, [
+      { name: 'plain', listen: hp.plain, target: dovecot.imapPort },
+      { name: 'imaps', listen: hp.imaps, target: dovecot.imapsPort },
+    ]);
+    const ctx: Ctx = {
+      dir,
+      op,
+      dovecot,
+      user,
+      token: grant.access_token,
+      password: pw.get('bench')!,
+      proxy: ports,
+      ...(haproxy ? { haproxy: hp } : {}),
+    };
+    const tp = await throughput(ctx);
+    const ll = await loginLatency(ctx);
+    const lr = await loginRate(ctx);
+    await proxy.stop(30_000);
+    proxy = undefined;
+    await haproxy?.stop();
+    haproxy = undefined;
+    const storm = await refreshStorm(ctx);
+    const conc = await concurrency(ctx);
+    const res: Results = {
+      machine: {
+        cpus: cpus().length,
+        cpuModel: cpus()[0]?.model.trim() ?? 'unknown',
+        memGB: Math.round(totalmem() / 2 ** 30),
+        kernel: release(),
+        node: process.version,
+      },
+      quick: QUICK,
+      startedAt: new Date(started).toISOString(),
+      durationSeconds: r3((Date.now() - started) / 1000),
+      throughput: tp,
+      loginLatency: ll,
+      loginRate: lr,
+      concurrency: conc,
+      refreshStorm: storm,
+    };
+    writeFileSync(OUT, `${JSON.stringify(res, null, 2)}\n`);
+    process.stdout.write(`${table(res)}\n\nwrote ${OUT}\n`);
+  } finally {
+    await proxy?.stop(10_000);
+    await haproxy?.stop();
+    await dovecot.stop();
+    await op.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    process.stderr.write(`bench failed: ${(err as Error).stack ?? String(err)}\n`);
+    process.exit(1);
+  },
+);

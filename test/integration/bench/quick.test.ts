@@ -1,0 +1,52 @@
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+
+/** `bench --quick` end to end, so the benchmark cannot rot: every scenario present, numbers finite. */
+
+const ROOT = join(import.meta.dirname, '..', '..', '..');
+
+test('bench --quick writes every scenario with proxy, direct and ratio', { timeout: 180_000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'iop-benchq-'));
+  const out = join(dir, 'bench.json');
+  try {
+    const child = spawn(process.execPath, ['--import', 'tsx', 'test/bench/run.ts', '--quick', '--out', out], {
+      cwd: ROOT,
+      env: { ...process.env, BENCH_FROM_SOURCE: '1', BENCH_STEPS: '50' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let text = '';
+    child.stdout.on('data', (d: Buffer) => {
+      text += d.toString();
+    });
+    child.stderr.on('data', (d: Buffer) => {
+      text += d.toString();
+    });
+    const kill = setTimeout(() => child.kill('SIGKILL'), 170_000);
+    const code = await new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+    clearTimeout(kill);
+    assert.equal(code, 0, text.slice(-3000));
+    const r = JSON.parse(readFileSync(out, 'utf8'));
+    assert.equal(r.quick, true);
+    assert.equal(r.throughput.length, 4);
+    for (const t of r.throughput) {
+      assert.ok(t.proxyMBps > 0 && t.directMBps > 0 && Number.isFinite(t.ratio), JSON.stringify(t));
+    }
+    assert.equal(r.loginLatency.length, 2);
+    for (const l of r.loginLatency) assert.ok(l.proxyP50ms > 0 && l.directP50ms > 0 && l.errors === 0);
+    assert.deepEqual(
+      r.loginRate.map((x: { concurrency: number }) => x.concurrency),
+      [1, 8, 64],
+    );
+    assert.equal(r.concurrency.steps[0].sessions, 50);
+    assert.ok(r.concurrency.steps[0].rssPerSessionKiB > 0);
+    assert.equal(r.refreshStorm.tokenRequests, 1, 'one token request for the storm');
+    assert.equal(r.refreshStorm.ok, r.refreshStorm.logins);
+    assert.match(text, /\| throughput \| proxy MB\/s/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
