@@ -11,7 +11,10 @@ import { type Stack, startStack, testMessage } from '../../helpers/stack.js';
 
 const run = promisify(execFile);
 const CHROMIUM = '/usr/bin/chromium';
-const SCREENSHOT = 'test/screenshots/connect-page.png';
+// The README's screenshot is refreshed on demand (UPDATE_SCREENSHOTS=1); other runs write to the temp dir.
+const SCREENSHOT = process.env.UPDATE_SCREENSHOTS
+  ? 'test/screenshots/connect-page.png'
+  : join(tmpdir(), `iop-connect-page-${process.pid}.png`);
 
 /**
  * The self-service page end to end: headless Chromium signs in at oidc-provider, reads the new
