@@ -1,9 +1,10 @@
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { chmodSync, chownSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createConnection, createServer } from 'node:net';
+import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ensureSelfSigned } from '../../src/frontdoor/selfsigned.js';
+import { freePort } from './ports.js';
 
 /**
  * A private Dovecot 2.3 instance as a real upstream IMAP server (TESTBED.md): its own
@@ -62,18 +63,6 @@ for (const sig of ['SIGTERM', 'SIGINT'] as const) {
     killLive();
     // Die of the same signal as before this handler existed.
     process.kill(process.pid, sig);
-  });
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, HOST, () => {
-      const addr = srv.address();
-      const port = typeof addr === 'object' && addr ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
   });
 }
 

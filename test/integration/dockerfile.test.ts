@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { test } from 'node:test';
+import { freePort } from '../helpers/ports.js';
 
 /**
  * No Docker engine runs here, so this test performs the Dockerfile's own build and start steps
@@ -29,14 +29,6 @@ function parseDockerfile(text: string): Instr[][] {
     stages.at(-1)?.push({ op: m[1]!, args: m[2]!.trim() });
   }
   return stages;
-}
-
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const { port } = srv.address() as { port: number };
-  await new Promise<void>((r) => srv.close(() => r()));
-  return port;
 }
 
 const OS_LEVEL = /^(apt-get|mkdir -p \/data)/;
@@ -99,7 +91,7 @@ test('the Dockerfile builds and starts (its steps run outside Docker)', { timeou
   assert.equal(argv[0], 'node');
   const data = join(root, 'data');
   const ports = { starttls: await freePort(), imaps: await freePort(), admin: await freePort() };
-  const runEnv = {
+  const runEnv: NodeJS.ProcessEnv = {
     ...process.env,
     ...env,
     IMAP_PROXY_CONFIG: join(dirs.runtime!, 'config', 'example.yaml'),

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
-import { createServer } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { RawImapClient } from '../../helpers/imap-client.js';
+import { freePort } from '../../helpers/ports.js';
 import { type Stack, startStack, type TestAccount, testMessage } from '../../helpers/stack.js';
 
 /** Logs in over implicit TLS with a raw client and returns the tagged reply line. */
@@ -19,14 +19,6 @@ async function login(s: Stack, user: string, password: string): Promise<string> 
   } finally {
     c.close();
   }
-}
-
-async function closedPort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const { port } = srv.address() as { port: number };
-  await new Promise<void>((r) => srv.close(() => r()));
-  return port;
 }
 
 async function expireStoredToken(s: Stack, a: TestAccount, accessToken: string | null): Promise<void> {
@@ -119,7 +111,7 @@ describe('what a legacy client is told when something fails (real OP, real Dovec
   });
 
   test('upstream down → NO [UNAVAILABLE] Mail server unavailable', async () => {
-    const a = await s.addAccount('judy', { upstreamOverride: { port: await closedPort() } });
+    const a = await s.addAccount('judy', { upstreamOverride: { port: await freePort() } });
     assert.match(await login(s, a.login, a.password), /^a NO \[UNAVAILABLE\] Mail server unavailable/);
   });
 });

@@ -1,11 +1,11 @@
 import assert from 'node:assert/strict';
-import { createServer } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { upstreamSchema } from '../../../src/config/schema.js';
 import { createUpstreamConnector } from '../../../src/upstream/connection.js';
 import type { AuthenticatedUpstream, UpstreamTarget } from '../../../src/upstream/types.js';
 import { type Dovecot, startDovecot } from '../../helpers/dovecot.js';
 import { startOP, type TestOP } from '../../helpers/op.js';
+import { freePort } from '../../helpers/ports.js';
 
 // Real components: Dovecot 2.3 validates each token by introspection at a real oidc-provider.
 
@@ -18,14 +18,6 @@ function withCredentials(url: string, id: string, secret: string): string {
   u.username = id;
   u.password = secret;
   return u.toString();
-}
-
-async function closedPort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const addr = srv.address();
-  await new Promise<void>((r) => srv.close(() => r()));
-  return typeof addr === 'object' && addr ? addr.port : 0;
 }
 
 /** Reads from the handed-over socket until a line tagged `tag` arrives. */
@@ -52,7 +44,7 @@ describe('upstream connector against real Dovecot + oidc-provider', () => {
     [dv, dvDown] = await Promise.all([
       startDovecot({ introspectionUrl: url, authDebug: true }),
       startDovecot({
-        introspectionUrl: `http://dovecot:x@127.0.0.1:${await closedPort()}/token/introspection`,
+        introspectionUrl: `http://dovecot:x@127.0.0.1:${await freePort()}/token/introspection`,
       }),
     ]);
     await dv.seed(USER, 'From: bob@example.com\r\nSubject: seeded\r\n\r\nhello\r\n');
