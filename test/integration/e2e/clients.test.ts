@@ -98,9 +98,8 @@ describe('real clients read real mail through the proxy (Dovecot upstream, oidc-
     try {
       const lock = await c.getMailboxLock('INBOX');
       try {
-        const msg = await c.fetchOne('1', { source: true }, { uid: true });
-        if (!msg || !msg.source) assert.fail('the message was fetched');
-        assert.deepEqual(msg.source, seeded);
+        const source = await fetchSource(c, '1');
+        assert.deepEqual(source, seeded);
         const before = (c.mailbox as { exists: number }).exists;
         const exists = new Promise<number>((resolve) =>
           c.on('exists', (d: { count: number }) => resolve(d.count)),
@@ -136,10 +135,9 @@ describe('real clients read real mail through the proxy (Dovecot upstream, oidc-
       assert.ok(res !== false && res.uid, 'APPEND returned a UID');
       const lock = await c.getMailboxLock('INBOX');
       try {
-        const msg = await c.fetchOne(String(res.uid), { source: true }, { uid: true });
-        if (!msg || !msg.source) assert.fail('the message was fetched');
-        assert.equal(msg.source.length, big.length);
-        assert.ok(msg.source.equals(big), 'fetched bytes equal appended bytes');
+        const source = await fetchSource(c, String(res.uid));
+        assert.equal(source.length, big.length);
+        assert.ok(source.equals(big), 'fetched bytes equal appended bytes');
       } finally {
         lock.release();
       }
@@ -202,6 +200,13 @@ describe('real clients read real mail through the proxy (Dovecot upstream, oidc-
     }
   });
 });
+
+async function fetchSource(c: ImapFlow, uid: string): Promise<Buffer> {
+  const msg = await c.fetchOne(uid, { source: true }, { uid: true });
+  if (msg === false || msg === undefined || msg.source === undefined)
+    return assert.fail(`message ${uid} was not fetched`);
+  return msg.source;
+}
 
 async function waitFor(cond: () => boolean, ms = 5000): Promise<void> {
   const end = Date.now() + ms;
