@@ -9,8 +9,10 @@ import { type Generator, runJob, startFakeProc, startGenerator, startHaproxy, tr
 import { freePort, seedAccounts, startProxyProcess, writeProxyConfig } from './setup.js';
 
 /**
- * `npm run bench [-- --quick] [-- --out FILE]`: proxy vs direct (and haproxy TCP) in one run.
- * The proxy runs as `node dist/cli.js serve`; load comes from forked generator processes.
+ * `npm run bench [-- --quick] [-- --out FILE] [-- --only throughput,latency,rate,storm,concurrency]`:
+ * proxy vs direct (and haproxy TCP) in one run. The proxy runs as `node dist/cli.js serve`; load
+ * comes from forked generator processes. BENCH_PROXY_NODE_ARGS (space-separated) is passed to the
+ * proxy's node, e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof` to profile one scenario.
  */
 
 const ROOT = join(import.meta.dirname, '..', '..');
@@ -28,6 +30,10 @@ const LOGIN_N = QUICK ? 40 : 300;
 const RATE_MS = QUICK ? 1000 : 3000;
 const STORM = QUICK ? 200 : 1000;
 
+const SCENARIOS = ['throughput', 'latency', 'rate', 'storm', 'concurrency'] as const;
+type Scenario = (typeof SCENARIOS)[number];
+const ONLY = args.includes('--only') ? (args[args.indexOf('--only') + 1] ?? '').split(',') : [...SCENARIOS];
+const wants = (s: Scenario) => ONLY.includes(s);
 const pct = (xs: number[], p: number) => {
   const s = [...xs].sort((a, b) => a - b);
   return s.length ? s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)]! : Number.NaN;
@@ -35,9 +41,10 @@ const pct = (xs: number[], p: number) => {
 const r2 = (x: number) => Math.round(x * 100) / 100;
 const r3 = (x: number) => Math.round(x * 1000) / 1000;
 /** BENCH_FROM_SOURCE=1 runs the proxy from src/ through tsx (the smoke test does not need a build). */
+const EXTRA_NODE_ARGS = (process.env.BENCH_PROXY_NODE_ARGS ?? '').split(' ').filter(Boolean);
 const PROXY = process.env.BENCH_FROM_SOURCE
-  ? { cwd: ROOT, entry: join(ROOT, 'src', 'cli.ts'), nodeArgs: ['--import', 'tsx'] }
-  : { cwd: ROOT };
+  ? { cwd: ROOT, entry: join(ROOT, 'src', 'cli.ts'), nodeArgs: ['--import', 'tsx', ...EXTRA_NODE_ARGS] }
+  : { cwd: ROOT, nodeArgs: EXTRA_NODE_ARGS };
 const log = (s: string) => process.stderr.write(`[bench] ${s}\n`);
 
 interface Ctx {
@@ -397,24 +404,28 @@ function table(res: Results): string {
   for (const r of res.loginRate)
     out.push(`| ${r.concurrency} | ${r.proxyPerSec} | ${r.directPerSec} | ${r.ratio} | ≥ 0.8 |`);
   const cc = res.concurrency;
-  out.push(
-    '',
-    `| idle IDLE sessions (${cc.workers} workers, fake upstream) | held | failed | proxy RSS MB | RSS/session KiB (≤ 64) | lag p99 ms ramp / idle (< 50) |`,
-    '| ---: | ---: | ---: | ---: | ---: | ---: |',
-  );
-  for (const s of cc.steps)
+  if (cc) {
     out.push(
-      `| ${s.target} | ${s.sessions} | ${s.failed} | ${s.proxyRssMB} | ${s.rssPerSessionKiB} | ${s.lagP99msRamp} / ${s.lagP99msIdle} |`,
+      '',
+      `| idle IDLE sessions (${cc.workers} workers, fake upstream) | held | failed | proxy RSS MB | RSS/session KiB (≤ 64) | lag p99 ms ramp / idle (< 50) |`,
+      '| ---: | ---: | ---: | ---: | ---: | ---: |',
     );
+    for (const s of cc.steps)
+      out.push(
+        `| ${s.target} | ${s.sessions} | ${s.failed} | ${s.proxyRssMB} | ${s.rssPerSessionKiB} | ${s.lagP99msRamp} / ${s.lagP99msIdle} |`,
+      );
+  }
   const st = res.refreshStorm;
-  out.push(
-    '',
-    '| refresh storm | logins ok | token requests (target 1) | p50 ms | p99 ms |',
-    '| --- | ---: | ---: | ---: | ---: |',
-  );
-  out.push(
-    `| ${st.logins} concurrent logins, expired token | ${st.ok} | ${st.tokenRequests} | ${st.p50ms} | ${st.p99ms} |`,
-  );
+  if (st) {
+    out.push(
+      '',
+      '| refresh storm | logins ok | token requests (target 1) | p50 ms | p99 ms |',
+      '| --- | ---: | ---: | ---: | ---: |',
+    );
+    out.push(
+      `| ${st.logins} concurrent logins, expired token | ${st.ok} | ${st.tokenRequests} | ${st.p50ms} | ${st.p99ms} |`,
+    );
+  }
   return out.join('\n');
 }
 
@@ -426,8 +437,8 @@ type Results = {
   throughput: Awaited<ReturnType<typeof throughput>>;
   loginLatency: Awaited<ReturnType<typeof loginLatency>>;
   loginRate: Awaited<ReturnType<typeof loginRate>>;
-  concurrency: Awaited<ReturnType<typeof concurrency>>;
-  refreshStorm: Awaited<ReturnType<typeof refreshStorm>>;
+  concurrency: Awaited<ReturnType<typeof concurrency>> | undefined;
+  refreshStorm: Awaited<ReturnType<typeof refreshStorm>> | undefined;
 };
 
 async function main(): Promise<void> {
@@ -483,15 +494,15 @@ async function main(): Promise<void> {
       proxy: ports,
       ...(haproxy ? { haproxy: hp } : {}),
     };
-    const tp = await throughput(ctx);
-    const ll = await loginLatency(ctx);
-    const lr = await loginRate(ctx);
+    const tp = wants('throughput') ? await throughput(ctx) : [];
+    const ll = wants('latency') ? await loginLatency(ctx) : [];
+    const lr = wants('rate') ? await loginRate(ctx) : [];
     await proxy.stop(30_000);
     proxy = undefined;
     await haproxy?.stop();
     haproxy = undefined;
-    const storm = await refreshStorm(ctx);
-    const conc = await concurrency(ctx);
+    const storm = wants('storm') ? await refreshStorm(ctx) : undefined;
+    const conc = wants('concurrency') ? await concurrency(ctx) : undefined;
     const res: Results = {
       machine: {
         cpus: cpus().length,
