@@ -5,9 +5,10 @@ import type { LoginResult } from '../../../src/errors.js';
 import type { Metrics } from '../../../src/metrics.js';
 import { type FakeUpstream, startFakeUpstream } from '../../helpers/fake-upstream.js';
 import { RawImapClient } from '../../helpers/imap-client.js';
+import { freePort } from '../../helpers/ports.js';
 import { assertNoSecretsLogged, type Stack, startStack, type TestAccount } from '../../helpers/stack.js';
 import { dashboardExprs, promtool, ruleExprs } from './promtool.js';
-import { closedPort, exportedNames, logLines, parseScrape, scrape } from './scrape.js';
+import { exportedNames, logLines, parseScrape, scrape } from './scrape.js';
 
 type Counts = Map<string, number>;
 
@@ -218,7 +219,7 @@ describe('every login outcome is counted once, by its own reason, end to end (re
       result: 'upstream_unavailable',
       reply: /^a NO \[UNAVAILABLE\] Mail server unavailable/,
       prepare: async () => {
-        const a = await s.addAccount('down-user', { upstreamOverride: { port: await closedPort() } });
+        const a = await s.addAccount('down-user', { upstreamOverride: { port: await freePort() } });
         return () => login(a.login, a.password);
       },
     },

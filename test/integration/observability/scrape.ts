@@ -1,5 +1,4 @@
 import { request } from 'node:http';
-import { createServer } from 'node:net';
 
 export interface Sample {
   name: string;
@@ -79,13 +78,4 @@ export function logLines(logs: string): Array<Record<string, unknown>> {
     }
   }
   return out;
-}
-
-/** A port nothing listens on (bound, read, released). */
-export async function closedPort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const { port } = srv.address() as { port: number };
-  await new Promise<void>((r) => srv.close(() => r()));
-  return port;
 }
