@@ -74,6 +74,8 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
       help: 'Stored grants by status (alert on needs_consent)',
       labelNames: ['status'] as const,
       registers: r,
+      // Every worker reads the same store: a cluster scrape must not add their answers up.
+      aggregator: 'max',
       // Read at scrape time, so a grant that just lost consent shows on the next scrape.
       async collect() {
         if (!grantSource.count) return;
@@ -90,6 +92,7 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
       help: 'Build information; the value is always 1',
       labelNames: ['version', 'node'] as const,
       registers: r,
+      aggregator: 'max',
     }),
     loginSeconds: new Histogram({
       name: `${P}login_duration_seconds`,
