@@ -1,7 +1,7 @@
 import cluster, { type Worker } from 'node:cluster';
 import { availableParallelism } from 'node:os';
 import { AggregatorRegistry } from 'prom-client';
-import { AdminServer, secretEquals, send } from '../admin/server.js';
+import { AdminServer, metricsAuthorized, send } from '../admin/server.js';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../log.js';
 import { createMetrics } from '../metrics.js';
@@ -138,8 +138,7 @@ export async function runPrimary(
         method: 'GET',
         path: '/metrics',
         handler: async (req, res) => {
-          const auth = req.headers.authorization ?? '';
-          if (token && !secretEquals(auth.startsWith('Bearer ') ? auth.slice(7) : '', token)) {
+          if (token && !metricsAuthorized(req.headers.authorization, token)) {
             res.setHeader('www-authenticate', 'Bearer realm="metrics"');
             send(res, 401, 'unauthorized\n');
             return;
