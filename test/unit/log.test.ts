@@ -14,7 +14,7 @@ function capture() {
   return { log: createLogger({ level: 'trace', format: 'json', destination }), text: () => chunks.join('') };
 }
 
-test('every password, token, secret and Authorization header is redacted, top level and one level down', () => {
+test('every password, token, secret and Authorization header is redacted, top level and up to two levels down', () => {
   const { log, text } = capture();
   const secrets = {
     password: 'S-password-1',
@@ -35,8 +35,12 @@ test('every password, token, secret and Authorization header is redacted, top le
   log.info({ headers: { authorization: 'Basic S-header-15' } }, 'headers');
   log.info({ req: { headers: { authorization: 'Bearer S-req-16', cookie: 'sid=S-cookie-17' } } }, 'request');
   log.child({ cid: 'c1' }).info({ password: 'S-child-18' }, 'child logger');
+  log.info(
+    { op: { grant: { refresh_token: 'S-deep-19' } }, tokens: { set: { access_token: 'S-deep-20' } } },
+    'deep',
+  );
   const out = text();
-  assert.equal(out.split('\n').filter(Boolean).length, 5);
+  assert.equal(out.split('\n').filter(Boolean).length, 6);
   assert.doesNotMatch(out, /S-[a-z]+-\d+/, 'no secret value in the output');
   assert.ok((out.match(/\[Redacted\]/g) ?? []).length >= 18);
   // Non-secret context stays readable.
