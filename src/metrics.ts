@@ -11,10 +11,13 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
   if (opts.defaults !== false) collectDefaultMetrics({ register: registry, prefix: P });
   const r = [registry];
   const grantSource: GrantSource = {};
+  const splicedSource: { flush?: () => void } = {};
   return {
     registry,
     /** Set `count` and the grants gauge is read from the store at every scrape. */
     grantSource,
+    /** Set `flush` and live sessions' bytes are added to spliced_bytes_total at every scrape. */
+    splicedSource,
     connections: new Counter({
       name: `${P}connections_total`,
       help: 'Client connections accepted, by listener and TLS mode',
@@ -62,6 +65,9 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
       help: 'Bytes spliced after login, by direction (client_to_upstream, upstream_to_client)',
       labelNames: ['direction'] as const,
       registers: r,
+      collect() {
+        splicedSource.flush?.();
+      },
     }),
     activeSessions: new Gauge({
       name: `${P}active_sessions`,
