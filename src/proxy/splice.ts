@@ -8,7 +8,7 @@ export interface SpliceOptions {
   readonly upstream: AuthenticatedUpstream;
   /** Bytes the client sent behind its login command, forwarded upstream first, in order. */
   readonly pipelined: Buffer;
-  readonly metrics: Pick<Metrics, 'splicedBytes'>;
+  readonly metrics: Pick<Metrics, 'splicedBytes' | 'splicedSource'>;
   /** Called exactly once when both sides are closed. */
   readonly release: () => void;
 }
@@ -20,8 +20,14 @@ export interface SpliceStats {
 
 /** Once one direction is done, the other gets this long to finish before both are destroyed. */
 const HALF_CLOSE_GRACE_MS = 5000;
-/** How often bytes of live sessions reach the counter (and once more at close). */
-const METER_FLUSH_MS = 5000;
+
+function tune(s: Duplex): void {
+  const sock = s as Partial<Socket>;
+  sock.setKeepAlive?.(true, 60_000);
+  sock.setNoDelay?.(true);
+  // No proxy idle timeout after login: the mail server and the client decide.
+  sock.setTimeout?.(0);
+}
 
 /** Bytes read so far from a stream: the socket's own counter, or a 'data' tally for other Duplexes. */
 function readCounter(s: Duplex): () => number {
@@ -34,13 +40,14 @@ function readCounter(s: Duplex): () => number {
   return () => n;
 }
 
+type Spliced = SpliceOptions['metrics'];
+
 /**
  * Counts one session's bytes from the sockets' own counters instead of a listener and a
- * prom-client call per chunk (measurable on the data path); flushed by one shared timer.
+ * prom-client call per chunk; reaches the counter at every scrape and once more at close.
  */
 class ByteMeter {
-  private static readonly live = new Set<ByteMeter>();
-  private static timer: NodeJS.Timeout | undefined;
+  private static readonly live = new Map<Spliced, Set<ByteMeter>>();
   private readonly fromClient: () => number;
   private readonly fromUpstream: () => number;
   private readonly base: { c: number; u: number };
@@ -50,51 +57,46 @@ class ByteMeter {
     client: Duplex,
     up: Duplex,
     private readonly extra: { c: number; u: number },
-    private readonly counters: { c2u: { inc(n: number): void }; u2c: { inc(n: number): void } },
+    private readonly metrics: Spliced,
   ) {
     this.fromClient = readCounter(client);
     this.fromUpstream = readCounter(up);
     this.base = { c: this.fromClient(), u: this.fromUpstream() };
-    ByteMeter.live.add(this);
-    ByteMeter.timer ??= setInterval(() => {
-      for (const m of ByteMeter.live) m.flush();
-    }, METER_FLUSH_MS).unref();
+    let set = ByteMeter.live.get(metrics);
+    if (!set) {
+      const meters = new Set<ByteMeter>();
+      set = meters;
+      ByteMeter.live.set(metrics, meters);
+      metrics.splicedSource.flush = () => {
+        for (const m of meters) m.flush();
+      };
+    }
+    set.add(this);
   }
 
-  stats(): SpliceStats {
-    return {
+  private flush(): SpliceStats {
+    const now = {
       clientToUpstream: this.extra.c + this.fromClient() - this.base.c,
       upstreamToClient: this.extra.u + this.fromUpstream() - this.base.u,
     };
-  }
-
-  flush(): SpliceStats {
-    const now = this.stats();
     const dc = now.clientToUpstream - this.reported.c;
     const du = now.upstreamToClient - this.reported.u;
-    if (dc > 0) this.counters.c2u.inc(dc);
-    if (du > 0) this.counters.u2c.inc(du);
+    if (dc > 0) this.metrics.splicedBytes.inc({ direction: 'client_to_upstream' }, dc);
+    if (du > 0) this.metrics.splicedBytes.inc({ direction: 'upstream_to_client' }, du);
     this.reported = { c: now.clientToUpstream, u: now.upstreamToClient };
     return now;
   }
 
-  /** Final count; the shared timer stops with the last session. */
+  /** Final count; the registry's hook goes with its last session. */
   close(): SpliceStats {
-    ByteMeter.live.delete(this);
-    if (ByteMeter.live.size === 0 && ByteMeter.timer) {
-      clearInterval(ByteMeter.timer);
-      ByteMeter.timer = undefined;
+    const set = ByteMeter.live.get(this.metrics);
+    set?.delete(this);
+    if (set?.size === 0) {
+      ByteMeter.live.delete(this.metrics);
+      this.metrics.splicedSource.flush = undefined;
     }
     return this.flush();
   }
-}
-
-function tune(s: Duplex): void {
-  const sock = s as Partial<Socket>;
-  sock.setKeepAlive?.(true, 60_000);
-  sock.setNoDelay?.(true);
-  // No proxy idle timeout after login: the mail server and the client decide.
-  sock.setTimeout?.(0);
 }
 
 /**
@@ -107,15 +109,7 @@ export function splice(opts: SpliceOptions): Promise<SpliceStats> {
   tune(client);
   tune(up);
   // Bytes already read before the splice (the upstream's tail, the client's pipelined commands) count too.
-  const meter = new ByteMeter(
-    client,
-    up,
-    { c: pipelined.length, u: upstream.buffered.length },
-    {
-      c2u: metrics.splicedBytes.labels('client_to_upstream'),
-      u2c: metrics.splicedBytes.labels('upstream_to_client'),
-    },
-  );
+  const meter = new ByteMeter(client, up, { c: pipelined.length, u: upstream.buffered.length }, metrics);
   if (upstream.buffered.length > 0) client.write(upstream.buffered);
   if (pipelined.length > 0) up.write(pipelined);
 

@@ -87,3 +87,29 @@ test('upstream closing tears down the client side', async (t) => {
   await done;
   assert.equal(r.released, 1);
 });
+
+test('a live session shows its bytes at the next scrape, not only when it ends', async (t) => {
+  const r = await spliceToEcho(t, Buffer.alloc(0), Buffer.alloc(0));
+  const { user, metrics, done } = r;
+  const payload = randomBytes(256 * 1024);
+  let got = 0;
+  const echoed = new Promise<void>((resolve) => {
+    user.on('data', (d: Buffer) => {
+      got += d.length;
+      if (got >= payload.length) resolve();
+    });
+  });
+  user.write(payload);
+  await echoed;
+  const live = await metrics.registry.metrics();
+  assert.match(live, new RegExp(`direction="client_to_upstream"} ${payload.length}\\n`));
+  assert.match(live, new RegExp(`direction="upstream_to_client"} ${payload.length}\\n`));
+  user.end();
+  await done;
+  const after = await metrics.registry.metrics();
+  assert.match(
+    after,
+    new RegExp(`direction="upstream_to_client"} ${payload.length}\\n`),
+    'not counted twice',
+  );
+});
