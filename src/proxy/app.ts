@@ -18,6 +18,7 @@ import { Keyring } from '../store/crypto.js';
 import { openStore } from '../store/index.js';
 import type { GrantStore } from '../store/types.js';
 import { createUpstreamConnector } from '../upstream/connection.js';
+import { WarmPool } from '../upstream/pool.js';
 import { LoginPipeline } from './pipeline.js';
 
 export interface ProxyApp {
@@ -66,7 +67,10 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
     metrics,
     log: log.child({ component: 'broker' }),
   });
-  const connector = createUpstreamConnector({ metrics, log: log.child({ component: 'upstream' }) });
+  const upstreamLog = log.child({ component: 'upstream' });
+  const connector = new WarmPool(createUpstreamConnector({ metrics, log: upstreamLog }), {
+    log: upstreamLog,
+  });
   const pipeline = new LoginPipeline({ config, credentials, broker, connector });
 
   const limits = limitsFromConfig(config.limits);
@@ -132,12 +136,14 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
       adminAddress,
       async close(closeOpts) {
         metrics.grantSource.count = undefined;
+        connector.close();
         await Promise.all(listeners.map((l) => l.close(closeOpts)));
         await adminServer.close();
         await store.close();
       },
     };
   } catch (err) {
+    connector.close();
     await Promise.allSettled(listeners.map((l) => l.close({ drainMs: 0 })));
     await admin?.close().catch(() => {});
     await store.close();

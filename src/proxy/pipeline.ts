@@ -1,11 +1,17 @@
 import type { CredentialChecker } from '../accounts/types.js';
 import { upstreamFor } from '../config/presets.js';
-import type { Config } from '../config/schema.js';
+import type { Config, ProviderConfig } from '../config/schema.js';
 import { isProxyError, ProxyError } from '../errors.js';
 import type { LoginHandler, LoginOutcome, LoginRequest } from '../frontdoor/types.js';
 import type { TokenBroker } from '../oauth/types.js';
 import type { AccountRecord } from '../store/types.js';
-import type { AuthenticatedUpstream, UpstreamConnection, UpstreamConnector } from '../upstream/types.js';
+import { isWarm } from '../upstream/pool.js';
+import type {
+  AuthenticatedUpstream,
+  UpstreamConnection,
+  UpstreamConnector,
+  UpstreamTarget,
+} from '../upstream/types.js';
 import { SessionCounter } from './sessions.js';
 
 export interface PipelineDeps {
@@ -23,6 +29,8 @@ export interface PipelineDeps {
  */
 export class LoginPipeline implements LoginHandler {
   readonly sessions: SessionCounter;
+  /** Resolved upstream settings per provider and override: schema parsing is not redone per login. */
+  private readonly targets = new Map<string, UpstreamTarget>();
 
   constructor(private readonly deps: PipelineDeps) {
     this.sessions = deps.sessions ?? new SessionCounter();
@@ -65,7 +73,7 @@ export class LoginPipeline implements LoginHandler {
         detail: 'unknown_provider',
       });
     }
-    const target = upstreamFor(provider, account.upstreamOverride);
+    const target = this.target(account, provider);
     const labels = { provider: account.provider };
     const { broker, connector } = this.deps;
 
@@ -79,12 +87,16 @@ export class LoginPipeline implements LoginHandler {
       throw tokenR.reason;
     }
     if (connR.status === 'rejected') throw connR.reason;
-    let conn: UpstreamConnection = connR.value;
+    const conn: UpstreamConnection = connR.value;
     try {
       return await conn.authenticate(account.upstreamUser, tokenR.value.token);
     } catch (err) {
       if (!isProxyError(err) || err.reason !== 'upstream_rejected') {
         conn.destroy();
+        // A pre-dialled connection the server closed while it waited: one fresh dial, same token.
+        if (isWarm(conn) && isProxyError(err) && STALE.has(err.detail ?? '')) {
+          return this.freshAttempt(account, target, labels, tokenR.value.token, signal);
+        }
         throw err;
       }
       broker.reportRejected(account, tokenR.value.token);
@@ -99,7 +111,7 @@ export class LoginPipeline implements LoginHandler {
     }
     if (!conn.reusable) {
       conn.destroy();
-      conn = await connector.connect(target, labels, signal);
+      return this.freshAttempt(account, target, labels, fresh, signal);
     }
     try {
       return await conn.authenticate(account.upstreamUser, fresh);
@@ -109,4 +121,39 @@ export class LoginPipeline implements LoginHandler {
       throw err;
     }
   }
+
+  /** One AUTHENTICATE on a newly dialled connection (never a warm one). */
+  private async freshAttempt(
+    account: AccountRecord,
+    target: UpstreamTarget,
+    labels: { provider: string },
+    token: string,
+    signal: AbortSignal,
+  ): Promise<AuthenticatedUpstream> {
+    const { connector } = this.deps;
+    const conn = await (connector.connectFresh ?? connector.connect).call(connector, target, labels, signal);
+    try {
+      return await conn.authenticate(account.upstreamUser, token);
+    } catch (err) {
+      conn.destroy();
+      if (isProxyError(err) && err.reason === 'upstream_rejected')
+        this.deps.broker.reportRejected(account, token);
+      throw err;
+    }
+  }
+
+  private target(account: AccountRecord, provider: ProviderConfig): UpstreamTarget {
+    const key = `${account.provider}\0${account.upstreamOverride ? JSON.stringify(account.upstreamOverride) : ''}`;
+    let t = this.targets.get(key);
+    if (!t) {
+      t = upstreamFor(provider, account.upstreamOverride);
+      // Bounded by providers × distinct overrides; cleared wholesale if an odd store makes it grow.
+      if (this.targets.size > 10_000) this.targets.clear();
+      this.targets.set(key, t);
+    }
+    return t;
+  }
 }
+
+/** Failures of the connection itself (closed or reset before an answer), never a server's NO. */
+const STALE = new Set(['closed', 'socket_error', 'not_reusable']);

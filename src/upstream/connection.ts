@@ -97,7 +97,13 @@ class ImapUpstreamConnection implements UpstreamConnection {
   }
 
   get reusable(): boolean {
-    return this.state === 'ready' && !this.reader.failed && !this.socket.destroyed;
+    // Unsolicited bytes while idle (e.g. `* BYE` before an inactivity close) make it unusable too.
+    return (
+      this.state === 'ready' &&
+      !this.reader.failed &&
+      !this.socket.destroyed &&
+      this.reader.pendingBytes === 0
+    );
   }
 
   destroy(): void {

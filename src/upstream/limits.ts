@@ -13,4 +13,8 @@ export const UPSTREAM_LIMITS = {
   untaggedPerCommand: 1000,
   /** TLS sessions remembered for resumption (one per host:port:servername:ca). */
   tlsSessions: 1000,
+  /** Pre-dialled connections kept per upstream target while logins arrive (see pool.ts). */
+  warmConnections: 2,
+  /** A warm connection unused this long is closed: below common pre-login idle timeouts. */
+  warmIdleMs: 30_000,
 } as const;

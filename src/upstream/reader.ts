@@ -56,6 +56,11 @@ export class ResponseReader {
     socket.resume();
   }
 
+  /** Bytes received but not yet consumed as a response (unsolicited data on an idle connection). */
+  get pendingBytes(): number {
+    return this.buf.length;
+  }
+
   /** True once the socket ended or a limit was breached. */
   get failed(): boolean {
     return this.failure !== undefined;

@@ -35,4 +35,10 @@ export interface UpstreamConnector {
     labels: { provider: string },
     signal?: AbortSignal,
   ): Promise<UpstreamConnection>;
+  /** Optional: a dial that bypasses any pool of pre-dialled connections (same contract as connect). */
+  connectFresh?(
+    target: UpstreamTarget,
+    labels: { provider: string },
+    signal?: AbortSignal,
+  ): Promise<UpstreamConnection>;
 }

@@ -47,7 +47,13 @@ const client: ClientInfo = {
   log: silentLogger,
 };
 
-function harness(opts: { accept: (token: string) => boolean; tokenError?: ProxyError; reusable?: boolean }) {
+function harness(opts: {
+  accept: (token: string) => boolean;
+  tokenError?: ProxyError;
+  reusable?: boolean;
+  /** connect() hands out a pre-dialled ("warm") connection whose AUTHENTICATE fails with this. */
+  warmFailure?: ProxyError;
+}) {
   const events: string[] = [];
   let n = 0;
   const credentials: CredentialChecker = {
@@ -69,7 +75,24 @@ function harness(opts: { accept: (token: string) => boolean; tokenError?: ProxyE
   };
   const connector: UpstreamConnector = {
     async connect() {
+      if (!opts.warmFailure) return this.connectFresh!({} as never, { provider: 'p' });
       events.push('connect');
+      const failure = opts.warmFailure;
+      return {
+        warm: true,
+        capabilities: ['IMAP4rev1'],
+        reusable: false,
+        async authenticate() {
+          events.push('auth:warm');
+          throw failure;
+        },
+        destroy() {
+          events.push('destroy:warm');
+        },
+      } as UpstreamConnection;
+    },
+    async connectFresh() {
+      events.push(opts.warmFailure ? 'connect:fresh' : 'connect');
       const conn: UpstreamConnection = {
         capabilities: ['IMAP4rev1'],
         reusable: opts.reusable ?? true,
@@ -173,4 +196,31 @@ test('per-account session cap: the third concurrent session gets session_limit u
     reason: 'session_limit',
     account: 'alice',
   });
+});
+
+test('a warm connection the server closed while idle: one fresh dial with the same token', async () => {
+  const h = harness({
+    accept: () => true,
+    warmFailure: new ProxyError('upstream_unavailable', 'upstream closed', { detail: 'closed' }),
+  });
+  const out = await h.pipeline.login(req(), new AbortController().signal);
+  assert.equal(out.ok, true);
+  assert.deepEqual(h.events.slice(2), [
+    'auth:warm',
+    'destroy:warm',
+    'connect:fresh',
+    'auth:alice@example.com:t1',
+  ]);
+});
+
+test('a server answer on a warm connection (NO [UNAVAILABLE]) is not retried', async () => {
+  const h = harness({
+    accept: () => true,
+    warmFailure: new ProxyError('upstream_unavailable', 'upstream refused authentication', {
+      detail: 'temporary',
+    }),
+  });
+  const out = await h.pipeline.login(req(), new AbortController().signal);
+  assert.deepEqual(out, { ok: false, reason: 'upstream_unavailable', account: 'alice' });
+  assert.ok(!h.events.includes('connect:fresh'));
 });

@@ -1,0 +1,200 @@
+import assert from 'node:assert/strict';
+import { PassThrough } from 'node:stream';
+import { test } from 'node:test';
+import { ProxyError } from '../../../src/errors.js';
+import { isWarm, WarmPool } from '../../../src/upstream/pool.js';
+import type { UpstreamConnection, UpstreamConnector, UpstreamTarget } from '../../../src/upstream/types.js';
+
+// A scripted inner connector: the pool's bookkeeping (reuse, staleness, bounds, expiry) is what
+// is under test here; real dials through the pool run in the e2e and bench suites.
+
+interface FakeConn extends UpstreamConnection {
+  readonly id: number;
+  stale: boolean;
+  destroyed: boolean;
+  users: string[];
+  whenDestroyed: Promise<void>;
+}
+
+function fakeConnector() {
+  let seq = 0;
+  const made: FakeConn[] = [];
+  let calls = 0;
+  let failing: (call: number) => boolean = () => false;
+  const connector: UpstreamConnector = {
+    async connect() {
+      if (failing(++calls)) {
+        throw new ProxyError('upstream_unavailable', 'refused', { detail: 'ECONNREFUSED' });
+      }
+      let onDestroy!: () => void;
+      const conn: FakeConn = {
+        id: ++seq,
+        stale: false,
+        destroyed: false,
+        users: [],
+        whenDestroyed: new Promise<void>((r) => {
+          onDestroy = r;
+        }),
+        capabilities: ['IMAP4rev1', 'AUTH=XOAUTH2'],
+        get reusable() {
+          return !this.stale && !this.destroyed;
+        },
+        async authenticate(user) {
+          conn.users.push(user);
+          return { socket: new PassThrough(), capabilities: ['IMAP4rev1'], buffered: Buffer.alloc(0) };
+        },
+        destroy() {
+          conn.destroyed = true;
+          onDestroy();
+        },
+      };
+      made.push(conn);
+      return conn;
+    },
+  };
+  return {
+    connector,
+    made,
+    /** Dials numbered (from 1) for which `fail` is true are refused. */
+    failWhen: (fail: (call: number) => boolean) => {
+      failing = fail;
+    },
+  };
+}
+
+const target = (port = 993): UpstreamTarget => ({
+  host: 'imap.example.com',
+  port,
+  tls: 'implicit',
+  mechanism: 'xoauth2',
+  connect_timeout_seconds: 10,
+  auth_timeout_seconds: 20,
+  post_login_probe: false,
+});
+const labels = { provider: 'p' };
+/** One event-loop turn: lets the pool's background dials (resolved promises) land. */
+const turn = () => new Promise<void>((r) => setImmediate(r));
+
+test('first login dials directly and warms the pool; the next login gets a pre-dialled connection', async (t) => {
+  const f = fakeConnector();
+  const pool = new WarmPool(f.connector, { size: 2 });
+  t.after(() => pool.close());
+  const first = await pool.connect(target(), labels);
+  assert.equal(isWarm(first), false, 'nothing was warm yet');
+  await turn();
+  assert.equal(pool.idleCount(target()), 2);
+  const second = await pool.connect(target(), labels);
+  assert.equal(isWarm(second), true);
+  assert.equal(f.made.length, 4, 'one direct dial, two warm ones, one top-up for the one taken');
+  await turn();
+  assert.equal(pool.idleCount(target()), 2, 'topped up again after the take');
+});
+
+test('no cross-account reuse: a connection handed out is never handed out again', async (t) => {
+  const f = fakeConnector();
+  const pool = new WarmPool(f.connector, { size: 2 });
+  t.after(() => pool.close());
+  await pool.connect(target(), labels);
+  await turn();
+  const users = ['alice', 'bob', 'carol', 'dave', 'erin'];
+  for (const user of users) {
+    const c = await pool.connect(target(), labels);
+    assert.equal(isWarm(c), true);
+    await c.authenticate(user, 't');
+    await turn();
+  }
+  assert.deepEqual(f.made.flatMap((m) => m.users).sort(), users, 'each login authenticated exactly once');
+  for (const m of f.made)
+    assert.ok(m.users.length <= 1, `connection ${m.id} authenticated ${m.users.join(',')}`);
+});
+
+test('a stale warm connection (closed by the server while idle) is dropped, not handed out', async (t) => {
+  const f = fakeConnector();
+  const pool = new WarmPool(f.connector, { size: 2 });
+  t.after(() => pool.close());
+  const direct = await pool.connect(target(), labels);
+  await turn();
+  const [w1, w2] = f.made.filter((m) => m !== direct);
+  assert.ok(w1 && w2);
+  w1.stale = true;
+  w2.stale = true;
+  const c = await pool.connect(target(), labels);
+  assert.equal(isWarm(c), false, 'both warm ones were stale: a direct dial instead');
+  assert.equal(w1.destroyed && w2.destroyed, true, 'stale connections are closed');
+  assert.equal(c.reusable, true);
+});
+
+test('bounded: concurrent logins never grow the pool past its size', async (t) => {
+  const f = fakeConnector();
+  const pool = new WarmPool(f.connector, { size: 3 });
+  t.after(() => pool.close());
+  await Promise.all(Array.from({ length: 20 }, () => pool.connect(target(), labels)));
+  await turn();
+  assert.equal(pool.idleCount(target()), 3);
+  assert.equal(f.made.length, 23, '20 direct dials plus exactly 3 warm ones');
+});
+
+test('targets are pooled separately; size 0 turns the pool off', async (t) => {
+  const f = fakeConnector();
+  const pool = new WarmPool(f.connector, { size: 1 });
+  t.after(() => pool.close());
+  await pool.connect(target(993), labels);
+  await turn();
+  const other = await pool.connect(target(1993), labels);
+  assert.equal(isWarm(other), false, 'a connection to another upstream is never used');
+  const off = new WarmPool(f.connector, { size: 0 });
+  const before = f.made.length;
+  await off.connect(target(), labels);
+  await turn();
+  assert.equal(f.made.length, before + 1);
+  assert.equal(off.idleCount(target()), 0);
+});
+
+test('an unused warm connection is closed after idleMs and not replaced without logins', async (t) => {
+  const f = fakeConnector();
+  const pool = new WarmPool(f.connector, { size: 1, idleMs: 20 });
+  t.after(() => pool.close());
+  const direct = await pool.connect(target(), labels);
+  await turn();
+  const warm = f.made.find((m) => m !== direct);
+  assert.ok(warm);
+  // The pool's idle timer is unref'd (real sockets keep a server alive); this ref'd watchdog does here.
+  const watchdog = setTimeout(() => assert.fail('idle connection was never closed'), 5000);
+  await warm.whenDestroyed;
+  clearTimeout(watchdog);
+  assert.equal(pool.idleCount(target()), 0);
+  assert.equal(f.made.length, 2, 'no refill while nobody logs in');
+});
+
+test('a down upstream gets no background dials; a failing refill backs off', async (t) => {
+  const f = fakeConnector();
+  const pool = new WarmPool(f.connector, { size: 2 });
+  t.after(() => pool.close());
+  f.failWhen(() => true);
+  await assert.rejects(pool.connect(target(), labels));
+  await turn();
+  assert.equal(pool.idleCount(target()), 0);
+  // Login dial 2 works, its two refills (3, 4) fail: no refill again during the back-off.
+  f.failWhen((call) => call > 2);
+  await pool.connect(target(), labels);
+  await turn();
+  assert.equal(pool.idleCount(target()), 0);
+  f.failWhen(() => false);
+  const before = f.made.length;
+  await pool.connect(target(), labels);
+  await turn();
+  assert.equal(f.made.length, before + 1, 'only the login dial itself, no refill during back-off');
+});
+
+test('close() closes idle connections and later connects bypass the pool', async () => {
+  const f = fakeConnector();
+  const pool = new WarmPool(f.connector, { size: 2 });
+  const direct = await pool.connect(target(), labels);
+  await turn();
+  pool.close();
+  const idle = f.made.filter((m) => m !== direct);
+  assert.equal(idle.length, 2);
+  assert.ok(idle.every((m) => m.destroyed));
+  const c = await pool.connect(target(), labels);
+  assert.equal(isWarm(c), false);
+});
