@@ -113,3 +113,16 @@ test('a live session shows its bytes at the next scrape, not only when it ends',
     'not counted twice',
   );
 });
+
+test('the client vanishing mid-session tears the upstream down and releases once', {
+  timeout: 10_000,
+}, async (t) => {
+  const r = await spliceToEcho(t, Buffer.alloc(0), Buffer.alloc(0));
+  const { user, up, done } = r;
+  const upClosed = once(up, 'close');
+  user.resetAndDestroy();
+  await upClosed;
+  const stats = await done;
+  assert.equal(stats.clientToUpstream, 0);
+  assert.equal(r.released, 1);
+});
