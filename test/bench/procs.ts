@@ -154,3 +154,20 @@ export function treeRss(pid: number): number {
   visit(pid);
   return total;
 }
+
+/** CPU seconds (user + system) a process and its descendants have used so far. */
+export function treeCpuSeconds(pid: number): number {
+  let ticks = 0;
+  const visit = (p: number) => {
+    try {
+      // Fields after the ")" that ends the command name: utime and stime are the 12th and 13th.
+      const stat = readFileSync(`/proc/${p}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      ticks += Number(f[11]) + Number(f[12]);
+      const kids = readFileSync(`/proc/${p}/task/${p}/children`, 'utf8').trim();
+      for (const k of kids ? kids.split(/\s+/) : []) visit(Number(k));
+    } catch {}
+  };
+  visit(pid);
+  return ticks / 100; // USER_HZ is 100 on Linux
+}

@@ -5,7 +5,15 @@ import { generateKeyLine } from '../../src/store/crypto.js';
 import { type Dovecot, startDovecot } from '../helpers/dovecot.js';
 import { startOP, type TestOP } from '../helpers/op.js';
 import { type Auth, BenchConn } from './imap.js';
-import { type Generator, runJob, startFakeProc, startGenerator, startHaproxy, treeRss } from './procs.js';
+import {
+  type Generator,
+  runJob,
+  startFakeProc,
+  startGenerator,
+  startHaproxy,
+  treeCpuSeconds,
+  treeRss,
+} from './procs.js';
 import { freePort, seedAccounts, startProxyProcess, writeProxyConfig } from './setup.js';
 
 /**
@@ -55,6 +63,7 @@ interface Ctx {
   token: string;
   password: string;
   proxy: { plain: number; imaps: number };
+  proxyPid: number;
   haproxy?: { plain: number; imaps: number };
 }
 
@@ -85,6 +94,10 @@ async function seedMail(d: Dovecot, user: string, token: string): Promise<void> 
 }
 
 type FetchResult = { bytes: number; seconds: number[] };
+const REPEATS = QUICK ? 2 : 5;
+/** Approximate MB one mbps() run moves through the proxy (every repeat). */
+const fetchedMB = (mailbox: string) =>
+  ((mailbox === 'big' ? SIZES.big : SIZES.small * SIZES.smallCount) * REPEATS) / 1e6;
 
 async function mbps(port: number, tls: boolean, auth: Auth, mailbox: string, fetch: string): Promise<number> {
   const r = await runJob<FetchResult>({
@@ -93,7 +106,7 @@ async function mbps(port: number, tls: boolean, auth: Auth, mailbox: string, fet
     auth,
     mailbox,
     fetch,
-    repeat: QUICK ? 2 : 5,
+    repeat: REPEATS,
   });
   // Best of the repeats: the least disturbed run on a shared 2-core machine.
   return r2(r.bytes / Math.min(...r.seconds) / 1e6);
@@ -110,7 +123,10 @@ async function throughput(c: Ctx) {
     for (const leg of ['plain', 'tls'] as const) {
       const tls = leg === 'tls';
       log(`throughput ${name} ${leg}`);
+      const cpu0 = treeCpuSeconds(c.proxyPid);
       const proxy = await mbps(tls ? c.proxy.imaps : c.proxy.plain, tls, proxyAuth, mailbox, fetch);
+      // Proxy CPU per MB moved: steadier than MB/s on a shared machine (login included, small).
+      const cpuMsPerMB = r3(((treeCpuSeconds(c.proxyPid) - cpu0) * 1000) / fetchedMB(mailbox));
       const dir = await mbps(tls ? c.dovecot.imapsPort : c.dovecot.imapPort, tls, direct, mailbox, fetch);
       const directTls = tls ? dir : await mbps(c.dovecot.imapsPort, true, direct, mailbox, fetch);
       const hap = c.haproxy
@@ -120,6 +136,7 @@ async function throughput(c: Ctx) {
         scenario: `FETCH ${name}, client leg ${leg === 'tls' ? 'TLS' : 'cleartext'}, upstream TLS`,
         clientLeg: leg,
         proxyMBps: proxy,
+        proxyCpuMsPerMB: cpuMsPerMB,
         directMBps: dir,
         ratio: r2(proxy / dir),
         ...(leg === 'plain' ? { directTlsMBps: directTls, ratioVsDirectTls: r2(proxy / directTls) } : {}),
@@ -391,12 +408,12 @@ function table(res: Results): string {
   );
   out.push(
     '',
-    '| throughput | proxy MB/s | direct MB/s | ratio | target | direct TLS MB/s (ratio) | haproxy MB/s |',
-    '| --- | ---: | ---: | ---: | ---: | ---: | ---: |',
+    '| throughput | proxy MB/s | direct MB/s | ratio | target | direct TLS MB/s (ratio) | haproxy MB/s | proxy CPU ms/MB |',
+    '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
   );
   for (const t of res.throughput)
     out.push(
-      `| ${t.scenario} | ${t.proxyMBps} | ${t.directMBps} | ${t.ratio} | ≥ ${t.target} | ${t.directTlsMBps === undefined ? '—' : `${t.directTlsMBps} (${t.ratioVsDirectTls})`} | ${t.haproxyMBps ?? 'n/a'} |`,
+      `| ${t.scenario} | ${t.proxyMBps} | ${t.directMBps} | ${t.ratio} | ≥ ${t.target} | ${t.directTlsMBps === undefined ? '—' : `${t.directTlsMBps} (${t.ratioVsDirectTls})`} | ${t.haproxyMBps ?? 'n/a'} | ${t.proxyCpuMsPerMB} |`,
     );
   out.push(
     '',
@@ -505,6 +522,7 @@ async function main(): Promise<void> {
       token: grant.access_token,
       password: pw.get('bench')!,
       proxy: ports,
+      proxyPid: proxy.pid,
       ...(haproxy ? { haproxy: hp } : {}),
     };
     const tp = wants('throughput') ? await throughput(ctx) : [];
