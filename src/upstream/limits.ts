@@ -15,6 +15,8 @@ export const UPSTREAM_LIMITS = {
   tlsSessions: 1000,
   /** Pre-dialled connections kept per upstream target while logins arrive (see pool.ts). */
   warmConnections: 2,
+  /** Pre-dialled connections over all targets together (many per-account upstreams stay bounded). */
+  warmConnectionsTotal: 256,
   /** A warm connection unused this long is closed: below common pre-login idle timeouts. */
   warmIdleMs: 30_000,
 } as const;

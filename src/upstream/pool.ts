@@ -22,6 +22,7 @@ interface Idle {
 }
 
 interface Slot {
+  readonly key: string;
   readonly idle: Idle[];
   dialing: number;
   backoffUntil: number;
@@ -48,6 +49,8 @@ class WarmConnection implements UpstreamConnection {
 export interface WarmPoolOptions {
   /** Connections kept ready per target; 0 turns the pool off. */
   size?: number;
+  /** Connections kept ready (or being dialled) over all targets together. */
+  maxTotal?: number;
   idleMs?: number;
   log?: Logger;
 }
@@ -55,14 +58,17 @@ export interface WarmPoolOptions {
 /**
  * Keeps up to `size` upstream connections per target dialled ahead (TLS, greeting, capabilities
  * done), so a login pays only AUTHENTICATE. Refilled only when logins arrive, so an unused target
- * drains to zero after `idleMs`. A connection leaves the pool for one
- * login and never comes back: nothing is shared between accounts.
+ * drains to zero after `idleMs`; at most `maxTotal` over all targets. A connection leaves the
+ * pool for one login and never comes back: nothing is shared between accounts.
  */
 export class WarmPool implements UpstreamConnector {
   private readonly slots = new Map<string, Slot>();
   private readonly log: Logger;
   private readonly size: number;
   private readonly idleMs: number;
+  private readonly maxTotal: number;
+  /** Idle plus dialling, over all targets. */
+  private pooled = 0;
   private closed = false;
 
   constructor(
@@ -72,6 +78,7 @@ export class WarmPool implements UpstreamConnector {
     this.log = opts.log ?? silentLogger;
     this.size = opts.size ?? UPSTREAM_LIMITS.warmConnections;
     this.idleMs = opts.idleMs ?? UPSTREAM_LIMITS.warmIdleMs;
+    this.maxTotal = opts.maxTotal ?? UPSTREAM_LIMITS.warmConnectionsTotal;
   }
 
   /** A dial that never takes from the pool (a retry after a stale warm connection). */
@@ -92,7 +99,7 @@ export class WarmPool implements UpstreamConnector {
     const key = targetKey(target);
     let slot = this.slots.get(key);
     if (!slot) {
-      slot = { idle: [], dialing: 0, backoffUntil: 0 };
+      slot = { key, idle: [], dialing: 0, backoffUntil: 0 };
       this.slots.set(key, slot);
     }
     const warm = this.take(slot);
@@ -118,17 +125,26 @@ export class WarmPool implements UpstreamConnector {
       for (const i of slot.idle.splice(0)) this.drop(i);
     }
     this.slots.clear();
+    this.pooled = 0;
   }
 
   /** Newest first: the one least likely to have been closed by the server. */
   private take(slot: Slot): UpstreamConnection | undefined {
     for (let i = slot.idle.pop(); i; i = slot.idle.pop()) {
       clearTimeout(i.timer);
+      this.pooled--;
       if (i.conn.reusable) return new WarmConnection(i.conn);
       i.conn.destroy();
       this.log.debug('warm upstream connection was stale; dropped');
     }
     return undefined;
+  }
+
+  /** A target nobody logs in to any more costs nothing. */
+  private forgetIfEmpty(slot: Slot): void {
+    if (slot.idle.length === 0 && slot.dialing === 0 && this.slots.get(slot.key) === slot) {
+      this.slots.delete(slot.key);
+    }
   }
 
   private drop(i: Idle): void {
@@ -138,13 +154,14 @@ export class WarmPool implements UpstreamConnector {
 
   private refill(slot: Slot, target: UpstreamTarget, labels: { provider: string }): void {
     if (Date.now() < slot.backoffUntil) return;
-    const want = this.size - slot.idle.length - slot.dialing;
+    const want = Math.min(this.size - slot.idle.length - slot.dialing, this.maxTotal - this.pooled);
     for (let n = 0; n < want; n++) {
       slot.dialing++;
+      this.pooled++;
       this.inner.connect(target, labels).then(
         (conn) => {
           slot.dialing--;
-          if (this.closed || slot.idle.length >= this.size) {
+          if (this.closed) {
             conn.destroy();
             return;
           }
@@ -152,14 +169,19 @@ export class WarmPool implements UpstreamConnector {
             conn,
             timer: setTimeout(() => {
               const at = slot.idle.indexOf(idle);
-              if (at >= 0) slot.idle.splice(at, 1);
+              if (at >= 0) {
+                slot.idle.splice(at, 1);
+                this.pooled--;
+              }
               conn.destroy();
+              this.forgetIfEmpty(slot);
             }, this.idleMs).unref(),
           };
           slot.idle.push(idle);
         },
         (err: unknown) => {
           slot.dialing--;
+          if (!this.closed) this.pooled--;
           slot.backoffUntil = Date.now() + REFILL_BACKOFF_MS;
           this.log.debug({ err: { message: (err as Error).message } }, 'warm upstream dial failed');
         },

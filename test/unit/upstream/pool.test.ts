@@ -134,6 +134,17 @@ test('bounded: concurrent logins never grow the pool past its size', async (t) =
   assert.equal(f.made.length, 23, '20 direct dials plus exactly 3 warm ones');
 });
 
+test('bounded over all targets: many per-account upstreams never exceed maxTotal', async (t) => {
+  const f = fakeConnector();
+  const pool = new WarmPool(f.connector, { size: 2, maxTotal: 3 });
+  t.after(() => pool.close());
+  for (const port of [1001, 1002, 1003, 1004]) await pool.connect(target(port), labels);
+  await turn();
+  const idle = [1001, 1002, 1003, 1004].reduce((n, port) => n + pool.idleCount(target(port)), 0);
+  assert.equal(idle, 3);
+  assert.equal(f.made.length, 4 + 3);
+});
+
 test('targets are pooled separately; size 0 turns the pool off', async (t) => {
   const f = fakeConnector();
   const pool = new WarmPool(f.connector, { size: 1 });
