@@ -43,11 +43,22 @@ export class SqliteGrantStore implements GrantStore, KeyRotatable {
   readonly #log: Logger;
   readonly #mutex = new KeyedMutex<number>();
   readonly #owner = randomUUID();
+  /** Prepared statements by SQL text: logins run the same few queries, so prepare each once. */
+  readonly #statements = new Map<string, Database.Statement>();
 
   private constructor(db: Database.Database, keyring: Keyring, log: Logger) {
     this.#db = db;
     this.#keyring = keyring;
     this.#log = log;
+  }
+
+  #sql(sql: string): Database.Statement {
+    let st = this.#statements.get(sql);
+    if (!st) {
+      st = this.#db.prepare(sql);
+      this.#statements.set(sql, st);
+    }
+    return st;
   }
 
   /** Opens (creating 0600 if needed) and migrates the store at `path` (':memory:' for tests). */
@@ -78,18 +89,18 @@ export class SqliteGrantStore implements GrantStore, KeyRotatable {
       'CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)',
     );
     const done = new Set(
-      (this.#db.prepare('SELECT version FROM schema_migrations').all() as Row[]).map((r) =>
-        Number(r.version),
-      ),
+      (this.#sql('SELECT version FROM schema_migrations').all() as Row[]).map((r) => Number(r.version)),
     );
     for (const m of MIGRATIONS) {
       if (done.has(m.version)) continue;
       this.#db
         .transaction(() => {
           this.#db.exec(m.sqlite);
-          this.#db
-            .prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)')
-            .run(m.version, m.name, Date.now());
+          this.#sql('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)').run(
+            m.version,
+            m.name,
+            Date.now(),
+          );
         })
         .immediate();
       this.#log.info({ version: m.version, migration: m.name }, 'store migration applied');
@@ -97,7 +108,7 @@ export class SqliteGrantStore implements GrantStore, KeyRotatable {
   }
 
   async ping(): Promise<void> {
-    this.#db.prepare('SELECT 1').get();
+    this.#sql('SELECT 1').get();
   }
 
   async close(): Promise<void> {
@@ -110,9 +121,7 @@ export class SqliteGrantStore implements GrantStore, KeyRotatable {
     if (!row) return null;
     const id = Number(row.id);
     const logins = (
-      this.#db
-        .prepare('SELECT login FROM account_logins WHERE account_id = ? ORDER BY position')
-        .all(id) as Row[]
+      this.#sql('SELECT login FROM account_logins WHERE account_id = ? ORDER BY position').all(id) as Row[]
     ).map((r) => String(r.login));
     const override = str(row.upstream_override);
     return {
@@ -130,45 +139,45 @@ export class SqliteGrantStore implements GrantStore, KeyRotatable {
   }
 
   #auditSync(actor: string, action: string, accountId: number | null, detail?: string): void {
-    this.#db
-      .prepare('INSERT INTO audit (at, actor, action, account_id, detail) VALUES (?, ?, ?, ?, ?)')
-      .run(Date.now(), actor, action, accountId, detail ?? null);
+    this.#sql('INSERT INTO audit (at, actor, action, account_id, detail) VALUES (?, ?, ?, ?, ?)').run(
+      Date.now(),
+      actor,
+      action,
+      accountId,
+      detail ?? null,
+    );
     // Mirrored to the log so account and grant changes reach the admin's log pipeline too.
     this.#log.info({ audit: { actor, action, accountId, detail: detail ?? null } }, `audit: ${action}`);
   }
 
   #bumpVersion(id: number): void {
-    this.#db.prepare('UPDATE accounts SET credential_version = credential_version + 1 WHERE id = ?').run(id);
+    this.#sql('UPDATE accounts SET credential_version = credential_version + 1 WHERE id = ?').run(id);
   }
 
   #insertLogin(id: number, login: string): void {
     const l = normalizeLogin(login);
     if (l === '') throw new ConfigError('login name must not be empty');
-    const taken = this.#db.prepare('SELECT account_id FROM account_logins WHERE login = ?').get(l);
+    const taken = this.#sql('SELECT account_id FROM account_logins WHERE login = ?').get(l);
     if (taken) throw new ConfigError(`login "${l}" is already in use`);
-    const pos = this.#db
-      .prepare('SELECT COALESCE(MAX(position), -1) + 1 AS p FROM account_logins WHERE account_id = ?')
-      .get(id) as Row;
-    this.#db
-      .prepare('INSERT INTO account_logins (login, account_id, position) VALUES (?, ?, ?)')
-      .run(l, id, pos.p);
+    const pos = this.#sql(
+      'SELECT COALESCE(MAX(position), -1) + 1 AS p FROM account_logins WHERE account_id = ?',
+    ).get(id) as Row;
+    this.#sql('INSERT INTO account_logins (login, account_id, position) VALUES (?, ?, ?)').run(l, id, pos.p);
   }
 
   async createAccount(input: NewAccount, actor: string): Promise<AccountRecord> {
     const id = this.#db
       .transaction(() => {
-        const r = this.#db
-          .prepare(
-            'INSERT INTO accounts (upstream_user, provider, status, max_sessions, upstream_override, created_at) VALUES (?, ?, ?, ?, ?, ?)',
-          )
-          .run(
-            input.upstreamUser,
-            input.provider,
-            'active',
-            input.maxSessions ?? null,
-            input.upstreamOverride ? JSON.stringify(input.upstreamOverride) : null,
-            Date.now(),
-          );
+        const r = this.#sql(
+          'INSERT INTO accounts (upstream_user, provider, status, max_sessions, upstream_override, created_at) VALUES (?, ?, ?, ?, ?, ?)',
+        ).run(
+          input.upstreamUser,
+          input.provider,
+          'active',
+          input.maxSessions ?? null,
+          input.upstreamOverride ? JSON.stringify(input.upstreamOverride) : null,
+          Date.now(),
+        );
         const newId = Number(r.lastInsertRowid);
         this.#insertLogin(newId, input.login);
         this.#auditSync(actor, 'account.create', newId, `provider=${input.provider}`);
@@ -179,23 +188,23 @@ export class SqliteGrantStore implements GrantStore, KeyRotatable {
   }
 
   async getAccount(id: number): Promise<AccountRecord | null> {
-    return this.#account(this.#db.prepare('SELECT * FROM accounts WHERE id = ?').get(id) as Row | undefined);
+    return this.#account(this.#sql('SELECT * FROM accounts WHERE id = ?').get(id) as Row | undefined);
   }
 
   async getAccountByLogin(login: string): Promise<AccountRecord | null> {
-    const row = this.#db
-      .prepare('SELECT a.* FROM accounts a JOIN account_logins l ON l.account_id = a.id WHERE l.login = ?')
-      .get(normalizeLogin(login)) as Row | undefined;
+    const row = this.#sql(
+      'SELECT a.* FROM accounts a JOIN account_logins l ON l.account_id = a.id WHERE l.login = ?',
+    ).get(normalizeLogin(login)) as Row | undefined;
     return this.#account(row);
   }
 
   async listAccounts(): Promise<AccountRecord[]> {
-    const rows = this.#db.prepare('SELECT * FROM accounts ORDER BY id').all() as Row[];
+    const rows = this.#sql('SELECT * FROM accounts ORDER BY id').all() as Row[];
     return rows.map((r) => this.#account(r)!);
   }
 
   #requireAccount(id: number): void {
-    if (!this.#db.prepare('SELECT 1 FROM accounts WHERE id = ?').get(id)) {
+    if (!this.#sql('SELECT 1 FROM accounts WHERE id = ?').get(id)) {
       throw new ConfigError(`no account with id ${id}`);
     }
   }
@@ -204,7 +213,7 @@ export class SqliteGrantStore implements GrantStore, KeyRotatable {
     this.#db
       .transaction(() => {
         this.#requireAccount(id);
-        this.#db.prepare('UPDATE accounts SET status = ? WHERE id = ?').run(status, id);
+        this.#sql('UPDATE accounts SET status = ? WHERE id = ?').run(status, id);
         this.#bumpVersion(id);
         this.#auditSync(actor, `account.${status === 'active' ? 'enable' : 'disable'}`, id);
       })
@@ -225,15 +234,15 @@ export class SqliteGrantStore implements GrantStore, KeyRotatable {
     this.#db
       .transaction(() => {
         this.#requireAccount(id);
-        this.#db.prepare('DELETE FROM accounts WHERE id = ?').run(id);
-        this.#db.prepare('DELETE FROM grant_locks WHERE account_id = ?').run(id);
+        this.#sql('DELETE FROM accounts WHERE id = ?').run(id);
+        this.#sql('DELETE FROM grant_locks WHERE account_id = ?').run(id);
         this.#auditSync(actor, 'account.remove', id);
       })
       .immediate();
   }
 
   async recordLogin(id: number, at: number): Promise<void> {
-    this.#db.prepare('UPDATE accounts SET last_login_at = ? WHERE id = ?').run(at, id);
+    this.#sql('UPDATE accounts SET last_login_at = ? WHERE id = ?').run(at, id);
   }
 
   // ---- app passwords -------------------------------------------------------------------
@@ -258,43 +267,43 @@ export class SqliteGrantStore implements GrantStore, KeyRotatable {
     const id = this.#db
       .transaction(() => {
         this.#requireAccount(accountId);
-        const dup = this.#db
-          .prepare('SELECT 1 FROM app_passwords WHERE account_id = ? AND label = ?')
-          .get(accountId, label);
+        const dup = this.#sql('SELECT 1 FROM app_passwords WHERE account_id = ? AND label = ?').get(
+          accountId,
+          label,
+        );
         if (dup) throw new ConfigError(`app password label "${label}" already exists for this account`);
-        const r = this.#db
-          .prepare('INSERT INTO app_passwords (account_id, label, hash, created_at) VALUES (?, ?, ?, ?)')
-          .run(accountId, label, hash, Date.now());
+        const r = this.#sql(
+          'INSERT INTO app_passwords (account_id, label, hash, created_at) VALUES (?, ?, ?, ?)',
+        ).run(accountId, label, hash, Date.now());
         this.#bumpVersion(accountId);
         this.#auditSync(actor, 'password.add', accountId, `label=${label}`);
         return Number(r.lastInsertRowid);
       })
       .immediate();
-    return this.#appPassword(this.#db.prepare('SELECT * FROM app_passwords WHERE id = ?').get(id) as Row);
+    return this.#appPassword(this.#sql('SELECT * FROM app_passwords WHERE id = ?').get(id) as Row);
   }
 
   async listAppPasswords(accountId: number): Promise<AppPasswordRecord[]> {
-    const rows = this.#db
-      .prepare('SELECT * FROM app_passwords WHERE account_id = ? ORDER BY id')
-      .all(accountId);
+    const rows = this.#sql('SELECT * FROM app_passwords WHERE account_id = ? ORDER BY id').all(accountId);
     return (rows as Row[]).map((r) => this.#appPassword(r));
   }
 
   async revokeAppPassword(accountId: number, labelOrId: string, actor: string): Promise<boolean> {
     return this.#db
       .transaction(() => {
-        const byLabel = this.#db
-          .prepare('SELECT id, label FROM app_passwords WHERE account_id = ? AND label = ?')
-          .get(accountId, labelOrId) as Row | undefined;
+        const byLabel = this.#sql(
+          'SELECT id, label FROM app_passwords WHERE account_id = ? AND label = ?',
+        ).get(accountId, labelOrId) as Row | undefined;
         const row =
           byLabel ??
           (/^\d+$/.test(labelOrId)
-            ? (this.#db
-                .prepare('SELECT id, label FROM app_passwords WHERE account_id = ? AND id = ?')
-                .get(accountId, Number(labelOrId)) as Row | undefined)
+            ? (this.#sql('SELECT id, label FROM app_passwords WHERE account_id = ? AND id = ?').get(
+                accountId,
+                Number(labelOrId),
+              ) as Row | undefined)
             : undefined);
         if (!row) return false;
-        this.#db.prepare('DELETE FROM app_passwords WHERE id = ?').run(row.id);
+        this.#sql('DELETE FROM app_passwords WHERE id = ?').run(row.id);
         this.#bumpVersion(accountId);
         this.#auditSync(actor, 'password.revoke', accountId, `label=${String(row.label)}`);
         return true;
@@ -303,7 +312,7 @@ export class SqliteGrantStore implements GrantStore, KeyRotatable {
   }
 
   async touchAppPassword(id: number, at: number): Promise<void> {
-    this.#db.prepare('UPDATE app_passwords SET last_used_at = ? WHERE id = ?').run(at, id);
+    this.#sql('UPDATE app_passwords SET last_used_at = ? WHERE id = ?').run(at, id);
   }
 
   // ---- grants --------------------------------------------------------------------------
@@ -319,9 +328,7 @@ export class SqliteGrantStore implements GrantStore, KeyRotatable {
   }
 
   #readGrant(accountId: number): GrantRecord | null {
-    const row = this.#db.prepare('SELECT * FROM grants WHERE account_id = ?').get(accountId) as
-      | Row
-      | undefined;
+    const row = this.#sql('SELECT * FROM grants WHERE account_id = ?').get(accountId) as Row | undefined;
     if (!row) return null;
     return {
       accountId,
@@ -338,27 +345,25 @@ export class SqliteGrantStore implements GrantStore, KeyRotatable {
   }
 
   #writeGrant(accountId: number, g: GrantInput): void {
-    this.#db
-      .prepare(
-        `INSERT INTO grants (account_id, kind, status, refresh_token_enc, access_token_enc, access_token_expires_at,
+    this.#sql(
+      `INSERT INTO grants (account_id, kind, status, refresh_token_enc, access_token_enc, access_token_expires_at,
            scope, last_refresh_at, last_error, updated_at)
          VALUES (@id, @kind, @status, @rt, @at, @exp, @scope, @lr, @le, @now)
          ON CONFLICT (account_id) DO UPDATE SET kind = @kind, status = @status, refresh_token_enc = @rt,
            access_token_enc = @at, access_token_expires_at = @exp, scope = @scope, last_refresh_at = @lr,
            last_error = @le, updated_at = @now`,
-      )
-      .run({
-        id: accountId,
-        kind: g.kind,
-        status: g.status,
-        rt: this.#enc(accountId, 'refresh_token', g.refreshToken),
-        at: this.#enc(accountId, 'access_token', g.accessToken),
-        exp: g.accessTokenExpiresAt,
-        scope: g.scope,
-        lr: g.lastRefreshAt,
-        le: g.lastError,
-        now: Date.now(),
-      });
+    ).run({
+      id: accountId,
+      kind: g.kind,
+      status: g.status,
+      rt: this.#enc(accountId, 'refresh_token', g.refreshToken),
+      at: this.#enc(accountId, 'access_token', g.accessToken),
+      exp: g.accessTokenExpiresAt,
+      scope: g.scope,
+      lr: g.lastRefreshAt,
+      le: g.lastError,
+      now: Date.now(),
+    });
   }
 
   async getGrant(accountId: number): Promise<GrantRecord | null> {
@@ -378,7 +383,7 @@ export class SqliteGrantStore implements GrantStore, KeyRotatable {
   async deleteGrant(accountId: number, actor: string): Promise<void> {
     this.#db
       .transaction(() => {
-        this.#db.prepare('DELETE FROM grants WHERE account_id = ?').run(accountId);
+        this.#sql('DELETE FROM grants WHERE account_id = ?').run(accountId);
         this.#auditSync(actor, 'grant.delete', accountId);
       })
       .immediate();
@@ -435,15 +440,13 @@ export class SqliteGrantStore implements GrantStore, KeyRotatable {
       const got = this.#db
         .transaction(() => {
           const now = Date.now();
-          const row = this.#db
-            .prepare('SELECT owner, expires_at FROM grant_locks WHERE account_id = ?')
-            .get(accountId) as Row | undefined;
+          const row = this.#sql('SELECT owner, expires_at FROM grant_locks WHERE account_id = ?').get(
+            accountId,
+          ) as Row | undefined;
           if (row && Number(row.expires_at) > now && row.owner !== this.#owner) return false;
-          this.#db
-            .prepare(
-              'INSERT INTO grant_locks (account_id, owner, expires_at) VALUES (?, ?, ?) ON CONFLICT (account_id) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at',
-            )
-            .run(accountId, this.#owner, now + LOCK_LEASE_MS);
+          this.#sql(
+            'INSERT INTO grant_locks (account_id, owner, expires_at) VALUES (?, ?, ?) ON CONFLICT (account_id) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at',
+          ).run(accountId, this.#owner, now + LOCK_LEASE_MS);
           return true;
         })
         .immediate();
@@ -457,16 +460,12 @@ export class SqliteGrantStore implements GrantStore, KeyRotatable {
   }
 
   #releaseLeaseSync(accountId: number): void {
-    this.#db
-      .prepare('DELETE FROM grant_locks WHERE account_id = ? AND owner = ?')
-      .run(accountId, this.#owner);
+    this.#sql('DELETE FROM grant_locks WHERE account_id = ? AND owner = ?').run(accountId, this.#owner);
   }
 
   async countGrantsByStatus(): Promise<Record<GrantStatus, number>> {
     const out: Record<GrantStatus, number> = { active: 0, needs_consent: 0, error: 0 };
-    for (const r of this.#db
-      .prepare('SELECT status, COUNT(*) AS n FROM grants GROUP BY status')
-      .all() as Row[]) {
+    for (const r of this.#sql('SELECT status, COUNT(*) AS n FROM grants GROUP BY status').all() as Row[]) {
       out[r.status as GrantStatus] = Number(r.n);
     }
     return out;
@@ -481,10 +480,8 @@ export class SqliteGrantStore implements GrantStore, KeyRotatable {
   async listAudit(accountId?: number, limit = 100): Promise<AuditEvent[]> {
     const rows = (
       accountId === undefined
-        ? this.#db.prepare('SELECT * FROM audit ORDER BY id DESC LIMIT ?').all(limit)
-        : this.#db
-            .prepare('SELECT * FROM audit WHERE account_id = ? ORDER BY id DESC LIMIT ?')
-            .all(accountId, limit)
+        ? this.#sql('SELECT * FROM audit ORDER BY id DESC LIMIT ?').all(limit)
+        : this.#sql('SELECT * FROM audit WHERE account_id = ? ORDER BY id DESC LIMIT ?').all(accountId, limit)
     ) as Row[];
     return rows.map((r) => ({
       at: Number(r.at),
@@ -502,10 +499,10 @@ export class SqliteGrantStore implements GrantStore, KeyRotatable {
       .transaction(() => {
         let total = 0;
         let rotated = 0;
-        const rows = this.#db
-          .prepare('SELECT account_id, refresh_token_enc, access_token_enc FROM grants')
-          .all() as Row[];
-        const upd = this.#db.prepare(
+        const rows = this.#sql(
+          'SELECT account_id, refresh_token_enc, access_token_enc FROM grants',
+        ).all() as Row[];
+        const upd = this.#sql(
           'UPDATE grants SET refresh_token_enc = ?, access_token_enc = ? WHERE account_id = ?',
         );
         for (const row of rows) {
