@@ -3,6 +3,7 @@ import type { Config } from '../config/schema.js';
 import { ConfigError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Keyring } from './crypto.js';
+import { PostgresGrantStore } from './postgres.js';
 import { SqliteGrantStore } from './sqlite.js';
 import type { GrantStore, KeyRotatable, RotationResult } from './types.js';
 
@@ -14,7 +15,10 @@ export function sqlitePath(config: Config): string {
 /** Opens and migrates the configured store. */
 export async function openStore(config: Config, keyring: Keyring, log: Logger): Promise<GrantStore> {
   if (config.store.driver === 'postgres') {
-    throw new ConfigError('store.driver "postgres" is not available yet; use "sqlite"');
+    // The loader already requires it; checked again so a hand-built Config fails clearly.
+    if (!config.store.postgres_url)
+      throw new ConfigError('store.postgres_url is required for driver "postgres"');
+    return PostgresGrantStore.open(config.store.postgres_url, keyring, log);
   }
   return SqliteGrantStore.open(sqlitePath(config), keyring, log);
 }

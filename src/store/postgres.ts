@@ -1,0 +1,579 @@
+import pg from 'pg';
+import { ConfigError } from '../errors.js';
+import { type Logger, silentLogger } from '../log.js';
+import { aadFor, Keyring } from './crypto.js';
+import { normalizeLogin } from './login.js';
+import { MIGRATIONS } from './migrations.js';
+import { KeyedMutex } from './mutex.js';
+import type {
+  AccountRecord,
+  AccountStatus,
+  AppPasswordRecord,
+  AuditEvent,
+  GrantPatch,
+  GrantRecord,
+  GrantStatus,
+  GrantStore,
+  GrantTx,
+  KeyRotatable,
+  NewAccount,
+  RotationResult,
+} from './types.js';
+
+type Row = Record<string, unknown>;
+type GrantInput = Omit<GrantRecord, 'accountId' | 'updatedAt'>;
+/** Pool or checked-out client: both run queries, only a client holds a transaction. */
+type Queryable = pg.Pool | pg.PoolClient;
+
+const SECRET_FIELDS = ['refresh_token', 'access_token'] as const;
+/** Arbitrary constant key for pg_advisory_xact_lock: every instance of this proxy migrates under it. */
+const MIGRATION_LOCK_KEY = 0x696d6170;
+/** How long a waiter queues for a grant's row lock (the SQLite store's LOCK_WAIT_MS). */
+const LOCK_WAIT = '60s';
+/** A holder stalled this long inside the lock loses its session, so its lock frees (SQLite's lease). */
+const LOCK_HOLD = '120s';
+const UNIQUE_VIOLATION = '23505';
+
+const num = (v: unknown): number | null => (v === null || v === undefined ? null : Number(v));
+const str = (v: unknown): string | null => (v === null || v === undefined ? null : String(v));
+
+export interface PostgresStoreOptions {
+  /** Pool size per process (default 10). */
+  maxConnections?: number;
+}
+
+/** `host:port/database` of a postgres URL: the only part of it that may be logged. */
+export function describePostgresUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    return `${u.hostname || 'localhost'}:${u.port || '5432'}${u.pathname || '/'}`;
+  } catch {
+    return '(unparsable postgres_url)';
+  }
+}
+
+/**
+ * GrantStore on PostgreSQL, for several proxy instances sharing one database. Same rows,
+ * encryption (keyring, associated data) and audit as the SQLite store; a refresh holds the
+ * grant's row lock (SELECT … FOR UPDATE) so one instance refreshes and the others re-read.
+ */
+export class PostgresGrantStore implements GrantStore, KeyRotatable {
+  readonly #pool: pg.Pool;
+  readonly #keyring: Keyring;
+  readonly #log: Logger;
+  readonly #where: string;
+  readonly #mutex = new KeyedMutex<number>();
+  #closed = false;
+
+  private constructor(pool: pg.Pool, where: string, keyring: Keyring, log: Logger) {
+    this.#pool = pool;
+    this.#where = where;
+    this.#keyring = keyring;
+    this.#log = log;
+  }
+
+  /** Connects and migrates. The URL carries a password: errors and logs name host/db only. */
+  static async open(
+    url: string,
+    keyring: Keyring,
+    log: Logger = silentLogger,
+    opts: PostgresStoreOptions = {},
+  ): Promise<PostgresGrantStore> {
+    const where = describePostgresUrl(url);
+    const pool = new pg.Pool({
+      connectionString: url,
+      max: opts.maxConnections ?? 10,
+      connectionTimeoutMillis: 10_000,
+      idleTimeoutMillis: 30_000,
+      keepAlive: true,
+      application_name: 'imap-oauth-proxy',
+    });
+    // An idle client losing its connection must not crash the process; the next query reconnects.
+    pool.on('error', (err) => log.warn({ store: where, err: err.message }, 'postgres connection lost'));
+    const store = new PostgresGrantStore(pool, where, keyring, log);
+    try {
+      await store.migrate();
+    } catch (cause) {
+      await pool.end().catch(() => {});
+      throw new ConfigError(`cannot open PostgreSQL store ${where}: ${(cause as Error).message}`, { cause });
+    }
+    log.info({ store: where }, 'postgres store ready');
+    return store;
+  }
+
+  /** Runs fn in one transaction on one pooled connection; commits on resolve, rolls back on throw. */
+  async #tx<T>(fn: (c: pg.PoolClient) => Promise<T>, setup: string[] = []): Promise<T> {
+    const c = await this.#pool.connect();
+    let broken = false;
+    try {
+      await c.query('BEGIN');
+      for (const s of setup) await c.query(s);
+      const out = await fn(c);
+      await c.query('COMMIT');
+      return out;
+    } catch (err) {
+      await c.query('ROLLBACK').catch(() => {
+        broken = true;
+      });
+      throw err;
+    } finally {
+      // A connection whose ROLLBACK failed is in an unknown state: drop it instead of reusing it.
+      c.release(broken);
+    }
+  }
+
+  async migrate(): Promise<void> {
+    const applied = await this.#tx(async (c) => {
+      // Several proxies starting together: the first migrates, the others wait here and find it done.
+      await c.query('SELECT pg_advisory_xact_lock($1)', [MIGRATION_LOCK_KEY]);
+      await c.query(
+        'CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)',
+      );
+      const done = new Set(
+        (await c.query('SELECT version FROM schema_migrations')).rows.map((r: Row) => Number(r.version)),
+      );
+      const now: { version: number; name: string }[] = [];
+      for (const m of MIGRATIONS) {
+        if (done.has(m.version)) continue;
+        await c.query(m.postgres);
+        await c.query('INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)', [
+          m.version,
+          m.name,
+          Date.now(),
+        ]);
+        now.push(m);
+      }
+      return now;
+    });
+    for (const m of applied) {
+      this.#log.info(
+        { version: m.version, migration: m.name, store: this.#where },
+        'store migration applied',
+      );
+    }
+  }
+
+  async ping(): Promise<void> {
+    await this.#pool.query('SELECT 1');
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.#pool.end();
+  }
+
+  // ---- accounts ------------------------------------------------------------------------
+
+  async #account(q: Queryable, row: Row | undefined): Promise<AccountRecord | null> {
+    if (!row) return null;
+    const logins = (
+      await q.query('SELECT login FROM account_logins WHERE account_id = $1 ORDER BY position', [
+        Number(row.id),
+      ])
+    ).rows.map((r: Row) => String(r.login));
+    return accountFromRow(row, logins);
+  }
+
+  async #audit(
+    q: Queryable,
+    actor: string,
+    action: string,
+    accountId: number | null,
+    detail?: string,
+  ): Promise<void> {
+    await q.query('INSERT INTO audit (at, actor, action, account_id, detail) VALUES ($1, $2, $3, $4, $5)', [
+      Date.now(),
+      actor,
+      action,
+      accountId,
+      detail ?? null,
+    ]);
+    // Mirrored to the log so account and grant changes reach the admin's log pipeline too.
+    this.#log.info({ audit: { actor, action, accountId, detail: detail ?? null } }, `audit: ${action}`);
+  }
+
+  async #bumpVersion(c: pg.PoolClient, id: number): Promise<void> {
+    await c.query('UPDATE accounts SET credential_version = credential_version + 1 WHERE id = $1', [id]);
+  }
+
+  async #requireAccount(c: pg.PoolClient, id: number): Promise<void> {
+    // FOR UPDATE: a concurrent delete of the account waits instead of racing this change.
+    const r = await c.query('SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE', [id]);
+    if (r.rowCount === 0) throw new ConfigError(`no account with id ${id}`);
+  }
+
+  async #insertLogin(c: pg.PoolClient, id: number, login: string): Promise<void> {
+    const l = normalizeLogin(login);
+    if (l === '') throw new ConfigError('login name must not be empty');
+    const inUse = new ConfigError(`login "${l}" is already in use`);
+    if ((await c.query('SELECT 1 FROM account_logins WHERE login = $1', [l])).rowCount) throw inUse;
+    try {
+      // Another instance may insert the same login between the check and here: the key decides.
+      await c.query(
+        `INSERT INTO account_logins (login, account_id, position)
+         SELECT $1, $2, COALESCE(MAX(position), -1) + 1 FROM account_logins WHERE account_id = $2`,
+        [l, id],
+      );
+    } catch (err) {
+      throw isUniqueViolation(err) ? inUse : err;
+    }
+  }
+
+  async createAccount(input: NewAccount, actor: string): Promise<AccountRecord> {
+    const id = await this.#tx(async (c) => {
+      const r = await c.query(
+        `INSERT INTO accounts (upstream_user, provider, status, max_sessions, upstream_override, created_at)
+         VALUES ($1, $2, 'active', $3, $4, $5) RETURNING id`,
+        [
+          input.upstreamUser,
+          input.provider,
+          input.maxSessions ?? null,
+          input.upstreamOverride ? JSON.stringify(input.upstreamOverride) : null,
+          Date.now(),
+        ],
+      );
+      const newId = Number((r.rows[0] as Row).id);
+      await this.#insertLogin(c, newId, input.login);
+      await this.#audit(c, actor, 'account.create', newId, `provider=${input.provider}`);
+      return newId;
+    });
+    return (await this.getAccount(id))!;
+  }
+
+  async getAccount(id: number): Promise<AccountRecord | null> {
+    const r = await this.#pool.query('SELECT * FROM accounts WHERE id = $1', [id]);
+    return this.#account(this.#pool, r.rows[0]);
+  }
+
+  async getAccountByLogin(login: string): Promise<AccountRecord | null> {
+    const r = await this.#pool.query(
+      'SELECT a.* FROM accounts a JOIN account_logins l ON l.account_id = a.id WHERE l.login = $1',
+      [normalizeLogin(login)],
+    );
+    return this.#account(this.#pool, r.rows[0]);
+  }
+
+  async listAccounts(): Promise<AccountRecord[]> {
+    const accounts = (await this.#pool.query('SELECT * FROM accounts ORDER BY id')).rows as Row[];
+    const logins = new Map<number, string[]>();
+    for (const r of (
+      await this.#pool.query('SELECT account_id, login FROM account_logins ORDER BY account_id, position')
+    ).rows as Row[]) {
+      const id = Number(r.account_id);
+      logins.set(id, [...(logins.get(id) ?? []), String(r.login)]);
+    }
+    // One query for every account's logins instead of one per account.
+    return accounts.map((row) => accountFromRow(row, logins.get(Number(row.id)) ?? []));
+  }
+
+  async setAccountStatus(id: number, status: AccountStatus, actor: string): Promise<void> {
+    await this.#tx(async (c) => {
+      await this.#requireAccount(c, id);
+      await c.query('UPDATE accounts SET status = $1 WHERE id = $2', [status, id]);
+      await this.#bumpVersion(c, id);
+      await this.#audit(c, actor, `account.${status === 'active' ? 'enable' : 'disable'}`, id);
+    });
+  }
+
+  async addLogin(id: number, login: string, actor: string): Promise<void> {
+    await this.#tx(async (c) => {
+      await this.#requireAccount(c, id);
+      await this.#insertLogin(c, id, login);
+      await this.#audit(c, actor, 'account.alias_add', id, `login=${normalizeLogin(login)}`);
+    });
+  }
+
+  async deleteAccount(id: number, actor: string): Promise<void> {
+    await this.#tx(async (c) => {
+      await this.#requireAccount(c, id);
+      await c.query('DELETE FROM accounts WHERE id = $1', [id]);
+      await this.#audit(c, actor, 'account.remove', id);
+    });
+  }
+
+  async recordLogin(id: number, at: number): Promise<void> {
+    await this.#pool.query('UPDATE accounts SET last_login_at = $1 WHERE id = $2', [at, id]);
+  }
+
+  // ---- app passwords -------------------------------------------------------------------
+
+  #appPassword(row: Row): AppPasswordRecord {
+    return {
+      id: Number(row.id),
+      accountId: Number(row.account_id),
+      label: String(row.label),
+      hash: String(row.hash),
+      createdAt: Number(row.created_at),
+      lastUsedAt: num(row.last_used_at),
+    };
+  }
+
+  async addAppPassword(
+    accountId: number,
+    label: string,
+    hash: string,
+    actor: string,
+  ): Promise<AppPasswordRecord> {
+    const dup = new ConfigError(`app password label "${label}" already exists for this account`);
+    return this.#tx(async (c) => {
+      await this.#requireAccount(c, accountId);
+      if (
+        (
+          await c.query('SELECT 1 FROM app_passwords WHERE account_id = $1 AND label = $2', [
+            accountId,
+            label,
+          ])
+        ).rowCount
+      ) {
+        throw dup;
+      }
+      const r = await c
+        .query(
+          'INSERT INTO app_passwords (account_id, label, hash, created_at) VALUES ($1, $2, $3, $4) RETURNING *',
+          [accountId, label, hash, Date.now()],
+        )
+        .catch((err: unknown) => {
+          throw isUniqueViolation(err) ? dup : err;
+        });
+      await this.#bumpVersion(c, accountId);
+      await this.#audit(c, actor, 'password.add', accountId, `label=${label}`);
+      return this.#appPassword(r.rows[0] as Row);
+    });
+  }
+
+  async listAppPasswords(accountId: number): Promise<AppPasswordRecord[]> {
+    const r = await this.#pool.query('SELECT * FROM app_passwords WHERE account_id = $1 ORDER BY id', [
+      accountId,
+    ]);
+    return (r.rows as Row[]).map((row) => this.#appPassword(row));
+  }
+
+  async revokeAppPassword(accountId: number, labelOrId: string, actor: string): Promise<boolean> {
+    return this.#tx(async (c) => {
+      let r = await c.query(
+        'DELETE FROM app_passwords WHERE account_id = $1 AND label = $2 RETURNING label',
+        [accountId, labelOrId],
+      );
+      if (r.rowCount === 0 && /^\d+$/.test(labelOrId)) {
+        r = await c.query('DELETE FROM app_passwords WHERE account_id = $1 AND id = $2 RETURNING label', [
+          accountId,
+          Number(labelOrId),
+        ]);
+      }
+      if (r.rowCount === 0) return false;
+      await this.#bumpVersion(c, accountId);
+      await this.#audit(c, actor, 'password.revoke', accountId, `label=${String((r.rows[0] as Row).label)}`);
+      return true;
+    });
+  }
+
+  async touchAppPassword(id: number, at: number): Promise<void> {
+    await this.#pool.query('UPDATE app_passwords SET last_used_at = $1 WHERE id = $2', [at, id]);
+  }
+
+  // ---- grants --------------------------------------------------------------------------
+
+  #enc(accountId: number, field: (typeof SECRET_FIELDS)[number], v: string | null): string | null {
+    return v === null ? null : this.#keyring.encrypt(v, aadFor('grants', accountId, field));
+  }
+
+  #dec(accountId: number, field: (typeof SECRET_FIELDS)[number], v: unknown): string | null {
+    return v === null || v === undefined
+      ? null
+      : this.#keyring.decrypt(String(v), aadFor('grants', accountId, field));
+  }
+
+  async #readGrant(q: Queryable, accountId: number, forUpdate = false): Promise<GrantRecord | null> {
+    const r = await q.query(`SELECT * FROM grants WHERE account_id = $1${forUpdate ? ' FOR UPDATE' : ''}`, [
+      accountId,
+    ]);
+    const row = r.rows[0] as Row | undefined;
+    if (!row) return null;
+    return {
+      accountId,
+      kind: row.kind as GrantRecord['kind'],
+      status: row.status as GrantStatus,
+      refreshToken: this.#dec(accountId, 'refresh_token', row.refresh_token_enc),
+      accessToken: this.#dec(accountId, 'access_token', row.access_token_enc),
+      accessTokenExpiresAt: num(row.access_token_expires_at),
+      scope: str(row.scope),
+      lastRefreshAt: num(row.last_refresh_at),
+      lastError: str(row.last_error),
+      updatedAt: Number(row.updated_at),
+    };
+  }
+
+  async #writeGrant(c: pg.PoolClient, accountId: number, g: GrantInput): Promise<void> {
+    await c.query(
+      `INSERT INTO grants (account_id, kind, status, refresh_token_enc, access_token_enc, access_token_expires_at,
+         scope, last_refresh_at, last_error, updated_at)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+       ON CONFLICT (account_id) DO UPDATE SET kind = EXCLUDED.kind, status = EXCLUDED.status,
+         refresh_token_enc = EXCLUDED.refresh_token_enc, access_token_enc = EXCLUDED.access_token_enc,
+         access_token_expires_at = EXCLUDED.access_token_expires_at, scope = EXCLUDED.scope,
+         last_refresh_at = EXCLUDED.last_refresh_at, last_error = EXCLUDED.last_error,
+         updated_at = EXCLUDED.updated_at`,
+      [
+        accountId,
+        g.kind,
+        g.status,
+        this.#enc(accountId, 'refresh_token', g.refreshToken),
+        this.#enc(accountId, 'access_token', g.accessToken),
+        g.accessTokenExpiresAt,
+        g.scope,
+        g.lastRefreshAt,
+        g.lastError,
+        Date.now(),
+      ],
+    );
+  }
+
+  async getGrant(accountId: number): Promise<GrantRecord | null> {
+    return this.#readGrant(this.#pool, accountId);
+  }
+
+  async putGrant(accountId: number, grant: GrantInput, actor: string): Promise<void> {
+    await this.#tx(async (c) => {
+      await this.#requireAccount(c, accountId);
+      await this.#writeGrant(c, accountId, grant);
+      await this.#audit(c, actor, 'grant.put', accountId, `kind=${grant.kind} status=${grant.status}`);
+    });
+  }
+
+  async deleteGrant(accountId: number, actor: string): Promise<void> {
+    await this.#tx(async (c) => {
+      await c.query('DELETE FROM grants WHERE account_id = $1', [accountId]);
+      await this.#audit(c, actor, 'grant.delete', accountId);
+    });
+  }
+
+  /**
+   * One transaction holding the grant row's lock for the whole of `fn` (including the refresh's
+   * network call): another instance's SELECT … FOR UPDATE waits, then reads the committed fresh
+   * token. The process mutex queues this process's own callers so they hold one pooled
+   * connection between them, not one each. A holder that dies frees the lock with its session.
+   */
+  async withGrantLock<T>(accountId: number, fn: (tx: GrantTx) => Promise<T>): Promise<T> {
+    return this.#mutex.run(accountId, () =>
+      this.#tx(
+        async (c) => {
+          await c.query('SELECT 1 FROM grants WHERE account_id = $1 FOR UPDATE', [accountId]);
+          const tx: GrantTx = {
+            get: () => this.#readGrant(c, accountId),
+            update: async (patch: GrantPatch) => {
+              const cur = await this.#readGrant(c, accountId);
+              if (!cur) throw new Error(`grant for account ${accountId} vanished during update`);
+              const { accountId: _a, updatedAt: _u, ...base } = cur;
+              await this.#writeGrant(c, accountId, { ...base, ...patch });
+            },
+          };
+          return fn(tx);
+        },
+        [
+          `SET LOCAL lock_timeout = '${LOCK_WAIT}'`,
+          `SET LOCAL idle_in_transaction_session_timeout = '${LOCK_HOLD}'`,
+        ],
+      ),
+    );
+  }
+
+  async countGrantsByStatus(): Promise<Record<GrantStatus, number>> {
+    const out: Record<GrantStatus, number> = { active: 0, needs_consent: 0, error: 0 };
+    const r = await this.#pool.query('SELECT status, COUNT(*) AS n FROM grants GROUP BY status');
+    for (const row of r.rows as Row[]) out[row.status as GrantStatus] = Number(row.n);
+    return out;
+  }
+
+  // ---- audit ---------------------------------------------------------------------------
+
+  async audit(actor: string, action: string, accountId: number | null, detail?: string): Promise<void> {
+    await this.#audit(this.#pool, actor, action, accountId, detail);
+  }
+
+  async listAudit(accountId?: number, limit = 100): Promise<AuditEvent[]> {
+    const r =
+      accountId === undefined
+        ? await this.#pool.query('SELECT * FROM audit ORDER BY id DESC LIMIT $1', [limit])
+        : await this.#pool.query('SELECT * FROM audit WHERE account_id = $1 ORDER BY id DESC LIMIT $2', [
+            accountId,
+            limit,
+          ]);
+    return (r.rows as Row[]).map((row) => ({
+      at: Number(row.at),
+      actor: String(row.actor),
+      action: String(row.action),
+      accountId: num(row.account_id),
+      detail: str(row.detail),
+    }));
+  }
+
+  // ---- key rotation --------------------------------------------------------------------
+
+  async reencryptAll(actor = 'cli'): Promise<RotationResult> {
+    return this.#tx(async (c) => {
+      let total = 0;
+      let rotated = 0;
+      // FOR UPDATE: a refresh on another instance cannot write a value under the old key meanwhile.
+      const rows = (
+        await c.query('SELECT account_id, refresh_token_enc, access_token_enc FROM grants FOR UPDATE')
+      ).rows as Row[];
+      for (const row of rows) {
+        const id = Number(row.account_id);
+        const next: (string | null)[] = [];
+        let changed = false;
+        for (const field of SECRET_FIELDS) {
+          const blob = str(row[`${field}_enc`]);
+          if (blob === null) {
+            next.push(null);
+            continue;
+          }
+          total++;
+          // Decrypt even values already under the current key: a bad one aborts the whole rotation.
+          const plain = this.#keyring.decrypt(blob, aadFor('grants', id, field));
+          if (Keyring.keyIdOf(blob) === this.#keyring.currentId) {
+            next.push(blob);
+            continue;
+          }
+          next.push(this.#keyring.encrypt(plain, aadFor('grants', id, field)));
+          rotated++;
+          changed = true;
+        }
+        if (changed) {
+          await c.query(
+            'UPDATE grants SET refresh_token_enc = $1, access_token_enc = $2 WHERE account_id = $3',
+            [next[0], next[1], id],
+          );
+        }
+      }
+      await this.#audit(
+        c,
+        actor,
+        'key.rotate',
+        null,
+        `key=${this.#keyring.currentId} rotated=${rotated} total=${total}`,
+      );
+      return { total, rotated };
+    });
+  }
+}
+
+function accountFromRow(row: Row, logins: string[]): AccountRecord {
+  const override = str(row.upstream_override);
+  return {
+    id: Number(row.id),
+    logins,
+    upstreamUser: String(row.upstream_user),
+    provider: String(row.provider),
+    status: row.status as AccountStatus,
+    maxSessions: num(row.max_sessions),
+    upstreamOverride: override === null ? null : (JSON.parse(override) as Record<string, unknown>),
+    createdAt: Number(row.created_at),
+    lastLoginAt: num(row.last_login_at),
+    credentialVersion: Number(row.credential_version),
+  };
+}
+
+function isUniqueViolation(err: unknown): boolean {
+  return (err as { code?: unknown } | null)?.code === UNIQUE_VIOLATION;
+}
