@@ -153,6 +153,18 @@ export const configSchema = z
           .min(1)
           .default(10000)
           .describe('Open client connections per listener (per process)'),
+        warm_upstream_connections: z
+          .number()
+          .int()
+          .min(0)
+          .max(16)
+          .default(2)
+          .describe(
+            'Pre-dialled upstream connections kept per upstream server while logins arrive (0 = off)',
+          ),
+        warm_upstream_idle_seconds: seconds(30).describe(
+          'A pre-dialled upstream connection unused this long is closed',
+        ),
       })
       .strict()
       .prefault({}),

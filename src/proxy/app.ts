@@ -70,6 +70,8 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
   const upstreamLog = log.child({ component: 'upstream' });
   const connector = new WarmPool(createUpstreamConnector({ metrics, log: upstreamLog }), {
     log: upstreamLog,
+    size: config.limits.warm_upstream_connections,
+    idleMs: Math.round(config.limits.warm_upstream_idle_seconds * 1000),
   });
   const pipeline = new LoginPipeline({ config, credentials, broker, connector });
 
