@@ -29,6 +29,8 @@ export interface StackOptions {
   op?: TestOP;
   dovecot?: Dovecot;
   logLevel?: string;
+  /** Master key line "<id>:<base64>" (default: a fresh one); equal keys let stacks share a store. */
+  encryptionKey?: string;
 }
 
 export interface TestAccount {
@@ -89,7 +91,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
     const yaml = `
 data_dir: ${JSON.stringify(dir)}
 log: { level: ${opts.logLevel ?? 'debug'}, format: json }
-encryption: { key: "${generateKeyLine('k1')}" }
+encryption: { key: "${opts.encryptionKey ?? generateKeyLine('k1')}" }
 listeners:
   - { name: starttls, address: 127.0.0.1, port: 0, tls: starttls }
   - { name: imaps, address: 127.0.0.1, port: 0, tls: implicit }
