@@ -104,6 +104,11 @@ export class PostgresGrantStore implements GrantStore, KeyRotatable {
   /** Runs fn in one transaction on one pooled connection; commits on resolve, rolls back on throw. */
   async #tx<T>(fn: (c: pg.PoolClient) => Promise<T>, setup: string[] = []): Promise<T> {
     const c = await this.#pool.connect();
+    // A checked-out client has no pool error listener: without this, a connection lost while a
+    // refresh is in flight would be an unhandled 'error' event and end the process.
+    const onError = (err: Error) =>
+      this.#log.warn({ store: this.#where, err: err.message }, 'postgres connection lost in a transaction');
+    c.on('error', onError);
     let broken = false;
     try {
       await c.query('BEGIN');
@@ -117,6 +122,7 @@ export class PostgresGrantStore implements GrantStore, KeyRotatable {
       });
       throw err;
     } finally {
+      c.off('error', onError);
       // A connection whose ROLLBACK failed is in an unknown state: drop it instead of reusing it.
       c.release(broken);
     }
