@@ -19,9 +19,17 @@ const NEEDED = [
   'promtool',
   'haproxy',
   'chromium',
+  'pg_ctl',
 ];
+// PostgreSQL's server binaries live in /usr/lib/postgresql/<version>/bin, off PATH.
 const have = (cmd) =>
-  spawnSync('sh', ['-c', `command -v ${cmd} || test -x /usr/sbin/${cmd}`], { stdio: 'ignore' }).status === 0;
+  spawnSync(
+    'sh',
+    ['-c', `command -v ${cmd} || test -x /usr/sbin/${cmd} || ls /usr/lib/postgresql/*/bin/${cmd}`],
+    {
+      stdio: 'ignore',
+    },
+  ).status === 0;
 let missing = NEEDED.filter((c) => !have(c));
 if (missing.length > 0) {
   const root = process.getuid?.() === 0;
