@@ -1,6 +1,6 @@
 import { type ChildProcess, execFile, execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chownSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -8,7 +8,7 @@ import pg from 'pg';
 import { freePort } from './ports.js';
 
 /**
- * A private PostgreSQL 15 server for tests: initdb into a temp dir (as the `postgres` OS user
+ * A private PostgreSQL server (15 on Debian 12) for tests: initdb into a temp dir (as the `postgres` OS user
  * when running as root, since the server refuses to run as root), listening on 127.0.0.1 on a
  * port picked here with its unix socket inside the temp dir, password (SCRAM) auth on TCP.
  * `database()` creates a fresh database per test and returns its URL.
@@ -32,7 +32,19 @@ export interface TestPostgres {
   stop(): Promise<void>;
 }
 
-const BIN = process.env.PG_BIN ?? '/usr/lib/postgresql/15/bin';
+/** PG_BIN, else the newest /usr/lib/postgresql/<version>/bin (Debian keeps server binaries off PATH). */
+function findBin(): string {
+  if (process.env.PG_BIN) return process.env.PG_BIN;
+  const root = '/usr/lib/postgresql';
+  const versions = existsSync(root)
+    ? readdirSync(root)
+        .filter((v) => /^\d+$/.test(v) && existsSync(join(root, v, 'bin', 'postgres')))
+        .sort((a, b) => Number(b) - Number(a))
+    : [];
+  return join(root, versions[0] ?? '15', 'bin');
+}
+
+const BIN = findBin();
 const HOST = '127.0.0.1';
 const READY_MS = 20_000;
 const STOP_MS = 10_000;
