@@ -193,6 +193,15 @@ export const configSchema = z
         driver: z.enum(['sqlite', 'postgres']).default('sqlite').describe('Grant store backend'),
         sqlite_path: z.string().optional().describe('Defaults to <data_dir>/proxy.db'),
         postgres_url: z.string().optional().describe('postgres://… ; or postgres_url_file, or ${ENV}'),
+        postgres_pool_size: z
+          .number()
+          .int()
+          .min(1)
+          .max(200)
+          .default(10)
+          .describe(
+            'Database connections per proxy process (a refresh holds one while it calls the token endpoint)',
+          ),
       })
       .strict()
       .prefault({}),

@@ -18,7 +18,9 @@ export async function openStore(config: Config, keyring: Keyring, log: Logger): 
     // The loader already requires it; checked again so a hand-built Config fails clearly.
     if (!config.store.postgres_url)
       throw new ConfigError('store.postgres_url is required for driver "postgres"');
-    return PostgresGrantStore.open(config.store.postgres_url, keyring, log);
+    return PostgresGrantStore.open(config.store.postgres_url, keyring, log, {
+      maxConnections: config.store.postgres_pool_size,
+    });
   }
   return SqliteGrantStore.open(sqlitePath(config), keyring, log);
 }
