@@ -1,10 +1,21 @@
 import pg from 'pg';
 import { ConfigError } from '../errors.js';
 import { type Logger, silentLogger } from '../log.js';
-import { aadFor, Keyring } from './crypto.js';
+import type { Keyring } from './crypto.js';
 import { normalizeLogin } from './login.js';
 import { MIGRATIONS } from './migrations.js';
 import { KeyedMutex } from './mutex.js';
+import {
+  accountFromRow,
+  appPasswordFromRow,
+  encryptField,
+  type GrantInput,
+  grantFromRow,
+  num,
+  type Row,
+  reencryptGrantRow,
+  str,
+} from './rows.js';
 import type {
   AccountRecord,
   AccountStatus,
@@ -20,12 +31,9 @@ import type {
   RotationResult,
 } from './types.js';
 
-type Row = Record<string, unknown>;
-type GrantInput = Omit<GrantRecord, 'accountId' | 'updatedAt'>;
 /** Pool or checked-out client: both run queries, only a client holds a transaction. */
 type Queryable = pg.Pool | pg.PoolClient;
 
-const SECRET_FIELDS = ['refresh_token', 'access_token'] as const;
 /** Arbitrary constant key for pg_advisory_xact_lock: every instance of this proxy migrates under it. */
 const MIGRATION_LOCK_KEY = 0x696d6170;
 /** How long a waiter queues for a grant's row lock (the SQLite store's LOCK_WAIT_MS). */
@@ -33,9 +41,6 @@ const LOCK_WAIT = '60s';
 /** A holder stalled this long inside the lock loses its session, so its lock frees (SQLite's lease). */
 const LOCK_HOLD = '120s';
 const UNIQUE_VIOLATION = '23505';
-
-const num = (v: unknown): number | null => (v === null || v === undefined ? null : Number(v));
-const str = (v: unknown): string | null => (v === null || v === undefined ? null : String(v));
 
 export interface PostgresStoreOptions {
   /** Pool size per process (default 10). */
@@ -304,17 +309,6 @@ export class PostgresGrantStore implements GrantStore, KeyRotatable {
 
   // ---- app passwords -------------------------------------------------------------------
 
-  #appPassword(row: Row): AppPasswordRecord {
-    return {
-      id: Number(row.id),
-      accountId: Number(row.account_id),
-      label: String(row.label),
-      hash: String(row.hash),
-      createdAt: Number(row.created_at),
-      lastUsedAt: num(row.last_used_at),
-    };
-  }
-
   async addAppPassword(
     accountId: number,
     label: string,
@@ -344,7 +338,7 @@ export class PostgresGrantStore implements GrantStore, KeyRotatable {
         });
       await this.#bumpVersion(c, accountId);
       await this.#audit(c, actor, 'password.add', accountId, `label=${label}`);
-      return this.#appPassword(r.rows[0] as Row);
+      return appPasswordFromRow(r.rows[0] as Row);
     });
   }
 
@@ -352,7 +346,7 @@ export class PostgresGrantStore implements GrantStore, KeyRotatable {
     const r = await this.#pool.query('SELECT * FROM app_passwords WHERE account_id = $1 ORDER BY id', [
       accountId,
     ]);
-    return (r.rows as Row[]).map((row) => this.#appPassword(row));
+    return (r.rows as Row[]).map((row) => appPasswordFromRow(row));
   }
 
   async revokeAppPassword(accountId: number, labelOrId: string, actor: string): Promise<boolean> {
@@ -380,34 +374,13 @@ export class PostgresGrantStore implements GrantStore, KeyRotatable {
 
   // ---- grants --------------------------------------------------------------------------
 
-  #enc(accountId: number, field: (typeof SECRET_FIELDS)[number], v: string | null): string | null {
-    return v === null ? null : this.#keyring.encrypt(v, aadFor('grants', accountId, field));
-  }
-
-  #dec(accountId: number, field: (typeof SECRET_FIELDS)[number], v: unknown): string | null {
-    return v === null || v === undefined
-      ? null
-      : this.#keyring.decrypt(String(v), aadFor('grants', accountId, field));
-  }
-
   async #readGrant(q: Queryable, accountId: number, forUpdate = false): Promise<GrantRecord | null> {
     const r = await q.query(`SELECT * FROM grants WHERE account_id = $1${forUpdate ? ' FOR UPDATE' : ''}`, [
       accountId,
     ]);
     const row = r.rows[0] as Row | undefined;
     if (!row) return null;
-    return {
-      accountId,
-      kind: row.kind as GrantRecord['kind'],
-      status: row.status as GrantStatus,
-      refreshToken: this.#dec(accountId, 'refresh_token', row.refresh_token_enc),
-      accessToken: this.#dec(accountId, 'access_token', row.access_token_enc),
-      accessTokenExpiresAt: num(row.access_token_expires_at),
-      scope: str(row.scope),
-      lastRefreshAt: num(row.last_refresh_at),
-      lastError: str(row.last_error),
-      updatedAt: Number(row.updated_at),
-    };
+    return grantFromRow(this.#keyring, accountId, row);
   }
 
   async #writeGrant(c: pg.PoolClient, accountId: number, g: GrantInput): Promise<void> {
@@ -424,8 +397,8 @@ export class PostgresGrantStore implements GrantStore, KeyRotatable {
         accountId,
         g.kind,
         g.status,
-        this.#enc(accountId, 'refresh_token', g.refreshToken),
-        this.#enc(accountId, 'access_token', g.accessToken),
+        encryptField(this.#keyring, accountId, 'refresh_token', g.refreshToken),
+        encryptField(this.#keyring, accountId, 'access_token', g.accessToken),
         g.accessTokenExpiresAt,
         g.scope,
         g.lastRefreshAt,
@@ -525,30 +498,13 @@ export class PostgresGrantStore implements GrantStore, KeyRotatable {
         await c.query('SELECT account_id, refresh_token_enc, access_token_enc FROM grants FOR UPDATE')
       ).rows as Row[];
       for (const row of rows) {
-        const id = Number(row.account_id);
-        const next: (string | null)[] = [];
-        let changed = false;
-        for (const field of SECRET_FIELDS) {
-          const blob = str(row[`${field}_enc`]);
-          if (blob === null) {
-            next.push(null);
-            continue;
-          }
-          total++;
-          // Decrypt even values already under the current key: a bad one aborts the whole rotation.
-          const plain = this.#keyring.decrypt(blob, aadFor('grants', id, field));
-          if (Keyring.keyIdOf(blob) === this.#keyring.currentId) {
-            next.push(blob);
-            continue;
-          }
-          next.push(this.#keyring.encrypt(plain, aadFor('grants', id, field)));
-          rotated++;
-          changed = true;
-        }
-        if (changed) {
+        const r = reencryptGrantRow(this.#keyring, row);
+        total += r.total;
+        rotated += r.rotated;
+        if (r.rotated > 0) {
           await c.query(
             'UPDATE grants SET refresh_token_enc = $1, access_token_enc = $2 WHERE account_id = $3',
-            [next[0], next[1], id],
+            [r.values[0], r.values[1], Number(row.account_id)],
           );
         }
       }
@@ -562,22 +518,6 @@ export class PostgresGrantStore implements GrantStore, KeyRotatable {
       return { total, rotated };
     });
   }
-}
-
-function accountFromRow(row: Row, logins: string[]): AccountRecord {
-  const override = str(row.upstream_override);
-  return {
-    id: Number(row.id),
-    logins,
-    upstreamUser: String(row.upstream_user),
-    provider: String(row.provider),
-    status: row.status as AccountStatus,
-    maxSessions: num(row.max_sessions),
-    upstreamOverride: override === null ? null : (JSON.parse(override) as Record<string, unknown>),
-    createdAt: Number(row.created_at),
-    lastLoginAt: num(row.last_login_at),
-    credentialVersion: Number(row.credential_version),
-  };
 }
 
 function isUniqueViolation(err: unknown): boolean {

@@ -4,10 +4,21 @@ import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import { ConfigError } from '../errors.js';
 import { type Logger, silentLogger } from '../log.js';
-import { aadFor, Keyring } from './crypto.js';
+import type { Keyring } from './crypto.js';
 import { normalizeLogin } from './login.js';
 import { MIGRATIONS } from './migrations.js';
 import { KeyedMutex } from './mutex.js';
+import {
+  accountFromRow,
+  appPasswordFromRow,
+  encryptField,
+  type GrantInput,
+  grantFromRow,
+  num,
+  type Row,
+  reencryptGrantRow,
+  str,
+} from './rows.js';
 import type {
   AccountRecord,
   AccountStatus,
@@ -23,15 +34,8 @@ import type {
   RotationResult,
 } from './types.js';
 
-type Row = Record<string, unknown>;
-type GrantInput = Omit<GrantRecord, 'accountId' | 'updatedAt'>;
-
 const LOCK_LEASE_MS = 120_000;
 const LOCK_WAIT_MS = 60_000;
-const SECRET_FIELDS = ['refresh_token', 'access_token'] as const;
-
-const num = (v: unknown): number | null => (v === null || v === undefined ? null : Number(v));
-const str = (v: unknown): string | null => (v === null || v === undefined ? null : String(v));
 
 /**
  * GrantStore on better-sqlite3 (WAL, busy_timeout, versioned migrations). Calls are
@@ -123,19 +127,7 @@ export class SqliteGrantStore implements GrantStore, KeyRotatable {
     const logins = (
       this.#sql('SELECT login FROM account_logins WHERE account_id = ? ORDER BY position').all(id) as Row[]
     ).map((r) => String(r.login));
-    const override = str(row.upstream_override);
-    return {
-      id,
-      logins,
-      upstreamUser: String(row.upstream_user),
-      provider: String(row.provider),
-      status: row.status as AccountStatus,
-      maxSessions: num(row.max_sessions),
-      upstreamOverride: override === null ? null : (JSON.parse(override) as Record<string, unknown>),
-      createdAt: Number(row.created_at),
-      lastLoginAt: num(row.last_login_at),
-      credentialVersion: Number(row.credential_version),
-    };
+    return accountFromRow(row, logins);
   }
 
   #auditSync(actor: string, action: string, accountId: number | null, detail?: string): void {
@@ -247,17 +239,6 @@ export class SqliteGrantStore implements GrantStore, KeyRotatable {
 
   // ---- app passwords -------------------------------------------------------------------
 
-  #appPassword(row: Row): AppPasswordRecord {
-    return {
-      id: Number(row.id),
-      accountId: Number(row.account_id),
-      label: String(row.label),
-      hash: String(row.hash),
-      createdAt: Number(row.created_at),
-      lastUsedAt: num(row.last_used_at),
-    };
-  }
-
   async addAppPassword(
     accountId: number,
     label: string,
@@ -280,12 +261,12 @@ export class SqliteGrantStore implements GrantStore, KeyRotatable {
         return Number(r.lastInsertRowid);
       })
       .immediate();
-    return this.#appPassword(this.#sql('SELECT * FROM app_passwords WHERE id = ?').get(id) as Row);
+    return appPasswordFromRow(this.#sql('SELECT * FROM app_passwords WHERE id = ?').get(id) as Row);
   }
 
   async listAppPasswords(accountId: number): Promise<AppPasswordRecord[]> {
     const rows = this.#sql('SELECT * FROM app_passwords WHERE account_id = ? ORDER BY id').all(accountId);
-    return (rows as Row[]).map((r) => this.#appPassword(r));
+    return (rows as Row[]).map((r) => appPasswordFromRow(r));
   }
 
   async revokeAppPassword(accountId: number, labelOrId: string, actor: string): Promise<boolean> {
@@ -317,31 +298,10 @@ export class SqliteGrantStore implements GrantStore, KeyRotatable {
 
   // ---- grants --------------------------------------------------------------------------
 
-  #enc(accountId: number, field: (typeof SECRET_FIELDS)[number], v: string | null): string | null {
-    return v === null ? null : this.#keyring.encrypt(v, aadFor('grants', accountId, field));
-  }
-
-  #dec(accountId: number, field: (typeof SECRET_FIELDS)[number], v: unknown): string | null {
-    return v === null || v === undefined
-      ? null
-      : this.#keyring.decrypt(String(v), aadFor('grants', accountId, field));
-  }
-
   #readGrant(accountId: number): GrantRecord | null {
     const row = this.#sql('SELECT * FROM grants WHERE account_id = ?').get(accountId) as Row | undefined;
     if (!row) return null;
-    return {
-      accountId,
-      kind: row.kind as GrantRecord['kind'],
-      status: row.status as GrantStatus,
-      refreshToken: this.#dec(accountId, 'refresh_token', row.refresh_token_enc),
-      accessToken: this.#dec(accountId, 'access_token', row.access_token_enc),
-      accessTokenExpiresAt: num(row.access_token_expires_at),
-      scope: str(row.scope),
-      lastRefreshAt: num(row.last_refresh_at),
-      lastError: str(row.last_error),
-      updatedAt: Number(row.updated_at),
-    };
+    return grantFromRow(this.#keyring, accountId, row);
   }
 
   #writeGrant(accountId: number, g: GrantInput): void {
@@ -356,8 +316,8 @@ export class SqliteGrantStore implements GrantStore, KeyRotatable {
       id: accountId,
       kind: g.kind,
       status: g.status,
-      rt: this.#enc(accountId, 'refresh_token', g.refreshToken),
-      at: this.#enc(accountId, 'access_token', g.accessToken),
+      rt: encryptField(this.#keyring, accountId, 'refresh_token', g.refreshToken),
+      at: encryptField(this.#keyring, accountId, 'access_token', g.accessToken),
       exp: g.accessTokenExpiresAt,
       scope: g.scope,
       lr: g.lastRefreshAt,
@@ -506,27 +466,10 @@ export class SqliteGrantStore implements GrantStore, KeyRotatable {
           'UPDATE grants SET refresh_token_enc = ?, access_token_enc = ? WHERE account_id = ?',
         );
         for (const row of rows) {
-          const id = Number(row.account_id);
-          const next: (string | null)[] = [];
-          let changed = false;
-          for (const field of SECRET_FIELDS) {
-            const blob = str(row[`${field}_enc`]);
-            if (blob === null) {
-              next.push(null);
-              continue;
-            }
-            total++;
-            // Decrypt even values already under the current key: a bad one aborts the whole rotation.
-            const plain = this.#keyring.decrypt(blob, aadFor('grants', id, field));
-            if (Keyring.keyIdOf(blob) === this.#keyring.currentId) {
-              next.push(blob);
-              continue;
-            }
-            next.push(this.#keyring.encrypt(plain, aadFor('grants', id, field)));
-            rotated++;
-            changed = true;
-          }
-          if (changed) upd.run(next[0], next[1], id);
+          const r = reencryptGrantRow(this.#keyring, row);
+          total += r.total;
+          rotated += r.rotated;
+          if (r.rotated > 0) upd.run(r.values[0], r.values[1], Number(row.account_id));
         }
         this.#auditSync(
           actor,
