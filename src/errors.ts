@@ -17,6 +17,7 @@ export const LOGIN_RESULTS = [
   'authorization_failed',
   'protocol_error',
   'timeout',
+  'aborted',
 ] as const;
 export type LoginResult = (typeof LOGIN_RESULTS)[number];
 export type FailureReason = Exclude<LoginResult, 'success'>;
@@ -44,6 +45,8 @@ const REPLIES: Record<FailureReason, ClientReply> = {
   },
   protocol_error: { code: 'UNAVAILABLE', text: 'Mail server protocol error' },
   timeout: { code: 'UNAVAILABLE', text: 'Timed out; try again later' },
+  // The client left mid-login; nobody reads this reply, but the attempt is counted.
+  aborted: { code: 'UNAVAILABLE', text: 'Login abandoned' },
 };
 
 export function clientReply(reason: FailureReason): ClientReply {

@@ -424,6 +424,9 @@ export class PreauthSession implements CommandContext {
     this.loginAbort = undefined;
     const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
     if (this.state !== 'login') {
+      // The client went away mid-login: count the attempt so abandoned logins are visible.
+      this.opts.metrics.logins.inc({ result: 'aborted' });
+      this.opts.metrics.loginSeconds.observe({ result: 'aborted' }, seconds);
       discardOutcome(outcome);
       return;
     }

@@ -101,7 +101,7 @@ describe('login outcomes', () => {
     );
   });
 
-  test('client disconnect during login aborts the handler signal', async (t) => {
+  test('client disconnect during login aborts the handler signal and counts an aborted login', async (t) => {
     let entered!: () => void;
     const inHandler = new Promise<void>((r) => {
       entered = r;
@@ -128,6 +128,13 @@ describe('login outcomes', () => {
       await metricValue(fd.metrics, 'imap_proxy_active_sessions', { listener: 'test', phase: 'preauth' }),
       0,
     );
+    // The abandoned attempt is counted once, as 'aborted', and as nothing else.
+    const deadline = Date.now() + 5000;
+    while ((await metricValue(fd.metrics, 'imap_proxy_logins_total', { result: 'aborted' })) !== 1) {
+      if (Date.now() > deadline) assert.fail('aborted login was not counted');
+      await new Promise((r) => setImmediate(r));
+    }
+    assert.equal(await metricValue(fd.metrics, 'imap_proxy_logins_total', { result: 'timeout' }), 0);
   });
 
   test('one login at a time: a second command waits until the first login is answered', async (t) => {
