@@ -12,6 +12,8 @@ export interface TestOP {
   issuer: string;
   /** Confidential client for the proxy (client_secret_basic or _post). */
   client: { id: string; secret: string };
+  /** Present when startOP got privateKeyJwtClient: a client that authenticates with private_key_jwt. */
+  jwtClient?: { id: string };
   /** Client for Dovecot; url is the issuer's introspection endpoint. */
   introspection: { id: string; secret: string; url: string };
   /** POSTs to the token endpoint, not counting the harness's own code exchange in mintGrant. */
@@ -46,6 +48,12 @@ export interface StartOPOptions {
    * (RFC 8252 §7.3) any loopback port is accepted: the admin server listens on port 0.
    */
   loopbackCallback?: boolean;
+  /**
+   * Also register client `proxy-jwt` (token_endpoint_auth_method private_key_jwt, grants
+   * client_credentials + refresh_token) trusting the public keys in `jwks`. Turns on the
+   * client_credentials feature; the proxy's client keeps its own grant types.
+   */
+  privateKeyJwtClient?: { jwks: { keys: Record<string, unknown>[] } };
 }
 
 const REDIRECT_URI = 'http://127.0.0.1/callback';
@@ -58,6 +66,7 @@ export async function startOP(opts: StartOPOptions = {}): Promise<TestOP> {
   const client = { id: 'proxy', secret: randomBytes(16).toString('hex') };
   const introClient = { id: 'dovecot', secret: randomBytes(16).toString('hex') };
   const ccSubject = opts.clientCredentialsSubject ?? client.id;
+  const jwtClient = opts.privateKeyJwtClient ? { id: 'proxy-jwt' } : undefined;
 
   const grantTypes = ['authorization_code', 'refresh_token'];
   if (opts.deviceFlow) grantTypes.push('urn:ietf:params:oauth:grant-type:device_code');
@@ -81,6 +90,19 @@ export async function startOP(opts: StartOPOptions = {}): Promise<TestOP> {
         token_endpoint_auth_method: 'client_secret_basic',
         scope: 'openid offline_access email mail',
       },
+      ...(opts.privateKeyJwtClient && jwtClient
+        ? [
+            {
+              client_id: jwtClient.id,
+              grant_types: ['client_credentials', 'refresh_token'],
+              response_types: [],
+              redirect_uris: [],
+              token_endpoint_auth_method: 'private_key_jwt',
+              jwks: opts.privateKeyJwtClient.jwks,
+              scope: 'openid offline_access email mail',
+            },
+          ]
+        : []),
       {
         client_id: introClient.id,
         client_secret: introClient.secret,
@@ -111,7 +133,7 @@ export async function startOP(opts: StartOPOptions = {}): Promise<TestOP> {
           caller.clientId === token.clientId,
       },
       deviceFlow: { enabled: opts.deviceFlow === true },
-      clientCredentials: { enabled: opts.clientCredentials === true },
+      clientCredentials: { enabled: opts.clientCredentials === true || !!opts.privateKeyJwtClient },
     },
     // Client-credentials tokens have no account; give introspection a username for them.
     extraTokenClaims: async (_ctx: unknown, token: { kind: string }) =>
@@ -257,6 +279,7 @@ export async function startOP(opts: StartOPOptions = {}): Promise<TestOP> {
   return {
     issuer,
     client,
+    ...(jwtClient ? { jwtClient } : {}),
     introspection: { ...introClient, url: `${issuer}/token/introspection` },
     tokenRequests: () => tokenPosts,
     mintGrant,
