@@ -6,7 +6,9 @@ import { normalizeLogin } from './login.js';
 import { MIGRATIONS } from './migrations.js';
 import { KeyedMutex } from './mutex.js';
 import {
+  ACCOUNT_STATES_SQL,
   accountFromRow,
+  accountStatesFromRows,
   appPasswordFromRow,
   encryptField,
   type GrantInput,
@@ -18,6 +20,7 @@ import {
 } from './rows.js';
 import type {
   AccountRecord,
+  AccountState,
   AccountStatus,
   AppPasswordRecord,
   AuditEvent,
@@ -462,6 +465,12 @@ export class PostgresGrantStore implements GrantStore, KeyRotatable {
     const r = await this.#pool.query('SELECT status, COUNT(*) AS n FROM grants GROUP BY status');
     for (const row of r.rows as Row[]) out[row.status as GrantStatus] = Number(row.n);
     return out;
+  }
+
+  async accountStates(ids: readonly number[]): Promise<Map<number, AccountState>> {
+    if (ids.length === 0) return new Map();
+    const r = await this.#pool.query(`${ACCOUNT_STATES_SQL} WHERE a.id = ANY($1::int[])`, [[...ids]]);
+    return accountStatesFromRows(r.rows as Row[]);
   }
 
   // ---- audit ---------------------------------------------------------------------------

@@ -1,5 +1,12 @@
 import { aadFor, Keyring } from './crypto.js';
-import type { AccountRecord, AccountStatus, AppPasswordRecord, GrantRecord, GrantStatus } from './types.js';
+import type {
+  AccountRecord,
+  AccountState,
+  AccountStatus,
+  AppPasswordRecord,
+  GrantRecord,
+  GrantStatus,
+} from './types.js';
 
 /** Row mapping and field encryption shared by the SQLite and PostgreSQL stores. */
 
@@ -28,6 +35,22 @@ export function accountFromRow(row: Row, logins: string[]): AccountRecord {
     credentialVersion: Number(row.credential_version),
   };
 }
+
+/** Rows of `ACCOUNT_STATES_SQL` (one per existing account) → account id → state. */
+export function accountStatesFromRows(rows: readonly Row[]): Map<number, AccountState> {
+  const out = new Map<number, AccountState>();
+  for (const r of rows) {
+    out.set(Number(r.id), {
+      accountStatus: r.status as AccountStatus,
+      grantStatus: (str(r.grant_status) as GrantStatus | null) ?? null,
+    });
+  }
+  return out;
+}
+
+/** Columns and join for accountStates; each store adds its own "id in the list" condition. */
+export const ACCOUNT_STATES_SQL =
+  'SELECT a.id, a.status, g.status AS grant_status FROM accounts a LEFT JOIN grants g ON g.account_id = a.id';
 
 export function appPasswordFromRow(row: Row): AppPasswordRecord {
   return {

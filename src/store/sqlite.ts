@@ -9,7 +9,9 @@ import { normalizeLogin } from './login.js';
 import { MIGRATIONS } from './migrations.js';
 import { KeyedMutex } from './mutex.js';
 import {
+  ACCOUNT_STATES_SQL,
   accountFromRow,
+  accountStatesFromRows,
   appPasswordFromRow,
   encryptField,
   type GrantInput,
@@ -21,6 +23,7 @@ import {
 } from './rows.js';
 import type {
   AccountRecord,
+  AccountState,
   AccountStatus,
   AppPasswordRecord,
   AuditEvent,
@@ -429,6 +432,15 @@ export class SqliteGrantStore implements GrantStore, KeyRotatable {
       out[r.status as GrantStatus] = Number(r.n);
     }
     return out;
+  }
+
+  async accountStates(ids: readonly number[]): Promise<Map<number, AccountState>> {
+    if (ids.length === 0) return new Map();
+    // One prepared statement for any number of ids: the list travels as a JSON array.
+    const rows = this.#sql(`${ACCOUNT_STATES_SQL} WHERE a.id IN (SELECT value FROM json_each(?))`).all(
+      JSON.stringify(ids),
+    ) as Row[];
+    return accountStatesFromRows(rows);
   }
 
   // ---- audit ---------------------------------------------------------------------------

@@ -73,6 +73,12 @@ export interface AuditEvent {
   detail: string | null;
 }
 
+export interface AccountState {
+  accountStatus: AccountStatus;
+  /** null: the account has no grant. */
+  grantStatus: GrantStatus | null;
+}
+
 /** Handle passed to `withGrantLock`: reads and writes inside the same transaction/lock. */
 export interface GrantTx {
   get(): Promise<GrantRecord | null>;
@@ -117,6 +123,12 @@ export interface GrantStore {
    */
   withGrantLock<T>(accountId: number, fn: (tx: GrantTx) => Promise<T>): Promise<T>;
   countGrantsByStatus(): Promise<Record<GrantStatus, number>>;
+  /**
+   * Account and grant status of several accounts in one read (the live-session recheck).
+   * An id missing from the answer has no account any more. Optional: callers fall back to
+   * getAccount + getGrant per id.
+   */
+  accountStates?(ids: readonly number[]): Promise<Map<number, AccountState>>;
 
   audit(actor: string, action: string, accountId: number | null, detail?: string): Promise<void>;
   listAudit(accountId?: number, limit?: number): Promise<AuditEvent[]>;

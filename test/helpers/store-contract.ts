@@ -95,6 +95,28 @@ export function grantStoreContract(h: StoreHarness): void {
     await assert.rejects(s.setAccountStatus(a.id, 'active', 'cli'), /no account/);
   });
 
+  test('accountStates reads account and grant status of many accounts at once; removed ones are absent', async (t) => {
+    const { store: s } = await h.fresh(Keyring.random());
+    t.after(() => s.close());
+    const mk = (login: string) =>
+      s.createAccount({ login, upstreamUser: `${login}@example.com`, provider: 'm365' }, 'cli');
+    const [a, b, c, d] = [await mk('a'), await mk('b'), await mk('c'), await mk('d')];
+    await s.putGrant(a.id, grant(), 'cli');
+    await s.putGrant(b.id, grant({ status: 'needs_consent' }), 'cli');
+    await s.setAccountStatus(c.id, 'disabled', 'cli');
+    await s.deleteAccount(d.id, 'cli');
+    const states = await s.accountStates!([a.id, b.id, c.id, d.id]);
+    assert.deepEqual(
+      [...states.entries()].sort((x, y) => x[0] - y[0]),
+      [
+        [a.id, { accountStatus: 'active', grantStatus: 'active' }],
+        [b.id, { accountStatus: 'active', grantStatus: 'needs_consent' }],
+        [c.id, { accountStatus: 'disabled', grantStatus: null }],
+      ],
+    );
+    assert.equal((await s.accountStates!([])).size, 0);
+  });
+
   test('migrate is idempotent and another instance on the same database sees the data', async (t) => {
     const k = Keyring.random();
     const db = await h.fresh(k);
