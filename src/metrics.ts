@@ -75,6 +75,12 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
       labelNames: ['listener', 'phase'] as const,
       registers: r,
     }),
+    sessionsTerminated: new Counter({
+      name: `${P}sessions_terminated_total`,
+      help: 'Live spliced sessions ended by the proxy because access was withdrawn, by reason (account_disabled, account_removed, no_grant, needs_consent)',
+      labelNames: ['reason'] as const,
+      registers: r,
+    }),
     grantsByStatus: new Gauge({
       name: `${P}grants`,
       help: 'Stored grants by status (alert on needs_consent)',

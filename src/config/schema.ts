@@ -165,6 +165,9 @@ export const configSchema = z
         warm_upstream_idle_seconds: seconds(30).describe(
           'A pre-dialled upstream connection unused this long is closed',
         ),
+        session_recheck_seconds: seconds(30).describe(
+          'How often live sessions are checked against the store: sessions of accounts disabled or removed, or whose grant was revoked or needs consent, are closed',
+        ),
       })
       .strict()
       .prefault({}),

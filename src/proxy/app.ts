@@ -2,7 +2,9 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { StoreCredentialChecker } from '../accounts/credentials.js';
 import { LoginLimiter } from '../accounts/limiter.js';
-import { onboardingRoutes } from '../admin/onboarding/routes.js';
+import { AdminAuthLimiter } from '../admin/auth-limiter.js';
+import { createConnectServer } from '../admin/connect-server.js';
+import { onboardingRoutes, splitConnectRoutes } from '../admin/onboarding/routes.js';
 import { AdminServer, type Route } from '../admin/server.js';
 import type { Config } from '../config/schema.js';
 import { createListener, type Listener } from '../frontdoor/listener.js';
@@ -20,6 +22,8 @@ import type { GrantStore } from '../store/types.js';
 import { createUpstreamConnector } from '../upstream/connection.js';
 import { WarmPool } from '../upstream/pool.js';
 import { LoginPipeline } from './pipeline.js';
+import { startSessionRecheck, watchConsentLoss } from './revocation.js';
+import { SessionRegistry } from './sessions.js';
 
 export interface ProxyApp {
   readonly config: Config;
@@ -30,6 +34,8 @@ export interface ProxyApp {
   /** Bound address of each listener, by name, and of the admin server. */
   readonly addresses: Record<string, AddressInfo>;
   readonly adminAddress: AddressInfo;
+  /** Bound address of the separate self-service server (admin.connect_port), if configured. */
+  readonly connectAddress: AddressInfo | undefined;
   close(opts?: { drainMs?: number }): Promise<void>;
 }
 
@@ -58,8 +64,10 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
     log: log.child({ component: 'credentials' }),
   });
   const providers = createProviderRegistry(config.providers);
+  const sessions = new SessionRegistry({ metrics });
   const broker = new OAuthTokenBroker({
-    store,
+    // A grant this process marks needs_consent ends the account's live sessions at once.
+    store: watchConsentLoss(store, (id) => sessions.end(id, 'needs_consent')),
     providers,
     tokens: config.tokens,
     handlers: [createJwtBearerHandler()],
@@ -73,12 +81,13 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
     size: config.limits.warm_upstream_connections,
     idleMs: Math.round(config.limits.warm_upstream_idle_seconds * 1000),
   });
-  const pipeline = new LoginPipeline({ config, credentials, broker, connector });
+  const pipeline = new LoginPipeline({ config, credentials, broker, connector, sessions });
 
   const limits = limitsFromConfig(config.limits);
   const listeners: Listener[] = [];
   const addresses: Record<string, AddressInfo> = {};
   let admin: AdminServer | undefined;
+  let connect: AdminServer | undefined;
   try {
     const fallback = await fallbackCertificate(config, log);
     for (const lc of config.listeners) {
@@ -94,6 +103,23 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
       addresses[lc.name] = await listener.listen();
       listeners.push(listener);
     }
+    // One lockout per client address for /status and /metrics credentials together.
+    const authLimiter = AdminAuthLimiter.fromConfig(config.limiter, metrics);
+    const routes = splitConnectRoutes(
+      [
+        ...onboardingRoutes({
+          store,
+          config,
+          keyring,
+          providers,
+          addresses,
+          authLimiter,
+          log: log.child({ component: 'onboarding' }),
+        }),
+        ...(opts.routes?.({ store, config }) ?? []),
+      ],
+      config.admin.connect_port !== undefined,
+    );
     admin = new AdminServer({
       address: config.admin.address,
       port: config.admin.port,
@@ -109,25 +135,29 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
           },
         },
       ],
-      routes: [
-        ...onboardingRoutes({
-          store,
-          config,
-          keyring,
-          providers,
-          addresses,
-          log: log.child({ component: 'onboarding' }),
-        }),
-        ...(opts.routes?.({ store, config }) ?? []),
-      ],
+      authLimiter,
+      routes: routes.admin,
     });
     const adminAddress = await admin.listen();
     log.info({ address: adminAddress }, 'admin HTTP listening');
+    connect = createConnectServer(config, routes.connect, {
+      metrics,
+      log: log.child({ component: 'connect' }),
+    });
+    const connectAddress = await connect?.listen();
+    if (connectAddress) log.info({ address: connectAddress }, 'self-service HTTP listening');
 
     // Read at scrape time: a grant that just lost consent shows on the next scrape.
     metrics.grantSource.count = () => store.countGrantsByStatus();
 
     const adminServer = admin;
+    const connectServer = connect;
+    const stopRecheck = startSessionRecheck({
+      registry: sessions,
+      store,
+      intervalMs: Math.round(config.limits.session_recheck_seconds * 1000),
+      log: log.child({ component: 'sessions' }),
+    });
     return {
       config,
       store,
@@ -136,11 +166,14 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
       pipeline,
       addresses,
       adminAddress,
+      connectAddress,
       async close(closeOpts) {
         metrics.grantSource.count = undefined;
+        stopRecheck();
         connector.close();
         await Promise.all(listeners.map((l) => l.close(closeOpts)));
         await adminServer.close();
+        await connectServer?.close();
         await store.close();
       },
     };
@@ -148,6 +181,7 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
     connector.close();
     await Promise.allSettled(listeners.map((l) => l.close({ drainMs: 0 })));
     await admin?.close().catch(() => {});
+    await connect?.close().catch(() => {});
     await store.close();
     throw err;
   }

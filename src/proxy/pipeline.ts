@@ -12,14 +12,14 @@ import type {
   UpstreamConnector,
   UpstreamTarget,
 } from '../upstream/types.js';
-import { SessionCounter } from './sessions.js';
+import { SessionRegistry } from './sessions.js';
 
 export interface PipelineDeps {
   config: Config;
   credentials: CredentialChecker;
   broker: TokenBroker;
   connector: UpstreamConnector;
-  sessions?: SessionCounter;
+  sessions?: SessionRegistry;
 }
 
 /**
@@ -28,12 +28,12 @@ export interface PipelineDeps {
  * token. Every failure leaves as a ProxyError reason the front door turns into a reply.
  */
 export class LoginPipeline implements LoginHandler {
-  readonly sessions: SessionCounter;
+  readonly sessions: SessionRegistry;
   /** Resolved upstream settings per provider and override: schema parsing is not redone per login. */
   private readonly targets = new Map<string, UpstreamTarget>();
 
   constructor(private readonly deps: PipelineDeps) {
-    this.sessions = deps.sessions ?? new SessionCounter();
+    this.sessions = deps.sessions ?? new SessionRegistry();
   }
 
   async login(req: LoginRequest, signal: AbortSignal): Promise<LoginOutcome> {
@@ -46,14 +46,19 @@ export class LoginPipeline implements LoginHandler {
     const alog = () => log.child({ account: accountLabel, provider: account.provider });
 
     const cap = account.maxSessions ?? this.deps.config.limits.max_sessions_per_account;
-    const release = this.sessions.tryAcquire(account.id, cap);
-    if (!release) return { ok: false, reason: 'session_limit', account: accountLabel };
+    const slot = this.sessions.tryAcquire(account.id, cap);
+    if (!slot) return { ok: false, reason: 'session_limit', account: accountLabel };
     try {
       const upstream = await this.authenticate(account, signal);
-      return { ok: true, upstream, release, accountLabel };
+      // Destroying upstream makes the splice destroy the client socket too (no bytes injected).
+      slot.attach({ account: accountLabel, log, end: () => upstream.socket.destroy() });
+      return { ok: true, upstream, release: () => slot.release(), accountLabel };
     } catch (err) {
-      release();
+      slot.release();
       if (isProxyError(err)) {
+        // Found out at login (perhaps another instance's write): this account's live sessions go too.
+        if (err.reason === 'no_grant' || err.reason === 'needs_consent')
+          this.sessions.end(account.id, err.reason);
         alog().info(
           { reason: err.reason, detail: err.detail, msg_detail: err.message },
           'login failed upstream',

@@ -116,6 +116,11 @@ function join(src: Duplex, dst: Duplex, done: (err: Error | null) => void): void
     settled = true;
     done(err);
   };
+  // Ended before the splice began (a withdrawn account, a client gone): 'close' will not come again.
+  if (src.destroyed || dst.destroyed) {
+    settle(PREMATURE);
+    return;
+  }
   dst.once('finish', () => settle(null));
   src.on('error', settle);
   dst.on('error', settle);
