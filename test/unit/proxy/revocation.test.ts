@@ -1,0 +1,139 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { silentLogger } from '../../../src/log.js';
+import { createMetrics } from '../../../src/metrics.js';
+import { recheckSessions, watchConsentLoss, withdrawal } from '../../../src/proxy/revocation.js';
+import { SessionRegistry } from '../../../src/proxy/sessions.js';
+import type { AccountState, GrantStore } from '../../../src/store/types.js';
+import { MemoryGrantStore } from '../../helpers/memory-store.js';
+
+const grant = {
+  kind: 'refresh_token' as const,
+  status: 'active' as const,
+  refreshToken: 'rt',
+  accessToken: null,
+  accessTokenExpiresAt: null,
+  scope: null,
+  lastRefreshAt: null,
+  lastError: null,
+};
+
+/** A registry with one spliced session per given account; `ended` lists the accounts whose session was ended. */
+function live(ids: number[], metrics = createMetrics({ defaults: false })) {
+  const reg = new SessionRegistry({ metrics });
+  const ended: number[] = [];
+  const releases = new Map<number, () => void>();
+  for (const id of ids) {
+    const slot = reg.tryAcquire(id, 10)!;
+    slot.attach({ account: `acct${id}`, log: silentLogger, end: () => ended.push(id) });
+    releases.set(id, () => slot.release());
+  }
+  return { reg, ended, releases, metrics };
+}
+
+test('withdrawal: disabled, removed, no grant and needs_consent end sessions; a failing refresh does not', () => {
+  const st = (a: AccountState['accountStatus'], g: AccountState['grantStatus']) => ({
+    accountStatus: a,
+    grantStatus: g,
+  });
+  assert.equal(withdrawal(undefined), 'account_removed');
+  assert.equal(withdrawal(st('disabled', 'active')), 'account_disabled');
+  assert.equal(withdrawal(st('active', null)), 'no_grant');
+  assert.equal(withdrawal(st('active', 'needs_consent')), 'needs_consent');
+  assert.equal(withdrawal(st('active', 'error')), null);
+  assert.equal(withdrawal(st('active', 'active')), null);
+});
+
+test('registry: the cap counts sessions still logging in; end() reaches only spliced ones, once, and counts them', async () => {
+  const metrics = createMetrics({ defaults: false });
+  const reg = new SessionRegistry({ metrics });
+  const a = reg.tryAcquire(1, 2)!;
+  const b = reg.tryAcquire(1, 2)!;
+  assert.equal(reg.tryAcquire(1, 2), null, 'cap reached');
+  assert.deepEqual(reg.accountIds(), [], 'nothing spliced yet: nothing to recheck');
+  let ends = 0;
+  a.attach({ account: 'alice', log: silentLogger, end: () => ends++ });
+  assert.deepEqual(reg.accountIds(), [1]);
+  assert.equal(reg.end(1, 'account_disabled'), 1, 'the one still logging in is left to its login checks');
+  assert.equal(reg.end(1, 'account_disabled'), 0, 'an ended session is not ended twice');
+  assert.equal(ends, 1);
+  const v = (await metrics.sessionsTerminated.get()).values;
+  assert.deepEqual(
+    v.map((x) => [x.labels.reason, x.value]),
+    [['account_disabled', 1]],
+  );
+  // The slot goes when the splice releases it (both sockets closed), not at end().
+  assert.equal(reg.count(1), 2);
+  a.release();
+  b.release();
+  assert.equal(reg.count(1), 0);
+  b.attach({ account: 'alice', log: silentLogger, end: () => ends++ });
+  assert.deepEqual(reg.accountIds(), [], 'attach after release is ignored');
+});
+
+test('recheck: no sessions, no store read', async () => {
+  const store = new MemoryGrantStore();
+  let reads = 0;
+  store.getAccount = async () => {
+    reads++;
+    return null;
+  };
+  assert.equal(await recheckSessions(new SessionRegistry(), store), 0);
+  assert.equal(reads, 0);
+});
+
+test('recheck: one batched read for the live accounts; only withdrawn ones end', async () => {
+  const store: GrantStore = new MemoryGrantStore();
+  const mk = async (login: string) =>
+    (await store.createAccount({ login, upstreamUser: `${login}@x`, provider: 'p' }, 't')).id;
+  const [ok, off, gone, nogrant] = [await mk('ok'), await mk('off'), await mk('gone'), await mk('nogrant')];
+  for (const id of [ok, off, gone]) await store.putGrant(id, grant, 't');
+  await store.setAccountStatus(off, 'disabled', 't');
+  await store.deleteAccount(gone, 't');
+  const asked: number[][] = [];
+  store.accountStates = async (ids) => {
+    asked.push([...ids]);
+    const out = new Map<number, AccountState>();
+    for (const id of ids) {
+      const a = await store.getAccount(id);
+      if (a)
+        out.set(id, { accountStatus: a.status, grantStatus: (await store.getGrant(id))?.status ?? null });
+    }
+    return out;
+  };
+  const { reg, ended } = live([ok, off, gone, nogrant]);
+  assert.equal(await recheckSessions(reg, store), 3);
+  assert.deepEqual(asked, [[ok, off, gone, nogrant]]);
+  assert.deepEqual(ended.sort(), [off, gone, nogrant].sort());
+});
+
+test('recheck falls back to per-account reads on a store without accountStates', async () => {
+  const store: GrantStore = new MemoryGrantStore();
+  assert.equal(store.accountStates, undefined);
+  const id = (await store.createAccount({ login: 'a', upstreamUser: 'a@x', provider: 'p' }, 't')).id;
+  await store.putGrant(id, { ...grant, status: 'needs_consent' }, 't');
+  const { reg, ended } = live([id]);
+  assert.equal(await recheckSessions(reg, store), 1);
+  assert.deepEqual(ended, [id]);
+});
+
+test('watchConsentLoss reports a committed needs_consent write, not other writes or rolled-back ones', async () => {
+  const store = new MemoryGrantStore();
+  const id = (await store.createAccount({ login: 'a', upstreamUser: 'a@x', provider: 'p' }, 't')).id;
+  await store.putGrant(id, grant, 't');
+  const lost: number[] = [];
+  const watched = watchConsentLoss(store, (accountId) => lost.push(accountId));
+  await watched.withGrantLock(id, (tx) => tx.update({ lastError: 'timeout' }));
+  assert.deepEqual(lost, []);
+  await assert.rejects(
+    watched.withGrantLock(id, async (tx) => {
+      await tx.update({ status: 'needs_consent' });
+      throw new Error('rolled back');
+    }),
+  );
+  assert.deepEqual(lost, [], 'a write that rolled back is not reported');
+  await watched.withGrantLock(id, (tx) => tx.update({ status: 'needs_consent', lastError: 'invalid_grant' }));
+  assert.deepEqual(lost, [id]);
+  // Everything else reaches the real store (private fields and all).
+  assert.equal((await watched.getGrant(id))?.status, 'needs_consent');
+});
