@@ -3,6 +3,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
+import { type AdminAuthLimiter, limitedAuth } from './auth-limiter.js';
 
 export type Handler = (req: IncomingMessage, res: ServerResponse, url: URL) => Promise<void> | void;
 
@@ -26,6 +27,10 @@ export interface AdminServerOptions {
   metricsBearerToken?: string | undefined;
   /** Extra routes (onboarding pages, status). */
   routes?: Route[];
+  /** Locks out addresses that keep failing /metrics authentication (shared with /status). */
+  authLimiter?: AdminAuthLimiter;
+  /** Serve `routes` only: no /healthz, /readyz or /metrics (the separate /connect server). */
+  onlyRoutes?: boolean;
 }
 
 /** Constant-time comparison of a presented secret with the expected one. */
@@ -52,6 +57,25 @@ export function metricsAuthorized(authorization: string | undefined, token: stri
   return userOk && passOk;
 }
 
+/**
+ * The /metrics credential check (single process and cluster primary): true when the request
+ * may scrape; otherwise it has answered 401 with a challenge, or 429 while the address is locked out.
+ */
+export function metricsGate(
+  req: IncomingMessage,
+  res: ServerResponse,
+  token: string | undefined,
+  limiter: AdminAuthLimiter | undefined,
+): boolean {
+  if (!token) return true;
+  const outcome = limitedAuth(limiter, req, res, () => metricsAuthorized(req.headers.authorization, token));
+  if (outcome === 'denied') {
+    res.setHeader('www-authenticate', 'Bearer realm="metrics", Basic realm="metrics"');
+    send(res, 401, 'unauthorized\n');
+  }
+  return outcome === 'ok';
+}
+
 export function send(
   res: ServerResponse,
   status: number,
@@ -71,9 +95,11 @@ export class AdminServer {
   private readonly routes = new Map<string, Handler>();
 
   constructor(private readonly opts: AdminServerOptions) {
-    this.routes.set('GET /healthz', (_q, res) => send(res, 200, 'ok\n'));
-    this.routes.set('GET /readyz', (_q, res) => this.readyz(res));
-    this.routes.set('GET /metrics', (req, res) => this.metrics(req, res));
+    if (!opts.onlyRoutes) {
+      this.routes.set('GET /healthz', (_q, res) => send(res, 200, 'ok\n'));
+      this.routes.set('GET /readyz', (_q, res) => this.readyz(res));
+      this.routes.set('GET /metrics', (req, res) => this.metrics(req, res));
+    }
     for (const r of opts.routes ?? []) this.routes.set(`${r.method} ${r.path}`, r.handler);
     this.server = createServer((req, res) => void this.dispatch(req, res));
     this.server.headersTimeout = 10_000;
@@ -130,14 +156,7 @@ export class AdminServer {
   }
 
   private async metrics(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const token = this.opts.metricsBearerToken;
-    if (token) {
-      if (!metricsAuthorized(req.headers.authorization, token)) {
-        res.setHeader('www-authenticate', 'Bearer realm="metrics", Basic realm="metrics"');
-        send(res, 401, 'unauthorized\n');
-        return;
-      }
-    }
+    if (!metricsGate(req, res, this.opts.metricsBearerToken, this.opts.authLimiter)) return;
     const { registry } = this.opts.metrics;
     send(res, 200, await registry.metrics(), registry.contentType);
   }

@@ -262,8 +262,21 @@ export const configSchema = z
           .array(z.string())
           .default([])
           .describe('Mailbox domains /connect accepts (empty = any)'),
+        connect_port: port
+          .optional()
+          .describe(
+            'Serve /connect, /connect/start and /oauth/callback on this port only (not on the admin port)',
+          ),
+        connect_address: z
+          .string()
+          .optional()
+          .describe('Bind address for connect_port (defaults to admin.address)'),
       })
       .strict()
+      .refine((a) => a.connect_address === undefined || a.connect_port !== undefined, {
+        message: 'admin.connect_address needs admin.connect_port',
+        path: ['connect_address'],
+      })
       .prefault({}),
   })
   .strict();

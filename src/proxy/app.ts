@@ -2,7 +2,9 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { StoreCredentialChecker } from '../accounts/credentials.js';
 import { LoginLimiter } from '../accounts/limiter.js';
-import { onboardingRoutes } from '../admin/onboarding/routes.js';
+import { AdminAuthLimiter } from '../admin/auth-limiter.js';
+import { createConnectServer } from '../admin/connect-server.js';
+import { onboardingRoutes, splitConnectRoutes } from '../admin/onboarding/routes.js';
 import { AdminServer, type Route } from '../admin/server.js';
 import type { Config } from '../config/schema.js';
 import { createListener, type Listener } from '../frontdoor/listener.js';
@@ -32,6 +34,8 @@ export interface ProxyApp {
   /** Bound address of each listener, by name, and of the admin server. */
   readonly addresses: Record<string, AddressInfo>;
   readonly adminAddress: AddressInfo;
+  /** Bound address of the separate self-service server (admin.connect_port), if configured. */
+  readonly connectAddress: AddressInfo | undefined;
   close(opts?: { drainMs?: number }): Promise<void>;
 }
 
@@ -83,6 +87,7 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
   const listeners: Listener[] = [];
   const addresses: Record<string, AddressInfo> = {};
   let admin: AdminServer | undefined;
+  let connect: AdminServer | undefined;
   try {
     const fallback = await fallbackCertificate(config, log);
     for (const lc of config.listeners) {
@@ -98,6 +103,23 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
       addresses[lc.name] = await listener.listen();
       listeners.push(listener);
     }
+    // One lockout per client address for /status and /metrics credentials together.
+    const authLimiter = AdminAuthLimiter.fromConfig(config.limiter, metrics);
+    const routes = splitConnectRoutes(
+      [
+        ...onboardingRoutes({
+          store,
+          config,
+          keyring,
+          providers,
+          addresses,
+          authLimiter,
+          log: log.child({ component: 'onboarding' }),
+        }),
+        ...(opts.routes?.({ store, config }) ?? []),
+      ],
+      config.admin.connect_port !== undefined,
+    );
     admin = new AdminServer({
       address: config.admin.address,
       port: config.admin.port,
@@ -113,25 +135,23 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
           },
         },
       ],
-      routes: [
-        ...onboardingRoutes({
-          store,
-          config,
-          keyring,
-          providers,
-          addresses,
-          log: log.child({ component: 'onboarding' }),
-        }),
-        ...(opts.routes?.({ store, config }) ?? []),
-      ],
+      authLimiter,
+      routes: routes.admin,
     });
     const adminAddress = await admin.listen();
     log.info({ address: adminAddress }, 'admin HTTP listening');
+    connect = createConnectServer(config, routes.connect, {
+      metrics,
+      log: log.child({ component: 'connect' }),
+    });
+    const connectAddress = await connect?.listen();
+    if (connectAddress) log.info({ address: connectAddress }, 'self-service HTTP listening');
 
     // Read at scrape time: a grant that just lost consent shows on the next scrape.
     metrics.grantSource.count = () => store.countGrantsByStatus();
 
     const adminServer = admin;
+    const connectServer = connect;
     const stopRecheck = startSessionRecheck({
       registry: sessions,
       store,
@@ -146,12 +166,14 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
       pipeline,
       addresses,
       adminAddress,
+      connectAddress,
       async close(closeOpts) {
         metrics.grantSource.count = undefined;
         stopRecheck();
         connector.close();
         await Promise.all(listeners.map((l) => l.close(closeOpts)));
         await adminServer.close();
+        await connectServer?.close();
         await store.close();
       },
     };
@@ -159,6 +181,7 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
     connector.close();
     await Promise.allSettled(listeners.map((l) => l.close({ drainMs: 0 })));
     await admin?.close().catch(() => {});
+    await connect?.close().catch(() => {});
     await store.close();
     throw err;
   }

@@ -1,7 +1,8 @@
 import cluster, { type Worker } from 'node:cluster';
 import { availableParallelism } from 'node:os';
 import { AggregatorRegistry } from 'prom-client';
-import { AdminServer, metricsAuthorized, send } from '../admin/server.js';
+import { AdminAuthLimiter } from '../admin/auth-limiter.js';
+import { AdminServer, metricsGate, send } from '../admin/server.js';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../log.js';
 import { createMetrics } from '../metrics.js';
@@ -16,6 +17,9 @@ import { type ProxyApp, startProxy } from './app.js';
  * refreshes single across processes. The primary alone serves admin HTTP on the configured
  * port: /metrics aggregates every worker's registry (series carry a `worker` label), /readyz
  * is ready when every worker is. Workers bind their own admin server to 127.0.0.1:0 (unused).
+ * With admin.connect_port the self-service server is bound once too: every worker listens on
+ * it, node:cluster hands the one socket's connections out like the IMAP listeners' (its OAuth
+ * state lives in sealed cookies, so any worker can finish a sign-in another one started).
  */
 
 const READY = 'imap-oauth-proxy:ready';
@@ -120,6 +124,7 @@ export async function runPrimary(
 
   const aggregator = new AggregatorRegistry();
   const token = config.admin.metrics_bearer_token;
+  const authLimiter = AdminAuthLimiter.fromConfig(config.limiter);
   const admin = new AdminServer({
     address: config.admin.address,
     port: config.admin.port,
@@ -138,11 +143,7 @@ export async function runPrimary(
         method: 'GET',
         path: '/metrics',
         handler: async (req, res) => {
-          if (token && !metricsAuthorized(req.headers.authorization, token)) {
-            res.setHeader('www-authenticate', 'Bearer realm="metrics"');
-            send(res, 401, 'unauthorized\n');
-            return;
-          }
+          if (!metricsGate(req, res, token, authLimiter)) return;
           send(res, 200, await aggregator.clusterMetrics(), aggregator.contentType);
         },
       },

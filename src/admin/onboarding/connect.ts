@@ -14,6 +14,7 @@ import { storeRefreshGrant } from '../../oauth/flows/store-grant.js';
 import type { ProviderRegistry } from '../../oauth/provider.js';
 import type { Keyring } from '../../store/crypto.js';
 import type { AccountRecord, GrantStore } from '../../store/types.js';
+import type { AdminAuthLimiter } from '../auth-limiter.js';
 import { readCookie, stateCookie } from './cookies.js';
 import { esc, page, redirect } from './html.js';
 import { clientSettingsHtml } from './settings.js';
@@ -34,6 +35,8 @@ export interface OnboardingDeps {
   providers: ProviderRegistry;
   log: Logger;
   addresses: Record<string, AddressInfo>;
+  /** Shared with /metrics so guesses on either count together; /status makes its own if absent. */
+  authLimiter?: AdminAuthLimiter;
 }
 
 /** What `account link` seals into its URL. */

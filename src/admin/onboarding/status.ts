@@ -1,6 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Config } from '../../config/schema.js';
 import type { GrantStore } from '../../store/types.js';
+import { type AdminAuthLimiter, limitedAuth } from '../auth-limiter.js';
 import { secretEquals } from '../server.js';
 import { esc, page } from './html.js';
 
@@ -17,19 +18,28 @@ export interface StatusRow {
 }
 
 /** Basic auth against admin.admin_password in constant time; refused outright when unset. */
-function authorized(req: IncomingMessage, res: ServerResponse, password: string | undefined): boolean {
+function authorized(
+  req: IncomingMessage,
+  res: ServerResponse,
+  password: string | undefined,
+  limiter: AdminAuthLimiter | undefined,
+): boolean {
   if (!password) {
     page(res, 403, 'Status disabled', '<p>Set admin.admin_password to enable this page.</p>');
     return false;
   }
-  const auth = req.headers.authorization ?? '';
-  const decoded = auth.startsWith('Basic ') ? Buffer.from(auth.slice(6), 'base64').toString('utf8') : '';
-  const colon = decoded.indexOf(':');
-  const ok =
-    colon > 0 &&
-    secretEquals(decoded.slice(0, colon), USER) &&
-    secretEquals(decoded.slice(colon + 1), password);
-  if (!ok) {
+  const outcome = limitedAuth(limiter, req, res, () => {
+    const auth = req.headers.authorization ?? '';
+    const decoded = auth.startsWith('Basic ') ? Buffer.from(auth.slice(6), 'base64').toString('utf8') : '';
+    const colon = decoded.indexOf(':');
+    return (
+      colon > 0 &&
+      secretEquals(decoded.slice(0, colon), USER) &&
+      secretEquals(decoded.slice(colon + 1), password)
+    );
+  });
+  const ok = outcome === 'ok';
+  if (outcome === 'denied') {
     res.setHeader('www-authenticate', 'Basic realm="imap-oauth-proxy status", charset="UTF-8"');
     page(res, 401, 'Unauthorized', '<p>Log in as "admin".</p>');
   }
@@ -59,9 +69,9 @@ const when = (ms: number | null) =>
   ms === null ? '-' : new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
 
 /** /status: what admins would otherwise grep logs for. `?format=json` for scripts. */
-export function statusHandler(deps: { store: GrantStore; config: Config }) {
+export function statusHandler(deps: { store: GrantStore; config: Config; authLimiter?: AdminAuthLimiter }) {
   return async (req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> => {
-    if (!authorized(req, res, deps.config.admin.admin_password)) return;
+    if (!authorized(req, res, deps.config.admin.admin_password, deps.authLimiter)) return;
     const rows = await statusRows(deps.store);
     if (url.searchParams.get('format') === 'json') {
       res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
