@@ -2,10 +2,12 @@ import cluster, { type Worker } from 'node:cluster';
 import { availableParallelism } from 'node:os';
 import { AggregatorRegistry } from 'prom-client';
 import { AdminAuthLimiter } from '../admin/auth-limiter.js';
+import { onboardingRoutes, splitConnectRoutes } from '../admin/onboarding/routes.js';
 import { AdminServer, metricsGate, send } from '../admin/server.js';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../log.js';
 import { createMetrics } from '../metrics.js';
+import { createProviderRegistry } from '../oauth/provider.js';
 import { Keyring } from '../store/crypto.js';
 import { openStore } from '../store/index.js';
 import { type ProxyApp, startProxy } from './app.js';
@@ -61,10 +63,11 @@ export async function runPrimary(
   opts: { log: Logger; workers: number; version: string },
 ): Promise<number> {
   const log = opts.log.child({ component: 'cluster' });
-  // Migrate (and create a key file if configured) once, before workers race for it.
-  const store = await openStore(config, Keyring.fromConfig(config.encryption, config.data_dir, log), log);
+  // Migrate (and create a key file if configured) once, before workers race for it. The store
+  // stays open: the primary serves the admin port, /status and the onboarding pages included.
+  const keyring = Keyring.fromConfig(config.encryption, config.data_dir, log);
+  const store = await openStore(config, keyring, log);
   await store.migrate();
-  await store.close();
 
   const ready = new Set<number>();
   let stopping = false;
@@ -117,6 +120,7 @@ export async function runPrimary(
   } catch (err) {
     log.error({ err }, 'cannot start workers');
     await stopWorkers();
+    await store.close();
     return 1;
   }
   startFailed = undefined;
@@ -125,6 +129,25 @@ export async function runPrimary(
   const aggregator = new AggregatorRegistry();
   const token = config.admin.metrics_bearer_token;
   const authLimiter = AdminAuthLimiter.fromConfig(config.limiter);
+  // Workers share the IMAP sockets, so the configured ports are the ones clients reach.
+  const addresses = Object.fromEntries(
+    config.listeners.map((l) => [
+      l.name,
+      { address: l.address, port: l.port, family: l.address.includes(':') ? 'IPv6' : 'IPv4' },
+    ]),
+  );
+  const pages = splitConnectRoutes(
+    onboardingRoutes({
+      store,
+      config,
+      keyring,
+      providers: createProviderRegistry(config.providers),
+      log: log.child({ component: 'onboarding' }),
+      addresses,
+      authLimiter,
+    }),
+    config.admin.connect_port !== undefined,
+  ).admin;
   const admin = new AdminServer({
     address: config.admin.address,
     port: config.admin.port,
@@ -147,6 +170,7 @@ export async function runPrimary(
           send(res, 200, await aggregator.clusterMetrics(), aggregator.contentType);
         },
       },
+      ...pages,
     ],
   });
   try {
@@ -154,6 +178,7 @@ export async function runPrimary(
   } catch (err) {
     log.error({ err }, 'cannot start admin HTTP');
     await stopWorkers();
+    await store.close();
     return 1;
   }
   log.info({ workers: opts.workers, pid: process.pid }, 'ready');
@@ -172,6 +197,7 @@ export async function runPrimary(
     process.on('SIGINT', stop);
   });
   await admin.close();
+  await store.close();
   log.info('stopped');
   return 0;
 }

@@ -117,6 +117,10 @@ test('two workers share the listener; an expired token is refreshed once across 
   assert.match(text, /^imap_proxy_nodejs_eventloop_lag_p99_seconds\{worker="1"\}/m);
   const ready = await fetch(`http://127.0.0.1:${ports.admin}/readyz`);
   assert.equal(ready.status, 200);
+  // The primary keeps the store open and serves /status (refused here: no admin_password set).
+  const status = await fetch(`http://127.0.0.1:${ports.admin}/status`);
+  assert.equal(status.status, 403);
+  assert.match(await status.text(), /admin_password/);
 });
 
 test('SIGTERM to the primary stops every worker and exits 0', async () => {
