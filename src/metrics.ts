@@ -38,7 +38,7 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
     }),
     limiter: new Counter({
       name: `${P}limiter_actions_total`,
-      help: 'Brute-force limiter actions by scope (user, address) and action (delayed, refused)',
+      help: 'Brute-force limiter actions by scope (user, address, admin) and action (delayed, refused)',
       labelNames: ['scope', 'action'] as const,
       registers: r,
     }),
