@@ -1,6 +1,5 @@
 import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { generateAppPassword, hashAppPassword } from '../../src/accounts/passwords.js';
 import { loadConfig } from '../../src/config/load.js';
@@ -114,17 +113,8 @@ export async function seedAccounts(configFile: string, specs: SeedSpec[]): Promi
   return passwords;
 }
 
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      const port = typeof addr === 'object' && addr ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
+// One helper for every suite; re-exported for the bench's own modules.
+export { freePort } from '../helpers/ports.js';
 
 export interface ProxyProcess {
   pid: number;
