@@ -73,7 +73,7 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
     handlers: [createJwtBearerHandler()],
     ...(config.admin.public_url ? { publicUrl: config.admin.public_url } : {}),
     metrics,
-    log: log.child({ component: 'broker' }),
+    log, // the broker names itself (component: token-broker)
   });
   const upstreamLog = log.child({ component: 'upstream' });
   const connector = new WarmPool(createUpstreamConnector({ metrics, log: upstreamLog }), {
