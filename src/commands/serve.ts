@@ -1,8 +1,8 @@
+import { startProxy } from '../app/app.js';
+import { isClusterWorker, resolveWorkers, runPrimary, startWorker } from '../app/cluster.js';
 import { version } from '../cli.js';
 import { loadConfig } from '../config/load.js';
 import { createLogger } from '../log.js';
-import { startProxy } from '../proxy/app.js';
-import { isClusterWorker, resolveWorkers, runPrimary, startWorker } from '../proxy/cluster.js';
 
 /** `imap-oauth-proxy serve`: runs until SIGTERM/SIGINT, then drains and exits 0. */
 export async function runServe(configFile: string): Promise<number> {

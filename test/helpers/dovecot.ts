@@ -3,7 +3,7 @@ import { chmodSync, chownSync, mkdirSync, mkdtempSync, readFileSync, rmSync, wri
 import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ensureSelfSigned } from '../../src/frontdoor/selfsigned.js';
+import { ensureSelfSigned } from '../../src/net/selfsigned.js';
 import { freePort } from './ports.js';
 
 /**

@@ -3,7 +3,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createSecureContext, TLSSocket } from 'node:tls';
-import { ensureSelfSigned } from '../../src/frontdoor/selfsigned.js';
+import { ensureSelfSigned } from '../../src/net/selfsigned.js';
 
 /**
  * A small scripted IMAP server for fault injection a real Dovecot cannot do: Gmail- and

@@ -4,7 +4,7 @@ import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { ensureSelfSigned } from '../../src/frontdoor/selfsigned.js';
+import { ensureSelfSigned } from '../../src/net/selfsigned.js';
 
 test('ensureSelfSigned creates a localhost certificate once and reuses it', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'iop-cert-'));

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import type { TerminationReason } from '../../../src/proxy/sessions.js';
+import type { TerminationReason } from '../../../src/core/sessions.js';
 import type { AccountState } from '../../../src/store/types.js';
 import { RawImapClient } from '../../helpers/imap-client.js';
 import { type Stack, startStack, type TestAccount } from '../../helpers/stack.js';

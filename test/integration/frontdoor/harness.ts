@@ -4,12 +4,12 @@ import { type AddressInfo, connect, createServer, type Server, type Socket } fro
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ListenerConfig } from '../../../src/config/schema.js';
-import { createListener, type Listener } from '../../../src/frontdoor/listener.js';
-import { ensureSelfSigned } from '../../../src/frontdoor/selfsigned.js';
-import type { LoginOutcome, LoginRequest } from '../../../src/frontdoor/types.js';
-import { DEFAULT_LIMITS, type WireLimits } from '../../../src/imap/limits.js';
+import type { LoginOutcome, LoginRequest } from '../../../src/core/types.js';
 import { silentLogger } from '../../../src/log.js';
 import { createMetrics, type Metrics } from '../../../src/metrics.js';
+import { createListener, type Listener } from '../../../src/net/listener.js';
+import { ensureSelfSigned } from '../../../src/net/selfsigned.js';
+import { DEFAULT_LIMITS, type WireLimits } from '../../../src/protocols/imap/limits.js';
 
 let pems: { cert: Buffer; key: Buffer; certFile: string } | undefined;
 const certDir = mkdtempSync(join(tmpdir(), 'iop-fd-'));

@@ -2,8 +2,8 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { connect } from 'node:net';
 import { describe, test } from 'node:test';
+import type { LoginOutcome } from '../../../src/core/types.js';
 import { clientReply, LOGIN_RESULTS, ProxyError } from '../../../src/errors.js';
-import type { LoginOutcome } from '../../../src/frontdoor/types.js';
 import { RawImapClient } from '../../helpers/imap-client.js';
 import { EchoUpstream, metricValue, startFrontdoor } from './harness.js';
 

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import type { WireLimits } from '../../../src/imap/limits.js';
+import type { WireLimits } from '../../../src/protocols/imap/limits.js';
 import { RawImapClient } from '../../helpers/imap-client.js';
 import { type Frontdoor, metricValue, startFrontdoor } from './harness.js';
 

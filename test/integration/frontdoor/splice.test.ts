@@ -4,7 +4,7 @@ import { once } from 'node:events';
 import { type AddressInfo, connect, createServer, type Socket } from 'node:net';
 import { test } from 'node:test';
 import { createMetrics } from '../../../src/metrics.js';
-import { type SpliceStats, splice } from '../../../src/proxy/splice.js';
+import { type SpliceStats, splice } from '../../../src/net/splice.js';
 import { EchoUpstream } from './harness.js';
 
 /** A connected pair over loopback: [the proxy's accepted socket, the user's socket]. */

@@ -4,8 +4,8 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { after, describe, test } from 'node:test';
 import type { TLSSocket } from 'node:tls';
 import { upstreamSchema } from '../../../src/config/schema.js';
-import { createUpstreamConnector } from '../../../src/upstream/connection.js';
-import { dial } from '../../../src/upstream/dial.js';
+import { dial } from '../../../src/net/dial.js';
+import { createUpstreamConnector } from '../../../src/protocols/imap/upstream.js';
 import { type FakeUpstream, startFakeUpstream } from '../../helpers/fake-upstream.js';
 
 const labels = { provider: 'dialtest' };

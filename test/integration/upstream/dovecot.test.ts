@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { upstreamSchema } from '../../../src/config/schema.js';
-import { createUpstreamConnector } from '../../../src/upstream/connection.js';
-import type { AuthenticatedUpstream, UpstreamTarget } from '../../../src/upstream/types.js';
+import type { AuthenticatedUpstream, UpstreamTarget } from '../../../src/core/upstream.js';
+import { createUpstreamConnector } from '../../../src/protocols/imap/upstream.js';
 import { type Dovecot, startDovecot } from '../../helpers/dovecot.js';
 import { startOP, type TestOP } from '../../helpers/op.js';
 import { freePort } from '../../helpers/ports.js';

@@ -2,12 +2,12 @@ import assert from 'node:assert/strict';
 import { PassThrough } from 'node:stream';
 import { after, describe, test } from 'node:test';
 import { upstreamSchema } from '../../../src/config/schema.js';
+import type { UpstreamTarget } from '../../../src/core/upstream.js';
 import { isProxyError } from '../../../src/errors.js';
 import { createLogger } from '../../../src/log.js';
 import { createMetrics } from '../../../src/metrics.js';
-import { createUpstreamConnector } from '../../../src/upstream/connection.js';
-import { oauthbearerBlob, xoauth2Blob } from '../../../src/upstream/sasl.js';
-import type { UpstreamTarget } from '../../../src/upstream/types.js';
+import { createUpstreamConnector } from '../../../src/protocols/imap/upstream.js';
+import { oauthbearerBlob, xoauth2Blob } from '../../../src/sasl/client.js';
 import {
   type FakeUpstream,
   type FakeUpstreamOptions,

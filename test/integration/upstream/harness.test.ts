@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { connect } from 'node:tls';
-import { xoauth2Blob } from '../../../src/upstream/sasl.js';
+import { xoauth2Blob } from '../../../src/sasl/client.js';
 import { startDovecot } from '../../helpers/dovecot.js';
 import { startFakeUpstream } from '../../helpers/fake-upstream.js';
 

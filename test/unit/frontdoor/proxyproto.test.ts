@@ -5,7 +5,7 @@ import {
   parseProxyHeader,
   startsLikeProxyHeader,
   trustList,
-} from '../../../src/frontdoor/proxyproto.js';
+} from '../../../src/net/proxyproto.js';
 import { proxyV2Header as v2 } from '../../helpers/imap-client.js';
 
 const SIG = Buffer.from('0d0a0d0a000d0a515549540a', 'hex');

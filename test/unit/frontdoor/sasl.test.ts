@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { isHttpRequestLine } from '../../../src/frontdoor/policy.js';
-import { decodeBase64, decodeLoginResponse, parsePlain } from '../../../src/frontdoor/sasl.js';
+import { isHttpRequestLine } from '../../../src/net/policy.js';
+import { decodeBase64, decodeLoginResponse, parsePlain } from '../../../src/sasl/server.js';
 
 test('decodeBase64 is strict: whole quads, padding only at the end, no stray characters', () => {
   assert.equal(decodeBase64('YWxpY2U=')?.toString(), 'alice');

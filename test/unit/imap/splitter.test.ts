@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';
-import { type RawCommand, type SplitError, Splitter } from '../../../src/imap/splitter.js';
+import { type RawCommand, type SplitError, Splitter } from '../../../src/protocols/imap/framing.js';
 
 const LIMITS = { lineBytes: 64, literalBytes: 32, literalsPerCommand: 3 };
 const FUZZ_RUNS = Number(process.env.FUZZ_RUNS ?? 200);

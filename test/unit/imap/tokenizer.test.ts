@@ -1,15 +1,15 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';
-import { type RawCommand, Splitter } from '../../../src/imap/splitter.js';
+import { type RawCommand, Splitter } from '../../../src/protocols/imap/framing.js';
 import {
   type ParsedCommand,
   ParseError,
   type Token,
   tokenize,
   tokenText,
-} from '../../../src/imap/tokenizer.js';
-import { imapString } from '../../../src/imap/writer.js';
+} from '../../../src/protocols/imap/tokenizer.js';
+import { imapString } from '../../../src/protocols/imap/writer.js';
 
 const LIMITS = { lineBytes: 8192, literalBytes: 8192, literalsPerCommand: 4 };
 const FUZZ_RUNS = Number(process.env.FUZZ_RUNS ?? 200);

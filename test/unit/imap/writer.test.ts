@@ -1,6 +1,12 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { continuation, imapString, nstring, tagged, untaggedStatus } from '../../../src/imap/writer.js';
+import {
+  continuation,
+  imapString,
+  nstring,
+  tagged,
+  untaggedStatus,
+} from '../../../src/protocols/imap/writer.js';
 
 test('imapString quotes plain text and escapes backslash and double quote', () => {
   assert.equal(imapString('imap-oauth-proxy').toString(), '"imap-oauth-proxy"');

@@ -3,13 +3,13 @@ import { PassThrough } from 'node:stream';
 import { test } from 'node:test';
 import type { CredentialChecker } from '../../../src/accounts/types.js';
 import { parseConfig } from '../../../src/config/load.js';
+import { LoginPipeline } from '../../../src/core/pipeline.js';
+import type { ClientInfo } from '../../../src/core/types.js';
+import type { UpstreamConnection, UpstreamConnector } from '../../../src/core/upstream.js';
 import { ProxyError } from '../../../src/errors.js';
-import type { ClientInfo } from '../../../src/frontdoor/types.js';
 import { silentLogger } from '../../../src/log.js';
 import type { TokenBroker } from '../../../src/oauth/types.js';
-import { LoginPipeline } from '../../../src/proxy/pipeline.js';
 import type { AccountRecord } from '../../../src/store/types.js';
-import type { UpstreamConnection, UpstreamConnector } from '../../../src/upstream/types.js';
 
 // Test doubles for the orchestration only; the real components are exercised end to end in
 // test/integration. These record calls so the order of events can be asserted.

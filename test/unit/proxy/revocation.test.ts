@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { recheckSessions, watchConsentLoss, withdrawal } from '../../../src/core/revocation.js';
+import { SessionRegistry } from '../../../src/core/sessions.js';
 import { silentLogger } from '../../../src/log.js';
 import { createMetrics } from '../../../src/metrics.js';
-import { recheckSessions, watchConsentLoss, withdrawal } from '../../../src/proxy/revocation.js';
-import { SessionRegistry } from '../../../src/proxy/sessions.js';
 import type { AccountState, GrantStore } from '../../../src/store/types.js';
 import { MemoryGrantStore } from '../../helpers/memory-store.js';
 

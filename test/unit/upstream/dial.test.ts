@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { ProxyError } from '../../../src/errors.js';
-import { mapDialError } from '../../../src/upstream/dial.js';
+import { mapDialError } from '../../../src/net/dial.js';
 
 const withCode = (code: string) => Object.assign(new Error(code), { code });
 

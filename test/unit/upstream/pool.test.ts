@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import { PassThrough } from 'node:stream';
 import { test } from 'node:test';
+import type { UpstreamConnection, UpstreamConnector, UpstreamTarget } from '../../../src/core/upstream.js';
 import { ProxyError } from '../../../src/errors.js';
-import { isWarm, WarmPool } from '../../../src/upstream/pool.js';
-import type { UpstreamConnection, UpstreamConnector, UpstreamTarget } from '../../../src/upstream/types.js';
+import { isWarm, WarmPool } from '../../../src/net/pool.js';
 
 // A scripted inner connector: the pool's bookkeeping (reuse, staleness, bounds, expiry) is what
 // is under test here; real dials through the pool run in the e2e and bench suites.

@@ -2,8 +2,8 @@ import assert from 'node:assert/strict';
 import { PassThrough } from 'node:stream';
 import { test } from 'node:test';
 import fc from 'fast-check';
-import { UPSTREAM_LIMITS } from '../../../src/upstream/limits.js';
-import { parseResponse, ResponseReader, type UpstreamResponse } from '../../../src/upstream/reader.js';
+import { parseResponse, ResponseReader, type UpstreamResponse } from '../../../src/protocols/imap/reader.js';
+import { UPSTREAM_LIMITS } from '../../../src/protocols/imap/upstream-limits.js';
 
 const STREAM =
   '* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=XOAUTH2] ready\r\n' +

@@ -8,7 +8,7 @@ import {
   oauthbearerBlob,
   pickMechanism,
   xoauth2Blob,
-} from '../../../src/upstream/sasl.js';
+} from '../../../src/sasl/client.js';
 
 test('XOAUTH2 blob equals the example in Google’s XOAUTH2 documentation byte for byte', () => {
   assert.equal(

@@ -1,4 +1,4 @@
-import { literalMarker, type RawCommand } from './splitter.js';
+import { literalMarker, type RawCommand } from './framing.js';
 
 const SP = 0x20;
 const DQUOTE = 0x22;

@@ -1,12 +1,16 @@
 import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
-import { isProxyError, ProxyError } from '../errors.js';
-import type { Logger } from '../log.js';
-import { silentLogger } from '../log.js';
-import type { Metrics } from '../metrics.js';
-import { type DialOptions, dial, mapDialError, upgradeTls } from './dial.js';
-import { UPSTREAM_LIMITS } from './limits.js';
-import { ResponseReader, type UpstreamResponse } from './reader.js';
+import type {
+  AuthenticatedUpstream,
+  UpstreamConnection,
+  UpstreamConnector,
+  UpstreamTarget,
+} from '../../core/upstream.js';
+import { isProxyError, ProxyError } from '../../errors.js';
+import type { Logger } from '../../log.js';
+import { silentLogger } from '../../log.js';
+import type { Metrics } from '../../metrics.js';
+import { type DialOptions, dial, mapDialError, upgradeTls } from '../../net/dial.js';
 import {
   classifyAuthNo,
   decodeFailureContinuation,
@@ -16,13 +20,9 @@ import {
   pickMechanism,
   type SaslFailure,
   xoauth2Blob,
-} from './sasl.js';
-import type {
-  AuthenticatedUpstream,
-  UpstreamConnection,
-  UpstreamConnector,
-  UpstreamTarget,
-} from './types.js';
+} from '../../sasl/client.js';
+import { ResponseReader, type UpstreamResponse } from './reader.js';
+import { UPSTREAM_LIMITS } from './upstream-limits.js';
 
 export interface ConnectorDeps {
   metrics?: Metrics;

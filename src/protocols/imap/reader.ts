@@ -1,6 +1,6 @@
 import type { Duplex } from 'node:stream';
-import { ProxyError } from '../errors.js';
-import { UPSTREAM_LIMITS } from './limits.js';
+import { ProxyError } from '../../errors.js';
+import { UPSTREAM_LIMITS } from './upstream-limits.js';
 
 /** One upstream response: `*` untagged, `+` continuation, or a command tag. */
 export interface UpstreamResponse {

@@ -1,6 +1,6 @@
 import type { FailureReason } from '../errors.js';
 import type { Logger } from '../log.js';
-import type { AuthenticatedUpstream } from '../upstream/types.js';
+import type { AuthenticatedUpstream } from './upstream.js';
 
 export interface ClientInfo {
   /** Connection id for logs. */

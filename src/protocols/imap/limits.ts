@@ -1,5 +1,5 @@
 import type { Duplex } from 'node:stream';
-import type { Config } from '../config/schema.js';
+import type { Config } from '../../config/schema.js';
 
 /** Every pre-authentication limit of the wire, in one place. */
 export interface WireLimits {

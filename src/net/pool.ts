@@ -1,12 +1,12 @@
-import type { Logger } from '../log.js';
-import { silentLogger } from '../log.js';
-import { UPSTREAM_LIMITS } from './limits.js';
 import type {
   AuthenticatedUpstream,
   UpstreamConnection,
   UpstreamConnector,
   UpstreamTarget,
-} from './types.js';
+} from '../core/upstream.js';
+import type { Logger } from '../log.js';
+import { silentLogger } from '../log.js';
+import { UPSTREAM_LIMITS } from '../protocols/imap/upstream-limits.js';
 
 /** After a failed background dial, no refill for this long (a down upstream is not hammered). */
 const REFILL_BACKOFF_MS = 5000;

@@ -1,10 +1,12 @@
 import { type AddressInfo, createServer, type Server, type Socket } from 'node:net';
 import { type SecureContext, TLSSocket } from 'node:tls';
 import type { ListenerConfig } from '../config/schema.js';
+import type { LoginHandler } from '../core/types.js';
 import { ConfigError } from '../errors.js';
-import type { RejectReason, WireLimits } from '../imap/limits.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
+import { newConnectionId, PreauthSession } from '../protocols/imap/frontdoor.js';
+import type { RejectReason, WireLimits } from '../protocols/imap/limits.js';
 import {
   isTrusted,
   type ProxySource,
@@ -13,9 +15,7 @@ import {
   startsLikeProxyHeader,
   trustList,
 } from './proxyproto.js';
-import { newConnectionId, PreauthSession } from './session.js';
 import { serverTlsContext, type TlsPems } from './tls.js';
-import type { LoginHandler } from './types.js';
 
 export interface ListenerDeps {
   /** Resolved certificate and key PEMs (from the listener's files or a generated pair). */

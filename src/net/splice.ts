@@ -1,7 +1,7 @@
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import type { AuthenticatedUpstream } from '../core/upstream.js';
 import type { Metrics } from '../metrics.js';
-import type { AuthenticatedUpstream } from '../upstream/types.js';
 
 export interface SpliceOptions {
   readonly client: Duplex;

@@ -8,7 +8,7 @@ import {
   connect as tlsConnect,
 } from 'node:tls';
 import { ProxyError } from '../errors.js';
-import { UPSTREAM_LIMITS } from './limits.js';
+import { UPSTREAM_LIMITS } from '../protocols/imap/upstream-limits.js';
 
 export interface DialOptions {
   host: string;

@@ -2,26 +2,26 @@ import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { type SecureContext, TLSSocket } from 'node:tls';
-import { clientReply, type FailureReason, isProxyError, type LoginResult } from '../errors.js';
-import { failStream, type RejectReason, type WireLimits } from '../imap/limits.js';
-import { type RawCommand, type SplitError, Splitter } from '../imap/splitter.js';
-import { ParseError, tokenize } from '../imap/tokenizer.js';
-import * as w from '../imap/writer.js';
-import type { Logger } from '../log.js';
-import type { Metrics } from '../metrics.js';
-import { splice } from '../proxy/splice.js';
-import { COMMANDS, type CommandContext } from './commands.js';
-import { isHttpRequestLine } from './policy.js';
-import { startsLikeProxyHeader } from './proxyproto.js';
+import type { ClientInfo, LoginHandler, LoginMechanism, LoginOutcome } from '../../core/types.js';
+import { clientReply, type FailureReason, isProxyError, type LoginResult } from '../../errors.js';
+import type { Logger } from '../../log.js';
+import type { Metrics } from '../../metrics.js';
+import { isHttpRequestLine } from '../../net/policy.js';
+import { startsLikeProxyHeader } from '../../net/proxyproto.js';
+import { splice } from '../../net/splice.js';
 import {
   decodeBase64,
   decodeLoginResponse,
   LOGIN_PASSWORD_CHALLENGE,
   LOGIN_USERNAME_CHALLENGE,
   parsePlain,
-} from './sasl.js';
+} from '../../sasl/server.js';
+import { COMMANDS, type CommandContext } from './commands.js';
+import { type RawCommand, type SplitError, Splitter } from './framing.js';
+import { failStream, type RejectReason, type WireLimits } from './limits.js';
 import type { SessionState } from './state.js';
-import type { ClientInfo, LoginHandler, LoginMechanism, LoginOutcome } from './types.js';
+import { ParseError, tokenize } from './tokenizer.js';
+import * as w from './writer.js';
 
 export interface SessionOptions {
   readonly listener: string;

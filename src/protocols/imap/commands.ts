@@ -1,5 +1,5 @@
-import { ParseError, type Token, tokenText } from '../imap/tokenizer.js';
 import type { SessionState } from './state.js';
+import { ParseError, type Token, tokenText } from './tokenizer.js';
 
 /** What a pre-auth command may do to its session. */
 export interface CommandContext {

@@ -2,17 +2,17 @@ import type { CredentialChecker } from '../accounts/types.js';
 import { upstreamFor } from '../config/presets.js';
 import type { Config, ProviderConfig } from '../config/schema.js';
 import { isProxyError, ProxyError } from '../errors.js';
-import type { LoginHandler, LoginOutcome, LoginRequest } from '../frontdoor/types.js';
+import { isWarm } from '../net/pool.js';
 import type { TokenBroker } from '../oauth/types.js';
 import type { AccountRecord } from '../store/types.js';
-import { isWarm } from '../upstream/pool.js';
+import { SessionRegistry } from './sessions.js';
+import type { LoginHandler, LoginOutcome, LoginRequest } from './types.js';
 import type {
   AuthenticatedUpstream,
   UpstreamConnection,
   UpstreamConnector,
   UpstreamTarget,
-} from '../upstream/types.js';
-import { SessionRegistry } from './sessions.js';
+} from './upstream.js';
 
 export interface PipelineDeps {
   config: Config;
