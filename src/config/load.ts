@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { homedir } from 'node:os';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { type Document, isMap, isScalar, LineCounter, parseDocument } from 'yaml';
@@ -195,6 +196,14 @@ function crossCheck(config: Config, problems: Problems): void {
     if (l.tls === 'none' && l.allow_cleartext_login === false && l.cert_file) {
       problems.add(['listeners', i, 'tls'], 'cert_file is unused with tls: none');
     }
+    for (const key of ['cert_file', 'key_file'] as const) {
+      const problem = unreadable(l[key]);
+      if (problem) problems.add(['listeners', i, key], problem);
+    }
+    l.proxy_protocol?.trusted.forEach((entry, j) => {
+      const problem = badCidr(entry);
+      if (problem) problems.add(['listeners', i, 'proxy_protocol', 'trusted', j], problem);
+    });
   });
   for (const [name, p] of Object.entries(config.providers)) {
     const at = ['providers', name];
@@ -207,6 +216,17 @@ function crossCheck(config: Config, problems: Problems): void {
     if (p.client_auth === 'private_key_jwt' && !p.private_key_file) {
       problems.add([...at, 'private_key_file'], 'required when client_auth is private_key_jwt');
     }
+    if (!p.allow_insecure_http) {
+      for (const key of HTTP_URL_KEYS) {
+        if (p[key]?.startsWith('http:'))
+          problems.add(
+            [...at, key],
+            'http:// needs allow_insecure_http: true on this provider (local testing only)',
+          );
+      }
+    }
+    const caProblem = unreadable(p.upstream?.ca_file);
+    if (caProblem) problems.add([...at, 'upstream', 'ca_file'], caProblem);
     const needsSecret = p.client_auth === 'client_secret_basic' || p.client_auth === 'client_secret_post';
     if (needsSecret && p.client_id && !p.client_secret && !p.service_account_file) {
       problems.add(
@@ -221,4 +241,33 @@ function crossCheck(config: Config, problems: Problems): void {
   if (!config.encryption.key && !config.encryption.key_file) {
     problems.add(['encryption'], 'set encryption.key (e.g. ${IMAP_PROXY_KEY}) or encryption.key_file');
   }
+}
+
+const HTTP_URL_KEYS = [
+  'issuer',
+  'authorization_endpoint',
+  'token_endpoint',
+  'device_authorization_endpoint',
+  'revocation_endpoint',
+] as const;
+
+/** Read now, so a missing or unreadable file fails check-config instead of the first TLS handshake. */
+function unreadable(file: string | undefined): string | undefined {
+  if (file === undefined || file === '') return undefined;
+  try {
+    readFileSync(file);
+    return undefined;
+  } catch (err) {
+    return `cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? err})`;
+  }
+}
+
+/** The forms the PROXY protocol trust list accepts (an address, or address/prefix), checked strictly. */
+function badCidr(entry: string): string | undefined {
+  const m = /^([^/\s]+)(?:\/(\d{1,3}))?$/.exec(entry);
+  const family = m ? isIP(m[1]!) : 0;
+  if (!m || family === 0) return `"${entry}" is not an IP address or CIDR (e.g. 10.0.0.0/8, 2001:db8::/32)`;
+  const max = family === 4 ? 32 : 128;
+  if (m[2] !== undefined && Number(m[2]) > max) return `"${entry}": prefix length must be 0-${max}`;
+  return undefined;
 }
