@@ -6,7 +6,7 @@ import { toTokenSet } from './grants.js';
 import { tracingFetch, withHttpTrace } from './http-trace.js';
 import type { OAuthProvider } from './provider.js';
 import { readServiceAccount, type ServiceAccountKey } from './service-account.js';
-import { parsePrivateKey, type SigningKey, toSigningKey } from './signing-key.js';
+import { parsePrivateKey, type SigningKey, signJwt, toSigningKey } from './signing-key.js';
 
 export const JWT_BEARER_GRANT = 'urn:ietf:params:oauth:grant-type:jwt-bearer';
 /** Google accepts assertions valid for at most one hour. */
@@ -17,34 +17,26 @@ interface Signer {
   key: SigningKey;
 }
 
-/** Signs an RS256/ES256 JWT with WebCrypto (no extra JOSE dependency). */
-export async function signJwt(
-  key: SigningKey,
-  header: Record<string, unknown>,
-  payload: Record<string, unknown>,
-): Promise<string> {
-  const enc = (o: unknown) => Buffer.from(JSON.stringify(o)).toString('base64url');
-  const input = `${enc({ ...header, alg: key.alg, typ: 'JWT' })}.${enc(payload)}`;
-  const algo = key.alg === 'RS256' ? { name: 'RSASSA-PKCS1-v1_5' } : { name: 'ECDSA', hash: 'SHA-256' };
-  const sig = await crypto.subtle.sign(algo, key.key, Buffer.from(input));
-  return `${input}.${Buffer.from(sig).toString('base64url')}`;
-}
-
 /** The RFC 7523 assertion a Google service account sends to act as `subject`. */
 export async function serviceAccountAssertion(
   signer: Signer,
   opts: { subject: string; scope: string; audience: string; now: number },
 ): Promise<string> {
   const iat = Math.floor(opts.now / 1000);
-  return signJwt(signer.key, signer.sa.privateKeyId ? { kid: signer.sa.privateKeyId } : {}, {
-    iss: signer.sa.clientEmail,
-    sub: opts.subject,
-    scope: opts.scope,
-    aud: opts.audience,
-    iat,
-    exp: iat + ASSERTION_LIFETIME_S,
-    jti: randomUUID(),
-  });
+  const kid = signer.sa.privateKeyId;
+  return signJwt(
+    signer.key,
+    { typ: 'JWT', ...(kid ? { kid } : {}) },
+    {
+      iss: signer.sa.clientEmail,
+      sub: opts.subject,
+      scope: opts.scope,
+      aud: opts.audience,
+      iat,
+      exp: iat + ASSERTION_LIFETIME_S,
+      jti: randomUUID(),
+    },
+  );
 }
 
 /**

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import {
   allowInsecureRequests,
@@ -7,16 +8,17 @@ import {
   Configuration,
   customFetch,
   discovery,
-  modifyAssertion,
   None,
-  PrivateKeyJwt,
   type ServerMetadata,
 } from 'openid-client';
 import type { ProviderConfig } from '../config/schema.js';
 import { ConfigError } from '../errors.js';
 import { tracingFetch } from './http-trace.js';
 import { readServiceAccount } from './service-account.js';
-import { parsePrivateKey, type SigningKey, thumbprintToX5t, toSigningKey } from './signing-key.js';
+import { parsePrivateKey, type SigningKey, signJwt, thumbprintToX5t, toSigningKey } from './signing-key.js';
+
+const CLIENT_ASSERTION_TYPE = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer';
+const ASSERTION_LIFETIME_S = 60;
 
 /** One configured OAuth provider: its settings and a lazily built openid-client Configuration. */
 export interface OAuthProvider {
@@ -112,23 +114,24 @@ function privateKeyJwt(name: string, config: ProviderConfig): ClientAuth {
     throw new ConfigError(`${where}: cannot read ${config.private_key_file} (${(err as Error).message})`);
   }
   const keyObject = parsePrivateKey(pem, where);
-  const x5t = config.certificate_thumbprint ? thumbprintToX5t(config.certificate_thumbprint) : undefined;
+  const header = config.certificate_thumbprint ? { x5t: thumbprintToX5t(config.certificate_thumbprint) } : {};
   let key: Promise<SigningKey> | undefined;
-  let auth: ClientAuth | undefined;
-  return async (as, client, body, headers) => {
+  return async (as, client, body) => {
     key ??= toSigningKey(keyObject, where);
-    const k = await key;
-    auth ??= PrivateKeyJwt(
-      { key: k.key } as Parameters<typeof PrivateKeyJwt>[0],
-      x5t
-        ? {
-            [modifyAssertion]: (header) => {
-              header.x5t = x5t;
-            },
-          }
-        : {},
-    );
-    await auth(as, client, body, headers);
+    const now = Math.floor(Date.now() / 1000);
+    // The claims openid-client's own PrivateKeyJwt sends: audience is the issuer, valid one minute.
+    const assertion = await signJwt(await key, header, {
+      iss: client.client_id,
+      sub: client.client_id,
+      aud: as.issuer,
+      jti: randomUUID(),
+      iat: now,
+      nbf: now,
+      exp: now + ASSERTION_LIFETIME_S,
+    });
+    body.set('client_id', client.client_id);
+    body.set('client_assertion_type', CLIENT_ASSERTION_TYPE);
+    body.set('client_assertion', assertion);
   };
 }
 

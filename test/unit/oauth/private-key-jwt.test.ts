@@ -4,10 +4,11 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
+import { jwtVerify } from 'jose';
 import { clientCredentialsGrant, customFetch } from 'openid-client';
 import { providerSchema } from '../../../src/config/schema.js';
 import { createProvider } from '../../../src/oauth/provider.js';
-import { thumbprintToX5t } from '../../../src/oauth/signing-key.js';
+import { parsePrivateKey, signJwt, thumbprintToX5t, toSigningKey } from '../../../src/oauth/signing-key.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'iop-x5t-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -59,6 +60,10 @@ test('Azure hex thumbprint becomes the base64url SHA-1 in the assertion x5t head
   assert.equal(a.claims.iss, 'app-id');
   assert.equal(a.claims.sub, 'app-id');
   assert.ok(typeof a.claims.jti === 'string' && typeof a.claims.exp === 'number');
+  // Same claims as openid-client's PrivateKeyJwt: audience is the issuer, valid for one minute.
+  assert.equal(a.claims.aud, 'https://login.example.test');
+  assert.equal(Number(a.claims.exp) - Number(a.claims.iat), 60);
+  assert.equal(a.claims.nbf, a.claims.iat);
 });
 
 test('without certificate_thumbprint the assertion carries no x5t', async () => {
@@ -76,4 +81,31 @@ test('thumbprintToX5t accepts colon/space separated and lower-case hex; other in
   assert.equal(thumbprintToX5t(hex.match(/../g)?.join(' ') ?? ''), want);
   // Already base64url (as some portals show it): used as is.
   assert.equal(thumbprintToX5t(want), want);
+});
+
+test('PKCS#1 RSA and SEC1 P-256 PEM keys sign verifiable RS256/ES256 JWTs; other curves are refused', async () => {
+  const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 });
+  const ec = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const cases = [
+    {
+      pem: rsa.privateKey.export({ type: 'pkcs1', format: 'pem' }).toString(),
+      pub: rsa.publicKey,
+      alg: 'RS256',
+    },
+    {
+      pem: ec.privateKey.export({ type: 'sec1', format: 'pem' }).toString(),
+      pub: ec.publicKey,
+      alg: 'ES256',
+    },
+  ];
+  for (const c of cases) {
+    const key = await toSigningKey(parsePrivateKey(c.pem, 'test'), 'test');
+    const jwt = await signJwt(key, { kid: 'k' }, { sub: 'x' });
+    const { payload, protectedHeader } = await jwtVerify(jwt, c.pub);
+    assert.equal(protectedHeader.alg, c.alg);
+    assert.equal(protectedHeader.kid, 'k');
+    assert.equal(payload.sub, 'x');
+  }
+  const p384 = generateKeyPairSync('ec', { namedCurve: 'P-384' }).privateKey;
+  await assert.rejects(toSigningKey(p384, 'where'), /where: only RSA and P-256 keys are supported/);
 });
