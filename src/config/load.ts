@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { homedir } from 'node:os';
-import { dirname, isAbsolute, resolve } from 'node:path';
+import { basename, dirname, isAbsolute, resolve } from 'node:path';
 import { type Document, isMap, isScalar, LineCounter, parseDocument } from 'yaml';
 import type { z } from 'zod';
 import { ConfigError } from '../errors.js';
@@ -143,7 +143,11 @@ function expand(value: unknown, path: Path, ctx: ExpandCtx): unknown {
       continue;
     }
     let e = expand(v, here, ctx);
-    if (PATH_KEYS.has(k) && typeof e === 'string' && e !== '') e = resolvePath(e, ctx.baseDir);
+    // A bare encryption.key_file name stays bare: the keyring finds it in data_dir, beside the store.
+    const keyFileInDataDir =
+      k === 'key_file' && path.length === 1 && path[0] === 'encryption' && isBareName(e);
+    if (PATH_KEYS.has(k) && typeof e === 'string' && e !== '' && !keyFileInDataDir)
+      e = resolvePath(e, ctx.baseDir);
     out[k] = e;
   }
   return out;
@@ -169,6 +173,10 @@ function replaceVars(s: string, path: Path, ctx: ExpandCtx): string {
       return '';
     },
   );
+}
+
+function isBareName(v: unknown): boolean {
+  return typeof v === 'string' && v !== '' && basename(v) === v && v !== '~' && v !== '.' && v !== '..';
 }
 
 function resolvePath(p: string, baseDir: string): string {
@@ -210,7 +218,7 @@ function crossCheck(config: Config, problems: Problems): void {
     if (p.preset === 'oidc' && !p.issuer && !p.token_endpoint) {
       problems.add(at, 'an oidc provider needs issuer (discovery) or token_endpoint');
     }
-    if ((p.preset === 'oidc' || p.preset === 'generic') && !p.upstream?.host) {
+    if ((p.preset === 'oidc' || p.preset === 'generic') && !p.upstreams?.imap?.host) {
       problems.add([...at, 'upstream'], 'upstream.host is required for this preset');
     }
     if (p.client_auth === 'private_key_jwt' && !p.private_key_file) {
@@ -225,7 +233,7 @@ function crossCheck(config: Config, problems: Problems): void {
           );
       }
     }
-    const caProblem = unreadable(p.upstream?.ca_file);
+    const caProblem = unreadable(p.upstreams?.imap?.ca_file);
     if (caProblem) problems.add([...at, 'upstream', 'ca_file'], caProblem);
     const needsSecret = p.client_auth === 'client_secret_basic' || p.client_auth === 'client_secret_post';
     if (needsSecret && p.client_id && !p.client_secret && !p.service_account_file) {

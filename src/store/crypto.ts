@@ -1,5 +1,6 @@
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { homedir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import type { Config } from '../config/schema.js';
 import { ConfigError } from '../errors.js';
@@ -64,7 +65,12 @@ export class Keyring {
     return new Keyring([{ id, key: randomBytes(32) }]);
   }
 
-  static fromConfig(enc: Config['encryption'], dataDir: string, log: Logger = silentLogger): Keyring {
+  static fromConfig(
+    enc: Config['encryption'],
+    dataDir: string,
+    log: Logger = silentLogger,
+    home = homedir(),
+  ): Keyring {
     if (enc.key !== undefined && enc.key.trim() !== '') {
       return new Keyring([parseKeyLine(enc.key, 'encryption.key')]);
     }
@@ -74,8 +80,16 @@ export class Keyring {
           'generate one with `imap-oauth-proxy key generate`',
       );
     }
-    // A bare file name lives in the data directory; a path is taken as given.
-    const path = basename(enc.key_file) === enc.key_file ? join(dataDir, enc.key_file) : enc.key_file;
+    const path = keyFilePath(enc.key_file, dataDir);
+    const legacy = legacyKeyFile(enc.key_file, path, home);
+    if (legacy) {
+      log.warn(
+        { keyFile: legacy, expected: path },
+        'reading the encryption key from its old default location: move it to the data directory ' +
+          '(back up the key and the database together; without the key every stored grant is lost)',
+      );
+      return Keyring.#fromFile(legacy);
+    }
     if (!existsSync(path)) {
       if (!enc.create_key_file) {
         throw new ConfigError(`encryption.key_file ${path} does not exist (create_key_file is false)`);
@@ -89,6 +103,10 @@ export class Keyring {
           'For production, provide the key from a secret store and set create_key_file: false.',
       );
     }
+    return Keyring.#fromFile(path);
+  }
+
+  static #fromFile(path: string): Keyring {
     const lines = readFileSync(path, 'utf8')
       .split(/\r?\n/)
       .map((l) => l.trim())
@@ -136,6 +154,21 @@ export class Keyring {
       });
     }
   }
+}
+
+/** Where a key file lives: a bare file name in the data directory (beside the store); a path as given. */
+export function keyFilePath(keyFile: string, dataDir: string): string {
+  return basename(keyFile) === keyFile ? join(dataDir, keyFile) : keyFile;
+}
+
+/** Before the key followed data_dir, the quick start kept it here whatever data_dir said. */
+const LEGACY_KEY_DIR = join('.local', 'share', 'imap-oauth-proxy');
+
+/** The old default location of a bare-named key file, when the key is there and not where it belongs now. */
+function legacyKeyFile(keyFile: string, path: string, home: string): string | undefined {
+  if (basename(keyFile) !== keyFile || existsSync(path)) return undefined;
+  const legacy = join(home, LEGACY_KEY_DIR, keyFile);
+  return legacy !== path && existsSync(legacy) ? legacy : undefined;
 }
 
 /** Associated data binding a ciphertext to its table, row and field. */

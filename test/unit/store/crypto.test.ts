@@ -1,11 +1,19 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
+import { loadConfig } from '../../../src/config/load.js';
 import { ConfigError } from '../../../src/errors.js';
-import { aadFor, DecryptError, generateKeyLine, Keyring, parseKeyLine } from '../../../src/store/crypto.js';
+import {
+  aadFor,
+  DecryptError,
+  generateKeyLine,
+  Keyring,
+  keyFilePath,
+  parseKeyLine,
+} from '../../../src/store/crypto.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'iop-crypto-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -87,5 +95,51 @@ describe('Keyring', () => {
     const k2 = Keyring.fromConfig(enc({ key_file: 'master.key', create_key_file: true }), dir, log);
     assert.equal(readFileSync(path, 'utf8'), content);
     assert.equal(k2.decrypt(k1.encrypt('v', aad), aad), 'v');
+  });
+
+  test('the example config keeps the key in data_dir ($IMAP_PROXY_DATA), beside the database', () => {
+    const env = { HOME: '/home/x', IMAP_PROXY_DATA: '/srv/iop' };
+    const { config } = loadConfig('config/example.yaml', env);
+    assert.equal(config.store.sqlite_path, '/srv/iop/proxy.db');
+    assert.equal(keyFilePath(config.encryption.key_file!, config.data_dir), '/srv/iop/master.key');
+    const home = loadConfig('config/example.yaml', {}).config;
+    assert.equal(
+      keyFilePath(home.encryption.key_file!, home.data_dir),
+      join(homedir(), '.local', 'share', 'imap-oauth-proxy', 'master.key'),
+    );
+    const explicit = loadConfig('config/example.yaml', {
+      ...env,
+      IMAP_PROXY_KEY_FILE: '/etc/iop/keys',
+    }).config;
+    assert.equal(keyFilePath(explicit.encryption.key_file!, explicit.data_dir), '/etc/iop/keys');
+  });
+
+  test('a key left at the old default location in the home directory is still read, with a warning', () => {
+    const home = mkdtempSync(join(dir, 'home-'));
+    const dataDir = mkdtempSync(join(dir, 'data-'));
+    const warnings: string[] = [];
+    const log = { warn: (_o: unknown, m: string) => warnings.push(m) } as unknown as Parameters<
+      typeof Keyring.fromConfig
+    >[2];
+    const quickStart = enc({ key_file: 'master.key', create_key_file: true });
+    mkdirSync(join(home, '.local', 'share', 'imap-oauth-proxy'), { recursive: true });
+    writeFileSync(
+      join(home, '.local', 'share', 'imap-oauth-proxy', 'master.key'),
+      `${generateKeyLine('old')}\n`,
+    );
+    const k = Keyring.fromConfig(quickStart, dataDir, log, home);
+    assert.equal(k.currentId, 'old', 'the existing key, not a new one');
+    assert.equal(existsSync(join(dataDir, 'master.key')), false, 'no second key was created');
+    assert.equal(warnings.length, 1);
+    assert.match(warnings[0]!, /old default location: move it to the data directory/);
+    // Once the key is in data_dir, that one wins and nothing is said.
+    writeFileSync(join(dataDir, 'master.key'), `${generateKeyLine('moved')}\n`);
+    assert.equal(Keyring.fromConfig(quickStart, dataDir, log, home).currentId, 'moved');
+    assert.equal(warnings.length, 1);
+    // With no old key a new one is created in data_dir.
+    const fresh = mkdtempSync(join(dir, 'data-'));
+    Keyring.fromConfig(quickStart, fresh, log, mkdtempSync(join(dir, 'home-')));
+    assert.ok(existsSync(join(fresh, 'master.key')));
+    assert.match(warnings[1]!, /NEW ENCRYPTION KEY/);
   });
 });
