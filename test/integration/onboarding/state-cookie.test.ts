@@ -6,9 +6,8 @@ import { after, before, describe, test } from 'node:test';
 import { type ProxyApp, startProxy } from '../../../src/app/app.js';
 import { parseConfig } from '../../../src/config/load.js';
 import { createLogger } from '../../../src/log.js';
-import { generateKeyLine } from '../../../src/store/crypto.js';
 import { get } from '../observability/scrape.js';
-import { UNREACHABLE_PROVIDER_YAML } from './local-provider.js';
+import { unreachableProviderConfig } from './local-provider.js';
 
 /**
  * A state cookie that is not what /connect/start set — undecodable, truncated or tampered —
@@ -21,13 +20,10 @@ describe('the OAuth callback with a malformed state cookie', { timeout: 60_000 }
   let issued: string;
 
   before(async () => {
-    const yaml = `
-data_dir: ${JSON.stringify(dir)}
-encryption: { key: "${generateKeyLine('k1')}" }
-listeners:
-  - { name: plain, address: 127.0.0.1, port: 0, tls: none, allow_cleartext_login: true }
-admin: { address: 127.0.0.1, port: 0, connect_page: true, public_url: https://mail.example.test }
-${UNREACHABLE_PROVIDER_YAML}`;
+    const yaml = unreachableProviderConfig(
+      dir,
+      '{ address: 127.0.0.1, port: 0, connect_page: true, public_url: https://mail.example.test }',
+    );
     const { config } = parseConfig(yaml, join(dir, 'config.yaml'), {});
     app = await startProxy(config, { log: createLogger({ level: 'silent' }) });
     port = app.adminAddress.port;
