@@ -1,6 +1,8 @@
+import { classifyTokenError } from '../oauth/classify.js';
 import { revokeAtProvider } from '../oauth/flows/revoke.js';
+import { refreshTokenHandler } from '../oauth/grants.js';
 import { createProviderRegistry } from '../oauth/provider.js';
-import type { GrantKind } from '../store/types.js';
+import type { AccountRecord, GrantKind, GrantRecord } from '../store/types.js';
 import {
   type CommandContext,
   dispatch,
@@ -15,42 +17,55 @@ import {
 } from './context.js';
 
 const KINDS: GrantKind[] = ['refresh_token', 'client_credentials', 'jwt_bearer'];
+type NewGrant = Omit<GrantRecord, 'accountId' | 'updatedAt'>;
 
 const GRANT: Group = {
   summary: 'Manage the OAuth grant behind each account.',
   sub: {
     import: {
-      usage: 'grant import <login> [--kind refresh_token|client_credentials|jwt_bearer] [--scope S]  < token',
+      usage:
+        'grant import <login> [--kind refresh_token|client_credentials|jwt_bearer] [--scope S] [--no-check]  < token',
       summary:
         'Store a grant for the account. For refresh_token the token is read from stdin (never from ' +
-        'the command line, where other users can see it in `ps`).',
-      options: { kind: { type: 'string' }, scope: { type: 'string' } },
+        'the command line, where other users can see it in `ps`) and checked with one refresh at the ' +
+        'provider first; the grant is stored only if that works (exit 1 and nothing stored when the ' +
+        'provider rejects the token or cannot be reached). --no-check stores it unchecked.',
+      options: { kind: { type: 'string' }, scope: { type: 'string' }, 'no-check': { type: 'boolean' } },
       positionals: [1, 1],
       async run(v, [login], ctx) {
         const kind = (v.kind ?? 'refresh_token') as GrantKind;
         if (!KINDS.includes(kind)) throw new UsageError(`--kind must be one of ${KINDS.join(', ')}`);
         const a = await requireAccount(ctx, login!);
-        let refreshToken: string | null = null;
+        let grant: NewGrant = {
+          kind,
+          status: 'active',
+          refreshToken: null,
+          accessToken: null,
+          accessTokenExpiresAt: null,
+          scope: typeof v.scope === 'string' ? v.scope : null,
+          lastRefreshAt: null,
+          lastError: null,
+        };
+        let checked = false;
         if (kind === 'refresh_token') {
-          refreshToken = (await readAll(ctx.stdin)).trim();
+          const refreshToken = (await readAll(ctx.stdin)).trim();
           if (refreshToken === '') throw new Error('no refresh token on stdin');
           if (/\s/.test(refreshToken)) throw new Error('stdin must hold exactly one refresh token');
+          grant = { ...grant, refreshToken };
+          if (v['no-check'] !== true) {
+            const result = await checkRefreshGrant(ctx, a, grant);
+            if (typeof result === 'string') {
+              ctx.err(`error: ${result}; nothing stored for ${a.logins[0]}`);
+              return EXIT_RUNTIME;
+            }
+            grant = result;
+            checked = true;
+          }
         }
-        await ctx.store.putGrant(
-          a.id,
-          {
-            kind,
-            status: 'active',
-            refreshToken,
-            accessToken: null,
-            accessTokenExpiresAt: null,
-            scope: typeof v.scope === 'string' ? v.scope : null,
-            lastRefreshAt: null,
-            lastError: null,
-          },
-          'cli',
+        await ctx.store.putGrant(a.id, grant, 'cli');
+        ctx.out(
+          `grant (${kind}) stored for ${a.logins[0]}${checked ? ' (checked: the provider issued a token)' : ''}; it is used at the next login`,
         );
-        ctx.out(`grant (${kind}) stored for ${a.logins[0]}; it is used at the next login`);
         return EXIT_OK;
       },
     },
@@ -119,6 +134,40 @@ const GRANT: Group = {
     },
   },
 };
+
+/**
+ * One refresh at the provider: the grant to store (with the rotated refresh token and the new
+ * access token, since rotation has just made the imported token useless), or what failed.
+ */
+async function checkRefreshGrant(
+  ctx: CommandContext,
+  account: AccountRecord,
+  grant: NewGrant,
+): Promise<NewGrant | string> {
+  const provider = createProviderRegistry(ctx.config.providers).get(account.provider);
+  const now = Date.now();
+  try {
+    const t = await refreshTokenHandler.fetchToken({
+      account,
+      grant: { ...grant, accountId: account.id, updatedAt: now },
+      provider,
+      now,
+    });
+    return {
+      ...grant,
+      refreshToken: t.refreshToken ?? grant.refreshToken,
+      accessToken: t.accessToken,
+      accessTokenExpiresAt: t.expiresAt,
+      scope: t.scope ?? grant.scope,
+      lastRefreshAt: t.issuedAt,
+    };
+  } catch (err) {
+    const f = classifyTokenError(err, now);
+    return f.result === 'invalid_grant'
+      ? `provider "${provider.name}" rejected the refresh token (${f.message})`
+      : `could not check the refresh token at provider "${provider.name}" (${f.message}); retry, or store it unchecked with --no-check`;
+  }
+}
 
 /** `imap-oauth-proxy grant …` */
 export function runGrantCommand(args: string[], ctx: CommandContext): Promise<number> {

@@ -56,6 +56,17 @@ export interface StartOPOptions {
   privateKeyJwtClient?: { jwks: { keys: Record<string, unknown>[] } };
 }
 
+/** Provider settings (config keys) for the proxy's confidential client at `op`, found by discovery. */
+export function opProviderConfig(op: TestOP) {
+  return {
+    issuer: op.issuer,
+    client_id: op.client.id,
+    client_secret: op.client.secret,
+    allow_insecure_http: true,
+    timeout_seconds: 5,
+  };
+}
+
 const REDIRECT_URI = 'http://127.0.0.1/callback';
 const LOOPBACK_CALLBACK = 'http://127.0.0.1/oauth/callback';
 /** Marks the harness's own requests so tokenRequests() counts only the code under test. */
