@@ -8,7 +8,7 @@ import { ConfigError } from './errors.js';
 
 const USAGE = `imap-oauth-proxy — lets password-only IMAP clients reach OAuth2-only mailboxes
 
-Usage: imap-oauth-proxy <command> [--config FILE] [options]
+Usage: imap-oauth-proxy [--config FILE] <command> [options]   (--config may also follow the command)
 
 Commands:
   serve                 run the proxy (listeners, admin HTTP)
@@ -41,10 +41,41 @@ export function takeConfigFlag(args: string[]): { file: string; rest: string[] }
       if (v === undefined || v.startsWith('-')) throw new UsageError('--config needs a file name');
       file = v;
       i++;
-    } else if (a.startsWith('--config=')) file = a.slice('--config='.length);
-    else rest.push(a);
+    } else if (a.startsWith('--config=')) {
+      file = a.slice('--config='.length);
+      if (file === '') throw new UsageError('--config needs a file name');
+    } else rest.push(a);
   }
   return { file: file ?? process.env.IMAP_PROXY_CONFIG ?? 'config/example.yaml', rest };
+}
+
+const COMMANDS = new Set([
+  'serve',
+  'check-config',
+  'config-schema',
+  'account',
+  'grant',
+  'key',
+  'version',
+  'help',
+]);
+
+/** Finds the command when `--config FILE` comes first (as the usage line allows); the flag moves behind it. */
+export function splitCommand(argv: string[]): { command: string | undefined; args: string[] } {
+  const lead: string[] = [];
+  let i = 0;
+  for (; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '--config' || a === '-c') {
+      const v = argv[i + 1];
+      if (v === undefined || v.startsWith('-') || COMMANDS.has(v))
+        throw new UsageError(`${a} needs a file name before the command, e.g. ${a} my.yaml serve`);
+      lead.push(a, v);
+      i++;
+    } else if (a.startsWith('--config=')) lead.push(a);
+    else break;
+  }
+  return { command: argv[i], args: [...lead, ...argv.slice(i + 1)] };
 }
 
 export class UsageError extends Error {
@@ -52,10 +83,10 @@ export class UsageError extends Error {
 }
 
 export async function main(argv: string[]): Promise<number> {
-  const [command, ...args] = argv;
   const out = (s: string) => process.stdout.write(s.endsWith('\n') ? s : `${s}\n`);
   const err = (s: string) => process.stderr.write(s.endsWith('\n') ? s : `${s}\n`);
   try {
+    const { command, args } = splitCommand(argv);
     switch (command) {
       case undefined:
       case 'help':

@@ -136,3 +136,42 @@ describe('check-config and serve refuse configs that cannot work', () => {
     ]);
   });
 });
+
+describe('--config before or after the command', () => {
+  test('both orders, and --config=FILE and -c, read the same file', async () => {
+    const file = write(GOOD);
+    const ok = `${file}: OK (1 listener(s), 1 provider(s))\n`;
+    for (const args of [
+      ['check-config', '--config', file],
+      ['--config', file, 'check-config'],
+      [`--config=${file}`, 'check-config'],
+      ['-c', file, 'check-config'],
+    ]) {
+      const r = await cli(args);
+      assert.equal(r.code, 0, `${args.join(' ')}: ${r.err}`);
+      assert.equal(r.out, ok, args.join(' '));
+    }
+  });
+
+  test('serve takes --config before the command too (it reads that file and refuses it)', async () => {
+    const text = GOOD.replace('- 192.0.2.7', '- 10.0.0.0/33');
+    const file = write(text);
+    const r = await cli(['--config', file, 'serve']);
+    assert.equal(r.code, 1, r.err);
+    assert.match(r.err, new RegExp(`${file}:${at(text, '10.0.0.0/33')}: listeners\\[0\\]`));
+  });
+
+  test('a missing value is a usage error (exit 2) that says so', async () => {
+    for (const args of [
+      ['--config'],
+      ['--config', 'serve'],
+      ['--config', '--help'],
+      ['check-config', '--config'],
+      ['--config=', 'check-config'],
+    ]) {
+      const r = await cli(args);
+      assert.equal(r.code, 2, `${args.join(' ')}: ${r.err}`);
+      assert.match(r.err, /--config needs a file name/, args.join(' '));
+    }
+  });
+});
