@@ -18,6 +18,8 @@ import {
 
 const KINDS: GrantKind[] = ['refresh_token', 'client_credentials', 'jwt_bearer'];
 type NewGrant = Omit<GrantRecord, 'accountId' | 'updatedAt'>;
+/** `grant status`: some enabled account has no grant or one that is not active. */
+const EXIT_NEEDS_ATTENTION = 3;
 
 const GRANT: Group = {
   summary: 'Manage the OAuth grant behind each account.',
@@ -106,14 +108,20 @@ const GRANT: Group = {
     },
     status: {
       usage: 'grant status [<login>]',
-      summary: 'Grant state per account (needs_consent means the mailbox must be reconnected)',
+      summary:
+        'Grant state per account (needs_consent means the mailbox must be reconnected). Exit 0 when ' +
+        `every enabled account listed has an active grant, ${EXIT_NEEDS_ATTENTION} when one has no grant or ` +
+        'one that is not active (for cron and monitoring), 1 on errors.',
       positionals: [0, 1],
       async run(_v, [login], ctx) {
         const accounts =
           login === undefined ? await ctx.store.listAccounts() : [await requireAccount(ctx, login)];
         const rows = [['LOGIN', 'KIND', 'STATUS', 'SCOPE', 'TOKEN EXPIRES', 'LAST REFRESH', 'LAST ERROR']];
+        let attention = false;
         for (const a of accounts) {
           const g = await ctx.store.getGrant(a.id);
+          // A disabled account is off on purpose: its grant is no reason to alert.
+          if (a.status === 'active' && g?.status !== 'active') attention = true;
           rows.push(
             g
               ? [
@@ -129,7 +137,7 @@ const GRANT: Group = {
           );
         }
         ctx.out(rows.length === 1 ? 'no accounts' : table(rows));
-        return EXIT_OK;
+        return attention ? EXIT_NEEDS_ATTENTION : EXIT_OK;
       },
     },
   },

@@ -5,12 +5,14 @@ import type { CommandContext } from '../../../src/commands/context.js';
 import { runGrantCommand } from '../../../src/commands/grant.js';
 import { configSchema } from '../../../src/config/schema.js';
 import { silentLogger } from '../../../src/log.js';
+import { OAuthTokenBroker } from '../../../src/oauth/broker.js';
+import { createProviderRegistry } from '../../../src/oauth/provider.js';
 import { Keyring } from '../../../src/store/crypto.js';
 import { MemoryGrantStore } from '../../helpers/memory-store.js';
 import { opProviderConfig, startOP, type TestOP } from '../../helpers/op.js';
 
-/** `grant import` checks a refresh token at a real oidc-provider. */
-describe('grant import check', () => {
+/** `grant import` checks a refresh token at a real oidc-provider; `grant status` exit codes. */
+describe('grant import check and grant status exit codes', () => {
   let op: TestOP;
   before(async () => {
     op = await startOP();
@@ -112,5 +114,42 @@ describe('grant import check', () => {
     } finally {
       op.setDown(false);
     }
+  });
+
+  test('grant status exits 3 while an enabled account has no grant or needs consent, 0 when all are active', async () => {
+    const h = harness();
+    await h.account('jo@example.com');
+    const b = await h.account('kim@example.com');
+    const importFor = async (login: string) =>
+      assert.equal((await h.run(['import', login], (await op.mintGrant(login)).refresh_token)).code, 0);
+    await importFor('jo@example.com');
+
+    let r = await h.run(['status']);
+    assert.equal(r.code, 3, 'kim has no grant');
+    assert.match(r.out, /kim@example\.com\s+-\s+none/);
+    assert.equal((await h.run(['status', 'jo@example.com'])).code, 0, 'only jo is asked about');
+    await importFor('kim@example.com');
+    assert.equal((await h.run(['status'])).code, 0);
+
+    // Consent withdrawn at the provider: the next login's refresh marks the grant needs_consent.
+    await op.revoke((await h.store.getGrant(b.id))!.refreshToken!);
+    const broker = new OAuthTokenBroker({
+      store: h.store,
+      providers: createProviderRegistry(h.config.providers),
+      tokens: h.config.tokens,
+      now: () => Date.now() + 2 * 3600_000,
+    });
+    await assert.rejects(broker.getAccessToken(b), { reason: 'needs_consent' });
+    r = await h.run(['status']);
+    assert.equal(r.code, 3);
+    assert.match(r.out, /kim@example\.com\s+refresh_token\s+needs_consent/);
+    assert.equal((await h.run(['status', 'kim@example.com'])).code, 3);
+    assert.equal((await h.run(['status', 'jo@example.com'])).code, 0);
+
+    // A disabled account is off on purpose and does not count.
+    await h.store.setAccountStatus(b.id, 'disabled', 'test');
+    assert.equal((await h.run(['status'])).code, 0);
+    assert.equal((await h.run(['status', 'ghost'])).code, 1, 'errors stay 1');
+    assert.match((await h.run(['status', '--help'])).out, /3 when one has no grant/);
   });
 });
