@@ -5,11 +5,18 @@ import { spawnSync } from 'node:child_process';
 import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 
-const SUITES = ['unit', 'integration', 'interop'];
+// Per-test timeout of each suite: a test that hangs fails with its name instead of stalling the run.
+const TIMEOUT_MS = { unit: 120_000, integration: 300_000, interop: 300_000 };
+const SUITES = Object.keys(TIMEOUT_MS);
 let wanted = process.argv.slice(2).filter((a) => !a.startsWith('-'));
 const extra = process.argv.slice(2).filter((a) => a.startsWith('-'));
 if (wanted.length === 0) wanted = ['unit', 'integration'];
 if (wanted.includes('all')) wanted = SUITES;
+const unknown = wanted.filter((s) => !SUITES.includes(s));
+if (unknown.length > 0) {
+  console.error(`unknown suite: ${unknown.join(', ')} (known: ${SUITES.join(', ')}, all)`);
+  process.exit(2);
+}
 
 function find(dir) {
   let out = [];
@@ -27,23 +34,32 @@ function find(dir) {
   return out;
 }
 
-const files = wanted.flatMap((s) => find(join('test', s)));
-if (files.length === 0) {
-  console.error(`no test files for: ${wanted.join(', ')}`);
-  process.exit(1);
-}
 const concurrency = process.env.TEST_CONCURRENCY ?? '2';
-const r = spawnSync(
-  process.execPath,
-  [
-    '--import',
-    'tsx',
-    '--test',
-    `--test-concurrency=${concurrency}`,
-    '--test-reporter=spec',
-    ...extra,
-    ...files,
-  ],
-  { stdio: 'inherit' },
-);
-process.exit(r.status ?? 1);
+let failed = false;
+// One runner per suite, so each gets its own timeout; every suite runs even after a failure.
+for (const suite of wanted) {
+  const files = find(join('test', suite));
+  if (files.length === 0) {
+    console.error(`no test files for: ${suite}`);
+    process.exit(1);
+  }
+  const r = spawnSync(
+    process.execPath,
+    [
+      '--import',
+      'tsx',
+      '--test',
+      `--test-concurrency=${concurrency}`,
+      `--test-timeout=${TIMEOUT_MS[suite]}`,
+      '--test-reporter=spec',
+      ...extra,
+      ...files,
+    ],
+    { stdio: 'inherit' },
+  );
+  if (r.status !== 0) {
+    console.error(`suite ${suite} failed (status ${r.status ?? r.signal})`);
+    failed = true;
+  }
+}
+process.exit(failed ? 1 : 0);

@@ -1,5 +1,9 @@
 import { connect as netConnect, type Socket } from 'node:net';
 import { type TLSSocket, connect as tlsConnect } from 'node:tls';
+import { withDeadline } from './deadline.js';
+
+/** How long one read waits for the server; a test needing longer passes its own. */
+const WAIT_MS = 30_000;
 
 /**
  * A tiny raw-socket IMAP client for tests: write exact bytes, read exact lines, watch the
@@ -32,6 +36,12 @@ export class RawImapClient {
     s.on('error', () => {});
   }
 
+  /** Until the next bytes or end arrive; rejects once `deadline` has passed. */
+  private wait(deadline: number, what: string): Promise<void> {
+    const left = Math.max(0, deadline - Date.now());
+    return withDeadline(new Promise<void>((r) => this.waiters.push(r)), left, what);
+  }
+
   private wake(): void {
     const w = this.waiters;
     this.waiters = [];
@@ -61,8 +71,9 @@ export class RawImapClient {
     this.socket.write(data);
   }
 
-  /** Next line without CRLF; rejects if the connection closes first. */
-  async readLine(): Promise<string> {
+  /** Next line without CRLF; rejects if the connection closes first or nothing comes within `ms`. */
+  async readLine(ms = WAIT_MS): Promise<string> {
+    const deadline = Date.now() + ms;
     for (;;) {
       const lf = this.buf.indexOf(0x0a);
       if (lf !== -1) {
@@ -71,7 +82,7 @@ export class RawImapClient {
         return line;
       }
       if (this.ended) throw new Error(`connection closed (unread: ${JSON.stringify(this.buf.toString())})`);
-      await new Promise<void>((r) => this.waiters.push(r));
+      await this.wait(deadline, 'a line from the server');
     }
   }
 
@@ -91,12 +102,18 @@ export class RawImapClient {
     return this.readUntil(`${tag} `);
   }
 
-  /** All bytes until the server closes the connection. */
-  async readToClose(): Promise<string> {
-    while (!this.ended) await new Promise<void>((r) => this.waiters.push(r));
+  /** All bytes until the server closes the connection; rejects if it stays open `ms`. */
+  async readToClose(ms = WAIT_MS): Promise<string> {
+    const deadline = Date.now() + ms;
+    while (!this.ended) await this.wait(deadline, 'the server to close the connection');
     const rest = this.buf.toString('utf8');
     this.buf = Buffer.alloc(0);
     return rest;
+  }
+
+  /** Until the socket has closed; rejects if it is still open after `ms`. */
+  waitClosed(ms = WAIT_MS): Promise<void> {
+    return withDeadline(this.closed, ms, 'the connection to close');
   }
 
   /** Upgrades after a `OK` to STARTTLS has been read. */

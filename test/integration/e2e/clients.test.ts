@@ -5,6 +5,7 @@ import { readFileSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import { ImapFlow } from 'imapflow';
+import { until, withDeadline } from '../../helpers/deadline.js';
 import { RawImapClient } from '../../helpers/imap-client.js';
 import { type Stack, startStack, type TestAccount, testMessage } from '../../helpers/stack.js';
 
@@ -106,7 +107,7 @@ describe('real clients read real mail through the proxy (Dovecot upstream, oidc-
         );
         const idle = c.idle();
         await s.dovecot.seed(alice.upstreamUser, testMessage('e2e-idle'));
-        assert.equal(await exists, before + 1);
+        assert.equal(await withDeadline(exists, 10_000, 'IDLE to report the new message'), before + 1);
         // IDLE lasts until the next command; logout below ends it.
         void idle.catch(() => {});
       } finally {
@@ -178,7 +179,11 @@ describe('real clients read real mail through the proxy (Dovecot upstream, oidc-
     const r = await imaplib(s.ports.imaps, 'implicit', s.proxyCaFile, bob.login, bob.password, 'login', '');
     assert.match(r.error ?? '', /\[LIMIT\]/);
     await first.logout();
-    await waitFor(() => s.app.pipeline.sessions.count(bob.account.id) === 0);
+    await until(
+      () => s.app.pipeline.sessions.count(bob.account.id) === 0,
+      5000,
+      "bob's session slot to be freed",
+    );
     const again = await imaplib(
       s.ports.imaps,
       'implicit',
@@ -206,12 +211,4 @@ async function fetchSource(c: ImapFlow, uid: string): Promise<Buffer> {
   if (msg === false || msg === undefined || msg.source === undefined)
     return assert.fail(`message ${uid} was not fetched`);
   return msg.source;
-}
-
-async function waitFor(cond: () => boolean, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error('condition not reached');
-    await new Promise((r) => setTimeout(r, 20));
-  }
 }

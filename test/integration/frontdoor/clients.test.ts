@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { describe, test } from 'node:test';
+import { withDeadline } from '../../helpers/deadline.js';
 import { type Frontdoor, startFrontdoor, testPems } from './harness.js';
 
 interface Run {
@@ -23,10 +24,11 @@ function run(t: { after: (fn: () => void) => void }, cmd: string, args: string[]
   child.stderr.on('data', (d) => {
     stderr += d;
   });
-  return new Promise((resolve, reject) => {
+  const exited = new Promise<Run>((resolve, reject) => {
     child.once('error', reject);
     child.once('close', (code) => resolve({ code, stdout, stderr }));
   });
+  return withDeadline(exited, 60_000, `${cmd} to exit`);
 }
 
 const PY_IMAPLIB = `

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { after, before, describe, test } from 'node:test';
 import { connect as tlsConnect } from 'node:tls';
+import { until } from '../../helpers/deadline.js';
 import { RawImapClient } from '../../helpers/imap-client.js';
 import { type Frontdoor, metricValue, startFrontdoor } from './harness.js';
 
@@ -105,8 +106,8 @@ describe('plain listener with allow_cleartext_login', () => {
       1,
     );
     c.close();
-    await c.closed;
-    while (fd.releases === 0) await new Promise((r) => setImmediate(r));
+    await c.waitClosed();
+    await until(() => fd.releases > 0, 5000, 'the spliced session to be released');
     assert.equal(fd.releases, 1);
   });
 
@@ -117,8 +118,8 @@ describe('plain listener with allow_cleartext_login', () => {
     const before = fd.releases;
     await c.command('a', 'LOGIN bob pw');
     await fd.upstream.stop().catch(() => {});
-    await c.closed;
-    while (fd.releases === before) await new Promise((r) => setImmediate(r));
+    await c.waitClosed();
+    await until(() => fd.releases > before, 5000, 'the spliced session to be released');
     assert.equal(fd.releases, before + 1);
     await fd.upstream.start();
   });
@@ -144,7 +145,7 @@ describe('implicit TLS listener', () => {
     ]);
     assert.deepEqual(await c.command('n', 'NOOP'), ['n OK NOOP completed']);
     assert.deepEqual(await c.command('l', 'LOGOUT'), ['* BYE Logging out', 'l OK LOGOUT completed']);
-    await c.closed;
+    await c.waitClosed();
   });
 
   test('AUTHENTICATE PLAIN with SASL-IR, with a continuation, and cancelled with *', async (t) => {

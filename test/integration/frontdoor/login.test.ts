@@ -4,6 +4,7 @@ import { connect } from 'node:net';
 import { describe, test } from 'node:test';
 import type { LoginOutcome } from '../../../src/core/types.js';
 import { clientReply, LOGIN_RESULTS, ProxyError } from '../../../src/errors.js';
+import { until, withDeadline } from '../../helpers/deadline.js';
 import { RawImapClient } from '../../helpers/imap-client.js';
 import { EchoUpstream, metricValue, startFrontdoor } from './harness.js';
 
@@ -92,7 +93,7 @@ describe('login outcomes', () => {
       'a NO [UNAVAILABLE] Timed out; try again later',
     ]);
     assert.equal(fd.signals[0]!.aborted, true);
-    await lateDone;
+    await withDeadline(lateDone, 5000, 'the late upstream to be closed');
     assert.equal(released, 1);
     assert.deepEqual(
       await c.command('b', 'NOOP'),
@@ -120,20 +121,21 @@ describe('login outcomes', () => {
     const c = await RawImapClient.connect(fd.port);
     await c.readLine();
     c.write('a LOGIN alice pw\r\n');
-    await inHandler;
+    await withDeadline(inHandler, 5000, 'the login handler to start');
     c.close();
-    if (!fd.signals[0]!.aborted) await once(fd.signals[0]!, 'abort');
+    if (!fd.signals[0]!.aborted)
+      await withDeadline(once(fd.signals[0]!, 'abort'), 5000, 'the handler signal to abort');
     assert.equal(fd.signals[0]!.aborted, true);
     assert.equal(
       await metricValue(fd.metrics, 'imap_proxy_active_sessions', { listener: 'test', phase: 'preauth' }),
       0,
     );
     // The abandoned attempt is counted once, as 'aborted', and as nothing else.
-    const deadline = Date.now() + 5000;
-    while ((await metricValue(fd.metrics, 'imap_proxy_logins_total', { result: 'aborted' })) !== 1) {
-      if (Date.now() > deadline) assert.fail('aborted login was not counted');
-      await new Promise((r) => setImmediate(r));
-    }
+    await until(
+      async () => (await metricValue(fd.metrics, 'imap_proxy_logins_total', { result: 'aborted' })) === 1,
+      5000,
+      'the aborted login to be counted',
+    );
     assert.equal(await metricValue(fd.metrics, 'imap_proxy_logins_total', { result: 'timeout' }), 0);
   });
 
@@ -153,11 +155,11 @@ describe('login outcomes', () => {
     t.after(() => c.close());
     await c.readLine();
     c.write('a LOGIN alice pw\r\nb LOGIN bob pw\r\n');
-    while (fd.requests.length === 0) await new Promise((r) => setImmediate(r));
+    await until(() => fd.requests.length > 0, 5000, 'the first login to reach the handler');
     assert.equal(fd.requests.length, 1);
     finish({ ok: false, reason: 'bad_credentials' });
     assert.match(await c.readLine(), /^a NO \[AUTHENTICATIONFAILED\]/);
-    while (fd.requests.length === 1) await new Promise((r) => setImmediate(r));
+    await until(() => fd.requests.length > 1, 5000, 'the second login to reach the handler');
     assert.equal(fd.requests[1]!.login, 'bob');
     finish({ ok: false, reason: 'limited' });
     assert.match(await c.readLine(), /^b NO \[LIMIT\]/);

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import type { WireLimits } from '../../../src/protocols/imap/limits.js';
+import { until } from '../../helpers/deadline.js';
 import { RawImapClient } from '../../helpers/imap-client.js';
 import { type Frontdoor, metricValue, startFrontdoor } from './harness.js';
 
@@ -120,8 +121,8 @@ describe('pre-auth policy', () => {
     await pre.readLine();
     await fd.listener.close({ drainMs: 50 });
     assert.equal(await pre.readToClose(), '* BYE Server shutting down\r\n');
-    await spliced.closed;
-    while (fd.releases === 0) await new Promise((r) => setImmediate(r));
+    await spliced.waitClosed();
+    await until(() => fd.releases > 0, 5000, 'the spliced session to be released');
     assert.equal(fd.releases, 1);
     assert.equal(fd.listener.connections, 0);
   });

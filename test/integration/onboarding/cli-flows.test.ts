@@ -7,6 +7,7 @@ import { runGrantCommand } from '../../../src/commands/grant.js';
 import { parseConfig } from '../../../src/config/load.js';
 import { silentLogger } from '../../../src/log.js';
 import { generateKeyLine, Keyring } from '../../../src/store/crypto.js';
+import { until } from '../../helpers/deadline.js';
 import { MemoryGrantStore } from '../../helpers/memory-store.js';
 import { startOP, type TestOP } from '../../helpers/op.js';
 import { FormDriver } from './form-driver.js';
@@ -68,7 +69,7 @@ providers:
     const user = new FormDriver();
     // The "user" acts as soon as the CLI has printed the prompt: reads the URL and code off it.
     const approved = (async () => {
-      while (!out.some((l) => l.includes('enter the code'))) await new Promise((r) => setImmediate(r));
+      await until(() => out.some((l) => l.includes('enter the code')), 30_000, 'the CLI to print the code');
       const prompt = out.join('\n');
       const url = /open\n\n {4}(\S+)/.exec(prompt)?.[1];
       const code = /enter the code\n\n {4}(\S+)/.exec(prompt)?.[1];
@@ -109,7 +110,7 @@ providers:
     ctx.config.providers.local!.scopes = ['openid', 'email', 'offline_access'];
     const user = new FormDriver();
     const approved = (async () => {
-      while (!out.some((l) => l.includes('enter the code'))) await new Promise((r) => setImmediate(r));
+      await until(() => out.some((l) => l.includes('enter the code')), 30_000, 'the CLI to print the code');
       const prompt = out.join('\n');
       const url = /open\n\n {4}(\S+)/.exec(prompt)?.[1] as string;
       const code = /enter the code\n\n {4}(\S+)/.exec(prompt)?.[1] as string;

@@ -6,6 +6,7 @@ import type { TLSSocket } from 'node:tls';
 import { upstreamSchema } from '../../../src/config/schema.js';
 import { dial } from '../../../src/net/dial.js';
 import { createUpstreamConnector } from '../../../src/protocols/imap/upstream.js';
+import { withDeadline } from '../../helpers/deadline.js';
 import { type FakeUpstream, startFakeUpstream } from '../../helpers/fake-upstream.js';
 
 const labels = { provider: 'dialtest' };
@@ -131,7 +132,7 @@ describe('dialing upstream', () => {
     };
     const first = (await dial(o)) as TLSSocket;
     // TLS 1.3 tickets arrive after the handshake; the greeting comes after them.
-    await once(first, 'data');
+    await withDeadline(once(first, 'data'), 5000, 'the greeting');
     assert.equal(first.isSessionReused(), false);
     first.destroy();
     const second = (await dial(o)) as TLSSocket;

@@ -8,6 +8,7 @@ import { createLogger } from '../../../src/log.js';
 import { createMetrics } from '../../../src/metrics.js';
 import { createUpstreamConnector } from '../../../src/protocols/imap/upstream.js';
 import { oauthbearerBlob, xoauth2Blob } from '../../../src/sasl/client.js';
+import { withDeadline } from '../../helpers/deadline.js';
 import {
   type FakeUpstream,
   type FakeUpstreamOptions,
@@ -217,7 +218,11 @@ describe('upstream connector against the scripted fake', () => {
     assert.equal(up.socket.listenerCount('data'), 0);
     up.socket.write('Z1 NOOP\r\n');
     up.socket.resume();
-    const reply = await new Promise<string>((r) => up.socket.once('data', (d: Buffer) => r(d.toString())));
+    const reply = await withDeadline(
+      new Promise<string>((r) => up.socket.once('data', (d: Buffer) => r(d.toString()))),
+      5000,
+      'the NOOP reply',
+    );
     assert.equal(reply, 'Z1 OK NOOP completed\r\n');
     up.socket.destroy();
   });
