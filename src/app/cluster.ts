@@ -2,6 +2,7 @@ import cluster, { type Worker } from 'node:cluster';
 import { availableParallelism } from 'node:os';
 import { AggregatorRegistry } from 'prom-client';
 import { AdminAuthLimiter } from '../admin/auth-limiter.js';
+import { mergeExpositions } from '../admin/cluster-metrics.js';
 import { onboardingRoutes, splitConnectRoutes } from '../admin/onboarding/routes.js';
 import { AdminServer, metricsGate, send } from '../admin/server.js';
 import type { Config } from '../config/schema.js';
@@ -128,7 +129,10 @@ export async function runPrimary(
 
   const aggregator = new AggregatorRegistry();
   const token = config.admin.metrics_bearer_token;
-  const authLimiter = AdminAuthLimiter.fromConfig(config.limiter);
+  // The primary's own counters (admin limiter), merged into /metrics beside the workers'.
+  const own = createMetrics({ defaults: false });
+  own.registry.setDefaultLabels({ worker: 'primary' });
+  const authLimiter = AdminAuthLimiter.fromConfig(config.limiter, own);
   // Workers share the IMAP sockets, so the configured ports are the ones clients reach.
   const addresses = Object.fromEntries(
     config.listeners.map((l) => [
@@ -167,7 +171,8 @@ export async function runPrimary(
         path: '/metrics',
         handler: async (req, res) => {
           if (!metricsGate(req, res, token, authLimiter)) return;
-          send(res, 200, await aggregator.clusterMetrics(), aggregator.contentType);
+          const mine = await own.registry.getSingleMetricAsString('imap_proxy_limiter_actions_total');
+          send(res, 200, mergeExpositions(await aggregator.clusterMetrics(), mine), aggregator.contentType);
         },
       },
       ...pages,
