@@ -86,13 +86,15 @@ describe('Keyring', () => {
     const log = { warn: (_o: unknown, m: string) => warnings.push(m) } as unknown as Parameters<
       typeof Keyring.fromConfig
     >[2];
-    const k1 = Keyring.fromConfig(enc({ key_file: 'master.key', create_key_file: true }), dir, log);
+    // An empty home: no key at the old default location to fall back to.
+    const home = mkdtempSync(join(dir, 'home-'));
+    const k1 = Keyring.fromConfig(enc({ key_file: 'master.key', create_key_file: true }), dir, log, home);
     const path = join(dir, 'master.key');
     assert.equal(statSync(path).mode & 0o777, 0o600);
     assert.equal(warnings.length, 1);
     assert.match(warnings[0]!, /NEW ENCRYPTION KEY/);
     const content = readFileSync(path, 'utf8');
-    const k2 = Keyring.fromConfig(enc({ key_file: 'master.key', create_key_file: true }), dir, log);
+    const k2 = Keyring.fromConfig(enc({ key_file: 'master.key', create_key_file: true }), dir, log, home);
     assert.equal(readFileSync(path, 'utf8'), content);
     assert.equal(k2.decrypt(k1.encrypt('v', aad), aad), 'v');
   });
