@@ -22,36 +22,60 @@ export const LOGIN_RESULTS = [
 export type LoginResult = (typeof LOGIN_RESULTS)[number];
 export type FailureReason = Exclude<LoginResult, 'success'>;
 
-/** RFC 5530 response code and default text a client sees for each failure. */
-export interface ClientReply {
-  readonly code: string;
-  readonly text: string;
+/** The connection itself failed before an answer (closed, reset, not reusable): a fresh dial may help. */
+export const CONNECTION_DETAILS = ['closed', 'socket_error', 'not_reusable'] as const;
+export type ConnectionDetail = (typeof CONNECTION_DETAILS)[number];
+
+export function isConnectionFailure(err: unknown): boolean {
+  return isProxyError(err) && (CONNECTION_DETAILS as readonly string[]).includes(err.detail ?? '');
 }
 
-const REPLIES: Record<FailureReason, ClientReply> = {
-  bad_credentials: { code: 'AUTHENTICATIONFAILED', text: 'Invalid credentials' },
-  account_disabled: { code: 'CONTACTADMIN', text: 'Account disabled; contact your administrator' },
-  limited: { code: 'LIMIT', text: 'Too many failed logins; try again later' },
-  session_limit: { code: 'LIMIT', text: 'Too many concurrent sessions for this account' },
-  privacy_required: { code: 'PRIVACYREQUIRED', text: 'Use STARTTLS or implicit TLS before logging in' },
-  no_grant: { code: 'CONTACTADMIN', text: 'Mailbox not connected yet; contact your administrator' },
-  needs_consent: { code: 'EXPIRED', text: 'Mailbox authorization expired; reconnect the mailbox' },
-  token_unavailable: { code: 'UNAVAILABLE', text: 'Authorization server unavailable; try again later' },
-  upstream_rejected: { code: 'AUTHORIZATIONFAILED', text: 'Mail server rejected the authorization' },
-  upstream_unavailable: { code: 'UNAVAILABLE', text: 'Mail server unavailable; try again later' },
-  authorization_failed: {
-    code: 'AUTHORIZATIONFAILED',
-    text: 'Mail server refused access to the mailbox; check mailbox permissions',
-  },
-  protocol_error: { code: 'UNAVAILABLE', text: 'Mail server protocol error' },
-  timeout: { code: 'UNAVAILABLE', text: 'Timed out; try again later' },
-  // The client left mid-login; nobody reads this reply, but the attempt is counted.
-  aborted: { code: 'UNAVAILABLE', text: 'Login abandoned' },
-};
-
-export function clientReply(reason: FailureReason): ClientReply {
-  return REPLIES[reason];
-}
+/** Every finer cause a ProxyError can carry: bounded, so logs and tests can rely on it. */
+export type FailureDetail =
+  | ConnectionDetail
+  // dial and TLS
+  | 'connect_failed'
+  | 'connect_refused'
+  | 'connect_timeout'
+  | 'host_unreachable'
+  | 'dns_failed'
+  | 'connection_reset'
+  | 'tls_verify'
+  | 'tls_handshake'
+  | 'ca_file'
+  | 'aborted'
+  // upstream protocol
+  | 'greeting_bye'
+  | 'greeting_preauth'
+  | 'greeting_invalid'
+  | 'starttls_refused'
+  | 'starttls_injection'
+  | 'no_capability'
+  | 'unexpected_response'
+  | 'untagged_flood'
+  | 'response_timeout'
+  | 'line_too_long'
+  | 'literal_too_long'
+  | 'message_too_long'
+  | 'too_many_literals'
+  | 'sasl_loop'
+  | 'auth_bad'
+  | 'probe_failed'
+  | 'not_connected'
+  | 'no'
+  | 'throttled'
+  | 'temporary'
+  | `json_${string}`
+  // tokens and grants
+  | 'invalid_grant'
+  | 'no_token'
+  | 'backoff'
+  | 'unknown_provider'
+  | 'unsupported_grant_kind'
+  | 'timeout'
+  | 'unavailable'
+  | 'invalid_response'
+  | `http_${string}`;
 
 /**
  * The one error type that crosses folder boundaries. `reason` picks the client reply and the
@@ -62,13 +86,13 @@ export class ProxyError extends Error {
   readonly reason: FailureReason;
   /** Optional extra words for the client (e.g. where to reconnect). Never a secret. */
   readonly clientText: string | undefined;
-  /** Finer, still bounded, detail for metrics/logs (e.g. 'http_503', 'invalid_grant'). */
-  readonly detail: string | undefined;
+  /** Finer, still bounded, detail for logs (e.g. 'http_503', 'invalid_grant'). */
+  readonly detail: FailureDetail | undefined;
 
   constructor(
     reason: FailureReason,
     message: string,
-    opts: { cause?: unknown; clientText?: string; detail?: string } = {},
+    opts: { cause?: unknown; clientText?: string; detail?: FailureDetail } = {},
   ) {
     super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
     this.reason = reason;

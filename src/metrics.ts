@@ -20,20 +20,20 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
     splicedSource,
     connections: new Counter({
       name: `${P}connections_total`,
-      help: 'Client connections accepted, by listener and TLS mode',
-      labelNames: ['listener', 'tls'] as const,
+      help: 'Client connections accepted, by protocol, listener and TLS mode',
+      labelNames: ['protocol', 'listener', 'tls'] as const,
       registers: r,
     }),
     logins: new Counter({
       name: `${P}logins_total`,
-      help: 'Client login attempts by result (success or failure reason)',
-      labelNames: ['result'] as const,
+      help: 'Client login attempts by protocol and result (success or failure reason)',
+      labelNames: ['protocol', 'result'] as const,
       registers: r,
     }),
     preauthRejections: new Counter({
       name: `${P}preauth_rejections_total`,
-      help: 'Connections closed before login by the front door, by reason',
-      labelNames: ['reason'] as const,
+      help: 'Connections closed before login by the front door, by protocol and reason',
+      labelNames: ['protocol', 'reason'] as const,
       registers: r,
     }),
     limiter: new Counter({
@@ -48,22 +48,28 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
       labelNames: ['provider', 'result'] as const,
       registers: r,
     }),
+    shortLivedTokens: new Counter({
+      name: `${P}short_lived_tokens_total`,
+      help: 'Access tokens issued to live under 20 s, by provider: handed out until a quarter of their lifetime remains instead of 5 s',
+      labelNames: ['provider'] as const,
+      registers: r,
+    }),
     upstreamConnects: new Counter({
       name: `${P}upstream_connects_total`,
-      help: 'Upstream connection attempts by provider and result',
-      labelNames: ['provider', 'result'] as const,
+      help: 'Upstream connection attempts by protocol, provider and result',
+      labelNames: ['protocol', 'provider', 'result'] as const,
       registers: r,
     }),
     upstreamAuths: new Counter({
       name: `${P}upstream_auths_total`,
-      help: 'Upstream SASL authentications by provider, mechanism and result',
-      labelNames: ['provider', 'mechanism', 'result'] as const,
+      help: 'Upstream SASL authentications by protocol, provider, mechanism and result',
+      labelNames: ['protocol', 'provider', 'mechanism', 'result'] as const,
       registers: r,
     }),
     splicedBytes: new Counter({
       name: `${P}spliced_bytes_total`,
-      help: 'Bytes spliced after login, by direction (client_to_upstream, upstream_to_client)',
-      labelNames: ['direction'] as const,
+      help: 'Bytes spliced after login, by protocol and direction (client_to_upstream, upstream_to_client)',
+      labelNames: ['protocol', 'direction'] as const,
       registers: r,
       collect() {
         splicedSource.flush?.();
@@ -71,14 +77,14 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
     }),
     activeSessions: new Gauge({
       name: `${P}active_sessions`,
-      help: 'Open client connections by listener and phase (preauth, spliced)',
-      labelNames: ['listener', 'phase'] as const,
+      help: 'Open client connections by protocol, listener and phase (preauth, spliced)',
+      labelNames: ['protocol', 'listener', 'phase'] as const,
       registers: r,
     }),
     sessionsTerminated: new Counter({
       name: `${P}sessions_terminated_total`,
-      help: 'Live spliced sessions ended by the proxy because access was withdrawn, by reason (account_disabled, account_removed, no_grant, needs_consent)',
-      labelNames: ['reason'] as const,
+      help: 'Live spliced sessions ended by the proxy because access was withdrawn, by protocol and reason (account_disabled, account_removed, no_grant, needs_consent)',
+      labelNames: ['protocol', 'reason'] as const,
       registers: r,
     }),
     grantsByStatus: new Gauge({
@@ -108,8 +114,8 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
     }),
     loginSeconds: new Histogram({
       name: `${P}login_duration_seconds`,
-      help: 'Time from the client login command to the tagged reply, by result',
-      labelNames: ['result'] as const,
+      help: 'Time from the client login command to its reply, by protocol and result',
+      labelNames: ['protocol', 'result'] as const,
       buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
       registers: r,
     }),
@@ -122,8 +128,8 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
     }),
     upstreamConnectSeconds: new Histogram({
       name: `${P}upstream_connect_duration_seconds`,
-      help: 'Upstream connect + TLS + greeting latency by provider',
-      labelNames: ['provider'] as const,
+      help: 'Upstream connect + TLS + greeting latency by protocol and provider',
+      labelNames: ['protocol', 'provider'] as const,
       buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
       registers: r,
     }),

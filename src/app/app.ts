@@ -6,12 +6,14 @@ import { AdminAuthLimiter } from '../admin/auth-limiter.js';
 import { createConnectServer } from '../admin/connect-server.js';
 import { onboardingRoutes, splitConnectRoutes } from '../admin/onboarding/routes.js';
 import { AdminServer, type Route } from '../admin/server.js';
-import type { Config } from '../config/schema.js';
+import type { Config, Protocol } from '../config/schema.js';
+import { LoginRunner } from '../core/login-runner.js';
 import { LoginPipeline } from '../core/pipeline.js';
 import { startSessionRecheck, watchConsentLoss } from '../core/revocation.js';
 import { SessionRegistry } from '../core/sessions.js';
 import type { Logger } from '../log.js';
 import { createMetrics, type Metrics } from '../metrics.js';
+import { sessionLimitsFromConfig } from '../net/limits.js';
 import { createListener, type Listener } from '../net/listener.js';
 import { WarmPool } from '../net/pool.js';
 import { ensureSelfSigned } from '../net/selfsigned.js';
@@ -19,8 +21,7 @@ import { listenerPems, type TlsPems } from '../net/tls.js';
 import { OAuthTokenBroker } from '../oauth/broker.js';
 import { createJwtBearerHandler } from '../oauth/jwt-bearer.js';
 import { createProviderRegistry } from '../oauth/provider.js';
-import { limitsFromConfig } from '../protocols/imap/limits.js';
-import { createUpstreamConnector } from '../protocols/imap/upstream.js';
+import { PROTOCOLS } from '../protocols/index.js';
 import { Keyring } from '../store/crypto.js';
 import { openStore } from '../store/index.js';
 import type { GrantStore } from '../store/types.js';
@@ -76,14 +77,30 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
     log, // the broker names itself (component: token-broker)
   });
   const upstreamLog = log.child({ component: 'upstream' });
-  const connector = new WarmPool(createUpstreamConnector({ metrics, log: upstreamLog }), {
-    log: upstreamLog,
-    size: config.limits.warm_upstream_connections,
-    idleMs: Math.round(config.limits.warm_upstream_idle_seconds * 1000),
+  // One warm pool per protocol the listeners speak, around that protocol's upstream connector.
+  const pools = new Map<Protocol, WarmPool>();
+  for (const protocol of new Set(config.listeners.map((l) => l.protocol))) {
+    const inner = PROTOCOLS[protocol].upstreamConnector({ metrics, log: upstreamLog.child({ protocol }) });
+    pools.set(
+      protocol,
+      new WarmPool(inner, {
+        log: upstreamLog,
+        size: config.limits.warm_upstream_connections,
+        idleMs: Math.round(config.limits.warm_upstream_idle_seconds * 1000),
+      }),
+    );
+  }
+  const closePools = () => {
+    for (const p of pools.values()) p.close();
+  };
+  const pipeline = new LoginPipeline({ config, credentials, broker, connectors: pools, sessions });
+  const runner = new LoginRunner({
+    handler: pipeline,
+    metrics,
+    timeoutMs: Math.round(config.limits.login_timeout_seconds * 1000),
   });
-  const pipeline = new LoginPipeline({ config, credentials, broker, connector, sessions });
 
-  const limits = limitsFromConfig(config.limits);
+  const limits = sessionLimitsFromConfig(config.limits);
   const listeners: Listener[] = [];
   const addresses: Record<string, AddressInfo> = {};
   let admin: AdminServer | undefined;
@@ -91,10 +108,11 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
   try {
     const fallback = await fallbackCertificate(config, log);
     for (const lc of config.listeners) {
-      const tls: TlsPems | undefined = lc.tls === 'none' ? undefined : await listenerPems(lc, fallback());
+      const tls: TlsPems | undefined = lc.tls === 'none' ? undefined : await listenerPems(lc, fallback);
       const listener = createListener(lc, {
         ...(tls ? { tls } : {}),
-        handler: pipeline,
+        protocol: lc.protocol,
+        createSession: PROTOCOLS[lc.protocol].frontDoor(lc, { runner, limits: config.limits, metrics }),
         limits,
         metrics,
         log,
@@ -170,7 +188,7 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
       async close(closeOpts) {
         metrics.grantSource.count = undefined;
         stopRecheck();
-        connector.close();
+        closePools();
         await Promise.all(listeners.map((l) => l.close(closeOpts)));
         await adminServer.close();
         await connectServer?.close();
@@ -178,7 +196,7 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
       },
     };
   } catch (err) {
-    connector.close();
+    closePools();
     await Promise.allSettled(listeners.map((l) => l.close({ drainMs: 0 })));
     await admin?.close().catch(() => {});
     await connect?.close().catch(() => {});

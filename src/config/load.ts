@@ -218,8 +218,10 @@ function crossCheck(config: Config, problems: Problems): void {
     if (p.preset === 'oidc' && !p.issuer && !p.token_endpoint) {
       problems.add(at, 'an oidc provider needs issuer (discovery) or token_endpoint');
     }
+    // Errors point at the spelling the file used: upstream (older) or upstreams.imap.
+    const imapAt = p.upstream ? [...at, 'upstream'] : [...at, 'upstreams', 'imap'];
     if ((p.preset === 'oidc' || p.preset === 'generic') && !p.upstreams?.imap?.host) {
-      problems.add([...at, 'upstream'], 'upstream.host is required for this preset');
+      problems.add(imapAt, 'upstreams.imap.host (or upstream.host) is required for this preset');
     }
     if (p.client_auth === 'private_key_jwt' && !p.private_key_file) {
       problems.add([...at, 'private_key_file'], 'required when client_auth is private_key_jwt');
@@ -234,7 +236,7 @@ function crossCheck(config: Config, problems: Problems): void {
       }
     }
     const caProblem = unreadable(p.upstreams?.imap?.ca_file);
-    if (caProblem) problems.add([...at, 'upstream', 'ca_file'], caProblem);
+    if (caProblem) problems.add([...imapAt, 'ca_file'], caProblem);
     const needsSecret = p.client_auth === 'client_secret_basic' || p.client_auth === 'client_secret_post';
     if (needsSecret && p.client_id && !p.client_secret && !p.service_account_file) {
       problems.add(

@@ -1,4 +1,4 @@
-import type { ProviderConfig, UpstreamConfig } from './schema.js';
+import type { Protocol, ProviderConfig, UpstreamConfig } from './schema.js';
 import { upstreamSchema } from './schema.js';
 
 /**
@@ -17,12 +17,14 @@ export function applyPreset(p: ProviderConfig): ProviderConfig {
         device_authorization_endpoint: p.device_authorization_endpoint ?? `${base}/devicecode`,
         scopes: p.scopes ?? ['https://outlook.office.com/IMAP.AccessAsUser.All', 'offline_access'],
         app_only_scope: p.app_only_scope ?? 'https://outlook.office365.com/.default',
-        upstream: {
-          host: 'outlook.office365.com',
-          port: 993,
-          tls: 'implicit',
-          post_login_probe: true,
-          ...p.upstream,
+        upstreams: {
+          imap: {
+            host: 'outlook.office365.com',
+            port: 993,
+            tls: 'implicit',
+            post_login_probe: true,
+            ...imapUpstream(p),
+          },
         },
       };
     }
@@ -36,15 +38,36 @@ export function applyPreset(p: ProviderConfig): ProviderConfig {
         revocation_endpoint: p.revocation_endpoint ?? 'https://oauth2.googleapis.com/revoke',
         scopes: p.scopes ?? ['https://mail.google.com/'],
         app_only_scope: p.app_only_scope ?? 'https://mail.google.com/',
-        upstream: { host: 'imap.gmail.com', port: 993, tls: 'implicit', mechanism: 'xoauth2', ...p.upstream },
+        upstreams: {
+          imap: {
+            host: 'imap.gmail.com',
+            port: 993,
+            tls: 'implicit',
+            mechanism: 'xoauth2',
+            ...imapUpstream(p),
+          },
+        },
       };
     case 'oidc':
     case 'generic':
-      return { ...p, scopes: p.scopes ?? ['openid', 'email', 'offline_access'] };
+      return {
+        ...p,
+        scopes: p.scopes ?? ['openid', 'email', 'offline_access'],
+        upstreams: { imap: imapUpstream(p) },
+      };
   }
 }
 
-/** The complete upstream settings for a provider, with an optional per-account override. */
-export function upstreamFor(p: ProviderConfig, override?: Record<string, unknown> | null): UpstreamConfig {
-  return upstreamSchema.parse({ ...p.upstream, ...(override ?? {}) });
+/** `upstream` is the older spelling of `upstreams.imap`; the schema refuses both at once. */
+function imapUpstream(p: ProviderConfig): Partial<UpstreamConfig> | undefined {
+  return p.upstreams?.imap ?? p.upstream;
+}
+
+/** The complete upstream settings of one protocol for a provider, with an optional per-account override. */
+export function upstreamFor(
+  p: ProviderConfig,
+  protocol: Protocol,
+  override?: Record<string, unknown> | null,
+): UpstreamConfig {
+  return upstreamSchema.parse({ ...p.upstreams?.[protocol], ...(override ?? {}) });
 }

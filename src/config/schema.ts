@@ -6,6 +6,10 @@ import { z } from 'zod';
  */
 
 const port = z.number().int().min(0).max(65535);
+
+/** Every protocol the proxy speaks; each has a folder under src/protocols and a registry entry. */
+export const PROTOCOL_NAMES = ['imap'] as const;
+export type Protocol = (typeof PROTOCOL_NAMES)[number];
 const seconds = (def: number) => z.number().positive().default(def);
 
 export const upstreamSchema = z
@@ -62,9 +66,23 @@ export const providerSchema = z
       .boolean()
       .default(false)
       .describe('Allow http:// OAuth endpoints (local testing only)'),
-    upstream: upstreamSchema.partial().optional().describe('Upstream IMAP server; presets fill it in'),
+    upstream: upstreamSchema
+      .partial()
+      .optional()
+      .describe('Upstream IMAP server (the same as upstreams.imap, kept for existing configs)'),
+    upstreams: z
+      .object({
+        imap: upstreamSchema.partial().optional().describe('Upstream IMAP server; presets fill it in'),
+      })
+      .strict()
+      .optional()
+      .describe('Upstream server per protocol; presets fill them in'),
   })
-  .strict();
+  .strict()
+  .refine((p) => !(p.upstream && p.upstreams?.imap), {
+    message: 'set upstreams.imap or its older spelling upstream, not both',
+    path: ['upstream'],
+  });
 
 export const listenerSchema = z
   .object({
@@ -73,6 +91,7 @@ export const listenerSchema = z
       .regex(/^[a-z0-9_-]{1,32}$/, 'use 1-32 of a-z 0-9 _ -')
       .describe('Listener name (logs, metrics)'),
     address: z.string().default('127.0.0.1').describe('Address to bind (0.0.0.0 or :: for all)'),
+    protocol: z.enum(PROTOCOL_NAMES).default('imap').describe('Protocol spoken on this listener'),
     port: port.describe('TCP port (0 = any free port)'),
     tls: z
       .enum(['none', 'starttls', 'implicit'])
@@ -136,7 +155,23 @@ export const configSchema = z
           .min(1)
           .max(100)
           .default(5)
-          .describe('Bad or unknown commands before * BYE'),
+          .describe('Bad or unknown commands before the connection is closed'),
+        preauth_commands: z
+          .number()
+          .int()
+          .min(5)
+          .max(10000)
+          .default(50)
+          .describe('Commands of any kind one connection may send before login, then it is closed'),
+        failed_logins_per_connection: z
+          .number()
+          .int()
+          .min(1)
+          .max(100)
+          .default(3)
+          .describe(
+            'Failed logins on one connection before it is closed (the limiter still counts across connections)',
+          ),
         preauth_idle_seconds: seconds(60).describe('Idle time allowed before login'),
         login_timeout_seconds: seconds(30).describe(
           'Longest a login (token + upstream) may take before NO [UNAVAILABLE]',

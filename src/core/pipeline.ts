@@ -2,11 +2,10 @@ import type { CredentialChecker } from '../accounts/types.js';
 import { upstreamFor } from '../config/presets.js';
 import type { Config, ProviderConfig } from '../config/schema.js';
 import { isProxyError, ProxyError } from '../errors.js';
-import { isWarm } from '../net/pool.js';
 import type { TokenBroker } from '../oauth/types.js';
 import type { AccountRecord } from '../store/types.js';
-import { SessionRegistry } from './sessions.js';
-import type { LoginHandler, LoginOutcome, LoginRequest } from './types.js';
+import type { SessionRegistry } from './sessions.js';
+import type { LoginHandler, LoginOutcome, LoginRequest, ProtocolName } from './types.js';
 import type {
   AuthenticatedUpstream,
   UpstreamConnection,
@@ -18,8 +17,9 @@ export interface PipelineDeps {
   config: Config;
   credentials: CredentialChecker;
   broker: TokenBroker;
-  connector: UpstreamConnector;
-  sessions?: SessionRegistry;
+  /** The upstream connector of each protocol the listeners speak. */
+  connectors: ReadonlyMap<ProtocolName, UpstreamConnector>;
+  sessions: SessionRegistry;
 }
 
 /**
@@ -33,7 +33,7 @@ export class LoginPipeline implements LoginHandler {
   private readonly targets = new Map<string, UpstreamTarget>();
 
   constructor(private readonly deps: PipelineDeps) {
-    this.sessions = deps.sessions ?? new SessionRegistry();
+    this.sessions = deps.sessions;
   }
 
   async login(req: LoginRequest, signal: AbortSignal): Promise<LoginOutcome> {
@@ -49,7 +49,7 @@ export class LoginPipeline implements LoginHandler {
     const slot = this.sessions.tryAcquire(account.id, cap);
     if (!slot) return { ok: false, reason: 'session_limit', account: accountLabel };
     try {
-      const upstream = await this.authenticate(account, signal);
+      const upstream = await this.authenticate(req.protocol, account, signal);
       // Destroying upstream makes the splice destroy the client socket too (no bytes injected).
       slot.attach({ account: accountLabel, log, end: () => upstream.socket.destroy() });
       return { ok: true, upstream, release: () => slot.release(), accountLabel };
@@ -72,24 +72,38 @@ export class LoginPipeline implements LoginHandler {
     }
   }
 
-  private async authenticate(account: AccountRecord, signal: AbortSignal): Promise<AuthenticatedUpstream> {
+  private async authenticate(
+    protocol: ProtocolName,
+    account: AccountRecord,
+    signal: AbortSignal,
+  ): Promise<AuthenticatedUpstream> {
     const provider = this.deps.config.providers[account.provider];
     if (!provider) {
       throw new ProxyError('no_grant', `account's provider "${account.provider}" is not in the config`, {
         detail: 'unknown_provider',
       });
     }
-    const target = this.target(account, provider);
+    const connector = this.deps.connectors.get(protocol);
+    if (!connector) throw new Error(`no upstream connector for protocol ${protocol}`);
+    const target = this.target(protocol, account, provider);
     const labels = { provider: account.provider };
-    const { broker, connector } = this.deps;
+    const { broker } = this.deps;
 
     // Token and dial in parallel: a warm token costs nothing, a refresh overlaps the TLS handshake.
+    // A token that fails stops the dial, and a connection already made goes back unused.
+    const dial = new AbortController();
+    const stopDial = () => dial.abort(signal.reason);
+    signal.addEventListener('abort', stopDial, { once: true });
     const [tokenR, connR] = await Promise.allSettled([
-      broker.getAccessToken(account),
-      connector.connect(target, labels, signal),
+      broker.getAccessToken(account).catch((err: unknown) => {
+        dial.abort(err);
+        throw err;
+      }),
+      connector.connect(target, labels, dial.signal),
     ]);
+    signal.removeEventListener('abort', stopDial);
     if (tokenR.status === 'rejected') {
-      if (connR.status === 'fulfilled') connR.value.destroy();
+      if (connR.status === 'fulfilled') connR.value.recycle();
       throw tokenR.reason;
     }
     if (connR.status === 'rejected') throw connR.reason;
@@ -99,10 +113,6 @@ export class LoginPipeline implements LoginHandler {
     } catch (err) {
       if (!isProxyError(err) || err.reason !== 'upstream_rejected') {
         conn.destroy();
-        // A pre-dialled connection the server closed while it waited: one fresh dial, same token.
-        if (isWarm(conn) && isProxyError(err) && STALE.has(err.detail ?? '')) {
-          return this.freshAttempt(account, target, labels, tokenR.value.token, signal);
-        }
         throw err;
       }
       broker.reportRejected(account, tokenR.value.token);
@@ -115,44 +125,25 @@ export class LoginPipeline implements LoginHandler {
       conn.destroy();
       throw err;
     }
+    let retry = conn;
     if (!conn.reusable) {
       conn.destroy();
-      return this.freshAttempt(account, target, labels, fresh, signal);
+      retry = await connector.connect(target, labels, signal);
     }
     try {
-      return await conn.authenticate(account.upstreamUser, fresh);
+      return await retry.authenticate(account.upstreamUser, fresh);
     } catch (err) {
-      conn.destroy();
+      retry.destroy();
       if (isProxyError(err) && err.reason === 'upstream_rejected') broker.reportRejected(account, fresh);
       throw err;
     }
   }
 
-  /** One AUTHENTICATE on a newly dialled connection (never a warm one). */
-  private async freshAttempt(
-    account: AccountRecord,
-    target: UpstreamTarget,
-    labels: { provider: string },
-    token: string,
-    signal: AbortSignal,
-  ): Promise<AuthenticatedUpstream> {
-    const { connector } = this.deps;
-    const conn = await (connector.connectFresh ?? connector.connect).call(connector, target, labels, signal);
-    try {
-      return await conn.authenticate(account.upstreamUser, token);
-    } catch (err) {
-      conn.destroy();
-      if (isProxyError(err) && err.reason === 'upstream_rejected')
-        this.deps.broker.reportRejected(account, token);
-      throw err;
-    }
-  }
-
-  private target(account: AccountRecord, provider: ProviderConfig): UpstreamTarget {
-    const key = `${account.provider}\0${account.upstreamOverride ? JSON.stringify(account.upstreamOverride) : ''}`;
+  private target(protocol: ProtocolName, account: AccountRecord, provider: ProviderConfig): UpstreamTarget {
+    const key = `${protocol}\0${account.provider}\0${account.upstreamOverride ? JSON.stringify(account.upstreamOverride) : ''}`;
     let t = this.targets.get(key);
     if (!t) {
-      t = upstreamFor(provider, account.upstreamOverride);
+      t = upstreamFor(provider, protocol, account.upstreamOverride);
       // Bounded by providers × distinct overrides; cleared wholesale if an odd store makes it grow.
       if (this.targets.size > 10_000) this.targets.clear();
       this.targets.set(key, t);
@@ -160,6 +151,3 @@ export class LoginPipeline implements LoginHandler {
     return t;
   }
 }
-
-/** Failures of the connection itself (closed or reset before an answer), never a server's NO. */
-const STALE = new Set(['closed', 'socket_error', 'not_reusable']);

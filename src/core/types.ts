@@ -1,6 +1,13 @@
+import type { Protocol } from '../config/schema.js';
 import type { FailureReason } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { AuthenticatedUpstream } from './upstream.js';
+
+/**
+ * A protocol's name as the config spells it (`listeners[].protocol`). The core never lists
+ * them: the config schema's enum and the registry in protocols/ do.
+ */
+export type ProtocolName = Protocol;
 
 export interface ClientInfo {
   /** Connection id for logs. */
@@ -14,9 +21,15 @@ export interface ClientInfo {
   readonly log: Logger;
 }
 
-export type LoginMechanism = 'LOGIN' | 'AUTHENTICATE PLAIN' | 'AUTHENTICATE LOGIN';
+/**
+ * How the client proved its password, as a bounded label for logs (e.g. `LOGIN`,
+ * `AUTHENTICATE PLAIN`, `AUTH LOGIN`, `USER/PASS`); each protocol names its own.
+ */
+export type LoginMechanism = string;
 
+/** What every front door hands the core once it has a user name and a password. */
 export interface LoginRequest {
+  readonly protocol: ProtocolName;
   readonly login: string;
   readonly password: string;
   readonly mechanism: LoginMechanism;
@@ -39,7 +52,7 @@ export type LoginOutcome =
       account?: string;
     };
 
-/** What the front door calls once it has a login name and password. Filled by proxy/. */
+/** What the login runner calls once a front door has a login name and password. Filled by core/pipeline. */
 export interface LoginHandler {
   login(req: LoginRequest, signal: AbortSignal): Promise<LoginOutcome>;
 }

@@ -3,12 +3,12 @@ import type { UpstreamConfig } from '../config/schema.js';
 
 export type UpstreamTarget = UpstreamConfig;
 
-/** An upstream IMAP connection past its greeting (and STARTTLS), not yet authenticated. */
+/** An upstream connection past its greeting (and STARTTLS), not yet authenticated; any protocol. */
 export interface UpstreamConnection {
   /** Capabilities before authentication. */
   readonly capabilities: readonly string[];
   /**
-   * AUTHENTICATE with XOAUTH2 / OAUTHBEARER. Resolves once upstream says OK (and the
+   * SASL XOAUTH2 / OAUTHBEARER in the protocol's words. Resolves once upstream says OK (and the
    * post-login probe, if configured, passed). Throws ProxyError: 'upstream_rejected' (token
    * refused; the connection stays usable for one retry), 'authorization_failed',
    * 'upstream_unavailable', 'protocol_error', 'timeout'.
@@ -17,6 +17,8 @@ export interface UpstreamConnection {
   /** Still open and in the not-authenticated state (a retry can reuse it). */
   readonly reusable: boolean;
   destroy(): void;
+  /** Never used for a login (its token failed first): a pool may keep it for the next one. */
+  recycle(): void;
 }
 
 export interface AuthenticatedUpstream {
@@ -31,12 +33,6 @@ export interface AuthenticatedUpstream {
 export interface UpstreamConnector {
   /** Dial, read greeting, STARTTLS if configured. Throws ProxyError('upstream_unavailable' | 'timeout' | 'protocol_error'). */
   connect(
-    target: UpstreamTarget,
-    labels: { provider: string },
-    signal?: AbortSignal,
-  ): Promise<UpstreamConnection>;
-  /** Optional: a dial that bypasses any pool of pre-dialled connections (same contract as connect). */
-  connectFresh?(
     target: UpstreamTarget,
     labels: { provider: string },
     signal?: AbortSignal,

@@ -7,8 +7,8 @@ import {
   type TLSSocket,
   connect as tlsConnect,
 } from 'node:tls';
-import { ProxyError } from '../errors.js';
-import { UPSTREAM_LIMITS } from '../protocols/imap/upstream-limits.js';
+import { type FailureDetail, ProxyError } from '../errors.js';
+import { DIAL_LIMITS } from './limits.js';
 
 export interface DialOptions {
   host: string;
@@ -53,7 +53,7 @@ function sessionKey(o: DialOptions): string {
 function rememberSession(key: string, session: Buffer): void {
   sessions.delete(key);
   sessions.set(key, session);
-  if (sessions.size > UPSTREAM_LIMITS.tlsSessions) sessions.delete(sessions.keys().next().value as string);
+  if (sessions.size > DIAL_LIMITS.tlsSessions) sessions.delete(sessions.keys().next().value as string);
 }
 
 const TLS_VERIFY_CODES = new Set([
@@ -73,7 +73,7 @@ const TLS_VERIFY_CODES = new Set([
 export function mapDialError(err: unknown): ProxyError {
   if (err instanceof ProxyError) return err;
   const code = String((err as NodeJS.ErrnoException | undefined)?.code ?? '');
-  let detail = 'connect_failed';
+  let detail: FailureDetail = 'connect_failed';
   if (code === 'ECONNREFUSED') detail = 'connect_refused';
   else if (code === 'ETIMEDOUT') detail = 'connect_timeout';
   else if (code === 'EHOSTUNREACH' || code === 'ENETUNREACH') detail = 'host_unreachable';

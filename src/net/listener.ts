@@ -1,12 +1,12 @@
+import { randomBytes } from 'node:crypto';
 import { type AddressInfo, createServer, type Server, type Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { type SecureContext, TLSSocket } from 'node:tls';
 import type { ListenerConfig } from '../config/schema.js';
-import type { LoginHandler } from '../core/types.js';
 import { ConfigError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
-import { newConnectionId, PreauthSession } from '../protocols/imap/frontdoor.js';
-import type { RejectReason, WireLimits } from '../protocols/imap/limits.js';
+import type { RejectReason, SessionLimits } from './limits.js';
 import {
   isTrusted,
   type ProxySource,
@@ -17,11 +17,42 @@ import {
 } from './proxyproto.js';
 import { serverTlsContext, type TlsPems } from './tls.js';
 
+/** The client end of one connection, as the listener found it. */
+export interface Peer {
+  readonly cid: string;
+  readonly address: string;
+  readonly port: number;
+  /** Encrypted from the first byte (implicit TLS). */
+  readonly secure: boolean;
+}
+
+/** One connection's pre-auth session, whatever the protocol. */
+export interface FrontDoorSession {
+  start(): void;
+  /** Server shutdown: say goodbye in the protocol's words if still before login. */
+  shutdown(): void;
+  /** Resolves when the session (including any splice) is over. */
+  readonly done: Promise<void>;
+}
+
+/** Made by a protocol's front door for each connection past its TLS/PROXY preamble. */
+export type SessionFactory = (
+  socket: Duplex,
+  peer: Peer,
+  context: { secureContext: SecureContext | undefined; log: Logger },
+) => FrontDoorSession;
+
+export function newConnectionId(): string {
+  return randomBytes(6).toString('base64url');
+}
+
 export interface ListenerDeps {
   /** Resolved certificate and key PEMs (from the listener's files or a generated pair). */
   readonly tls?: TlsPems;
-  readonly handler: LoginHandler;
-  readonly limits: WireLimits;
+  /** The protocol's front door (metric label `protocol`). */
+  readonly protocol: string;
+  readonly createSession: SessionFactory;
+  readonly limits: SessionLimits;
   readonly metrics: Metrics;
   readonly log: Logger;
   /** Refuse connections beyond this many open sockets on this listener. */
@@ -53,13 +84,13 @@ export function createListener(cfg: ListenerConfig, deps: ListenerDeps): Listene
   const trusted = cfg.proxy_protocol ? trustList(cfg.proxy_protocol.trusted) : undefined;
   const sockets = new Set<Socket>();
   /** Sockets past their preamble, with their session (absent while PROXY/TLS preamble runs). */
-  const sessions = new Map<Socket, PreauthSession>();
+  const sessions = new Map<Socket, FrontDoorSession>();
   const server: Server = createServer({ noDelay: true, keepAlive: true, keepAliveInitialDelay: 60_000 });
   if (deps.maxConnections !== undefined) server.maxConnections = deps.maxConnections;
   const log = deps.log.child({ listener: cfg.name });
 
   const refuse = (raw: Socket, reason: RejectReason) => {
-    metrics.preauthRejections.inc({ reason });
+    metrics.preauthRejections.inc({ protocol: deps.protocol, reason });
     log.info({ reason, client: plainAddress(raw.remoteAddress ?? '') }, 'connection refused before login');
     raw.destroy();
   };
@@ -68,26 +99,17 @@ export function createListener(cfg: ListenerConfig, deps: ListenerDeps): Listene
     const cid = newConnectionId();
     const address = source?.address ?? plainAddress(raw.remoteAddress ?? '');
     const port = source?.port ?? raw.remotePort ?? 0;
-    const session = new PreauthSession(
+    const session = deps.createSession(
       sock,
       { cid, address, port, secure: cfg.tls === 'implicit' },
-      {
-        listener: cfg.name,
-        tlsMode: cfg.tls,
-        allowCleartextLogin: cfg.allow_cleartext_login,
-        secureContext,
-        handler: deps.handler,
-        limits,
-        metrics,
-      },
-      log.child({ cid, client: address }),
+      { secureContext, log: log.child({ cid, client: address }) },
     );
     sessions.set(raw, session);
     void session.done.then(() => sessions.delete(raw));
     session.start();
   };
 
-  /** Implicit TLS: handshake first (bounded by the idle limit), then the IMAP session. */
+  /** Implicit TLS: handshake first (bounded by the idle limit), then the protocol's session. */
   const startTls = (raw: Socket, source: ProxySource | null) => {
     const timer = setTimeout(() => refuse(raw, 'idle_timeout'), limits.preauthIdleMs);
     raw.once('close', () => clearTimeout(timer));
@@ -142,7 +164,7 @@ export function createListener(cfg: ListenerConfig, deps: ListenerDeps): Listene
     sockets.add(raw);
     raw.once('close', () => sockets.delete(raw));
     raw.on('error', () => {});
-    metrics.connections.inc({ listener: cfg.name, tls: cfg.tls });
+    metrics.connections.inc({ protocol: deps.protocol, listener: cfg.name, tls: cfg.tls });
     if (trusted && isTrusted(trusted, raw.remoteAddress ?? '')) readProxyHeader(raw);
     else if (trusted && cfg.tls === 'implicit') sniffThenTls(raw);
     else afterPreamble(raw, null);

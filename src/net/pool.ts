@@ -4,9 +4,10 @@ import type {
   UpstreamConnector,
   UpstreamTarget,
 } from '../core/upstream.js';
+import { isConnectionFailure } from '../errors.js';
 import type { Logger } from '../log.js';
 import { silentLogger } from '../log.js';
-import { UPSTREAM_LIMITS } from '../protocols/imap/upstream-limits.js';
+import { DIAL_LIMITS } from './limits.js';
 
 /** After a failed background dial, no refill for this long (a down upstream is not hammered). */
 const REFILL_BACKOFF_MS = 5000;
@@ -28,21 +29,44 @@ interface Slot {
   backoffUntil: number;
 }
 
-/** A pre-dialled connection handed out once: marks it `warm` so a stale one can be retried on a fresh dial. */
-class WarmConnection implements UpstreamConnection {
-  readonly warm = true;
-  constructor(private readonly inner: UpstreamConnection) {}
+/**
+ * A connection the pool handed out for one login. A pre-dialled one the server closed while it
+ * waited is replaced by one fresh dial inside `authenticate` (same token), so callers never see
+ * the pool. `recycle` puts a connection its login never used back into the pool.
+ */
+class PooledConnection implements UpstreamConnection {
+  private retried: boolean;
+  constructor(
+    private current: UpstreamConnection,
+    private readonly pool: WarmPool,
+    private readonly slot: Slot,
+    private readonly dialFresh: () => Promise<UpstreamConnection>,
+    warm: boolean,
+  ) {
+    this.retried = !warm;
+  }
   get capabilities(): readonly string[] {
-    return this.inner.capabilities;
+    return this.current.capabilities;
   }
   get reusable(): boolean {
-    return this.inner.reusable;
+    return this.current.reusable;
   }
-  authenticate(user: string, accessToken: string): Promise<AuthenticatedUpstream> {
-    return this.inner.authenticate(user, accessToken);
+  async authenticate(user: string, accessToken: string): Promise<AuthenticatedUpstream> {
+    try {
+      return await this.current.authenticate(user, accessToken);
+    } catch (err) {
+      if (this.retried || !isConnectionFailure(err)) throw err;
+      this.retried = true;
+      this.current.destroy();
+      this.current = await this.dialFresh();
+      return this.current.authenticate(user, accessToken);
+    }
   }
   destroy(): void {
-    this.inner.destroy();
+    this.current.destroy();
+  }
+  recycle(): void {
+    this.pool.giveBack(this.slot, this.current);
   }
 }
 
@@ -69,6 +93,8 @@ export class WarmPool implements UpstreamConnector {
   private readonly maxTotal: number;
   /** Idle plus dialling, over all targets. */
   private pooled = 0;
+  /** Logins served from a pre-dialled connection (for tests and debugging). */
+  warmHits = 0;
   private closed = false;
 
   constructor(
@@ -76,18 +102,9 @@ export class WarmPool implements UpstreamConnector {
     opts: WarmPoolOptions = {},
   ) {
     this.log = opts.log ?? silentLogger;
-    this.size = opts.size ?? UPSTREAM_LIMITS.warmConnections;
-    this.idleMs = opts.idleMs ?? UPSTREAM_LIMITS.warmIdleMs;
-    this.maxTotal = opts.maxTotal ?? UPSTREAM_LIMITS.warmConnectionsTotal;
-  }
-
-  /** A dial that never takes from the pool (a retry after a stale warm connection). */
-  connectFresh(
-    target: UpstreamTarget,
-    labels: { provider: string },
-    signal?: AbortSignal,
-  ): Promise<UpstreamConnection> {
-    return this.inner.connect(target, labels, signal);
+    this.size = opts.size ?? DIAL_LIMITS.warmConnections;
+    this.idleMs = opts.idleMs ?? DIAL_LIMITS.warmIdleMs;
+    this.maxTotal = opts.maxTotal ?? DIAL_LIMITS.warmConnectionsTotal;
   }
 
   async connect(
@@ -102,15 +119,27 @@ export class WarmPool implements UpstreamConnector {
       slot = { key, idle: [], dialing: 0, backoffUntil: 0 };
       this.slots.set(key, slot);
     }
+    const fresh = () => this.inner.connect(target, labels, signal);
     const warm = this.take(slot);
     if (warm) {
+      this.warmHits++;
       this.refill(slot, target, labels);
-      return warm;
+      return new PooledConnection(warm, this, slot, fresh, true);
     }
     // Warm up only behind a dial that worked: a down upstream sees no extra background dials.
-    const conn = await this.inner.connect(target, labels, signal);
+    const conn = await fresh();
     this.refill(slot, target, labels);
-    return conn;
+    return new PooledConnection(conn, this, slot, fresh, false);
+  }
+
+  /** An unused connection back into its slot, if it is still good and there is room. */
+  giveBack(slot: Slot, conn: UpstreamConnection): void {
+    if (this.closed || !conn.reusable || slot.idle.length >= this.size || this.pooled >= this.maxTotal) {
+      conn.destroy();
+      return;
+    }
+    if (this.slots.get(slot.key) !== slot) this.slots.set(slot.key, slot);
+    this.park(slot, conn);
   }
 
   /** Idle connections per target key (for tests and debugging). */
@@ -133,7 +162,7 @@ export class WarmPool implements UpstreamConnector {
     for (let i = slot.idle.pop(); i; i = slot.idle.pop()) {
       clearTimeout(i.timer);
       this.pooled--;
-      if (i.conn.reusable) return new WarmConnection(i.conn);
+      if (i.conn.reusable) return i.conn;
       i.conn.destroy();
       this.log.debug('warm upstream connection was stale; dropped');
     }
@@ -152,6 +181,24 @@ export class WarmPool implements UpstreamConnector {
     i.conn.destroy();
   }
 
+  /** Keeps a ready connection idle in its slot until a login takes it or it idles out. */
+  private park(slot: Slot, conn: UpstreamConnection): void {
+    this.pooled++;
+    const idle: Idle = {
+      conn,
+      timer: setTimeout(() => {
+        const at = slot.idle.indexOf(idle);
+        if (at >= 0) {
+          slot.idle.splice(at, 1);
+          this.pooled--;
+        }
+        conn.destroy();
+        this.forgetIfEmpty(slot);
+      }, this.idleMs).unref(),
+    };
+    slot.idle.push(idle);
+  }
+
   private refill(slot: Slot, target: UpstreamTarget, labels: { provider: string }): void {
     if (Date.now() < slot.backoffUntil) return;
     const want = Math.min(this.size - slot.idle.length - slot.dialing, this.maxTotal - this.pooled);
@@ -165,19 +212,8 @@ export class WarmPool implements UpstreamConnector {
             conn.destroy();
             return;
           }
-          const idle: Idle = {
-            conn,
-            timer: setTimeout(() => {
-              const at = slot.idle.indexOf(idle);
-              if (at >= 0) {
-                slot.idle.splice(at, 1);
-                this.pooled--;
-              }
-              conn.destroy();
-              this.forgetIfEmpty(slot);
-            }, this.idleMs).unref(),
-          };
-          slot.idle.push(idle);
+          this.pooled--;
+          this.park(slot, conn);
         },
         (err: unknown) => {
           slot.dialing--;
@@ -188,9 +224,4 @@ export class WarmPool implements UpstreamConnector {
       );
     }
   }
-}
-
-/** True for a connection that came out of the warm pool (see WarmPool). */
-export function isWarm(conn: UpstreamConnection): boolean {
-  return (conn as Partial<WarmConnection>).warm === true;
 }

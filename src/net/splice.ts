@@ -8,6 +8,8 @@ export interface SpliceOptions {
   readonly upstream: AuthenticatedUpstream;
   /** Bytes the client sent behind its login command, forwarded upstream first, in order. */
   readonly pipelined: Buffer;
+  /** Metric label of the spliced bytes. */
+  readonly protocol: string;
   readonly metrics: Pick<Metrics, 'splicedBytes' | 'splicedSource'>;
   /** Called exactly once when both sides are closed. */
   readonly release: () => void;
@@ -58,6 +60,7 @@ class ByteMeter {
     up: Duplex,
     private readonly extra: { c: number; u: number },
     private readonly metrics: Spliced,
+    private readonly protocol: string,
   ) {
     this.fromClient = readCounter(client);
     this.fromUpstream = readCounter(up);
@@ -81,8 +84,10 @@ class ByteMeter {
     };
     const dc = now.clientToUpstream - this.reported.c;
     const du = now.upstreamToClient - this.reported.u;
-    if (dc > 0) this.metrics.splicedBytes.inc({ direction: 'client_to_upstream' }, dc);
-    if (du > 0) this.metrics.splicedBytes.inc({ direction: 'upstream_to_client' }, du);
+    if (dc > 0)
+      this.metrics.splicedBytes.inc({ protocol: this.protocol, direction: 'client_to_upstream' }, dc);
+    if (du > 0)
+      this.metrics.splicedBytes.inc({ protocol: this.protocol, direction: 'upstream_to_client' }, du);
     this.reported = { c: now.clientToUpstream, u: now.upstreamToClient };
     return now;
   }
@@ -143,7 +148,13 @@ export function splice(opts: SpliceOptions): Promise<SpliceStats> {
   tune(client);
   tune(up);
   // Bytes already read before the splice (the upstream's tail, the client's pipelined commands) count too.
-  const meter = new ByteMeter(client, up, { c: pipelined.length, u: upstream.buffered.length }, metrics);
+  const meter = new ByteMeter(
+    client,
+    up,
+    { c: pipelined.length, u: upstream.buffered.length },
+    metrics,
+    opts.protocol,
+  );
   if (upstream.buffered.length > 0) client.write(upstream.buffered);
   if (pipelined.length > 0) up.write(pipelined);
 

@@ -19,13 +19,16 @@ export function serverTlsContext(pems: TlsPems): SecureContext {
  */
 export async function listenerPems(
   cfg: Pick<ListenerConfig, 'name' | 'cert_file' | 'key_file'>,
-  fallback: { certFile: string; keyFile: string },
+  fallback: () => { certFile: string; keyFile: string },
 ): Promise<TlsPems> {
   if ((cfg.cert_file === undefined) !== (cfg.key_file === undefined)) {
     throw new ConfigError(`listener "${cfg.name}": set both cert_file and key_file, or neither`);
   }
-  const certFile = cfg.cert_file ?? fallback.certFile;
-  const keyFile = cfg.key_file ?? fallback.keyFile;
+  // The fallback pair is asked for only by a listener without files of its own.
+  const { certFile, keyFile } =
+    cfg.cert_file !== undefined && cfg.key_file !== undefined
+      ? { certFile: cfg.cert_file, keyFile: cfg.key_file }
+      : fallback();
   try {
     return { cert: await readFile(certFile), key: await readFile(keyFile) };
   } catch (err) {

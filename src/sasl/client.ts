@@ -1,4 +1,4 @@
-import type { FailureReason } from '../errors.js';
+import type { FailureDetail, FailureReason } from '../errors.js';
 
 export type Mechanism = 'xoauth2' | 'oauthbearer';
 
@@ -39,10 +39,10 @@ export function pickMechanism(pref: Mechanism | 'auto', capabilities: readonly s
 export interface SaslFailure {
   reason: FailureReason;
   /** Bounded label, e.g. 'json_401', 'json_invalid_token', 'json_other'. */
-  detail: string;
+  detail: FailureDetail;
 }
 
-const KNOWN_STATUS = new Set([
+const KNOWN_STATUS = new Set<string>([
   '400',
   '401',
   '403',
@@ -67,7 +67,7 @@ export function decodeFailureContinuation(b64: string): SaslFailure {
   } catch {
     return { reason: 'upstream_rejected', detail: 'json_unparsed' };
   }
-  const detail = KNOWN_STATUS.has(status) ? `json_${status}` : 'json_other';
+  const detail: FailureDetail = KNOWN_STATUS.has(status) ? `json_${status}` : 'json_other';
   if (
     status === '400' ||
     status === '403' ||

@@ -47,9 +47,9 @@ test('the example config loads with its defaults and presets applied', () => {
     ms.token_endpoint!,
     /^https:\/\/login\.microsoftonline\.com\/organizations\/oauth2\/v2\.0\/token$/,
   );
-  assert.equal(upstreamFor(ms).host, 'outlook.office365.com');
-  assert.equal(upstreamFor(ms).post_login_probe, true);
-  assert.equal(upstreamFor(config.providers.google!).host, 'imap.gmail.com');
+  assert.equal(upstreamFor(ms, 'imap').host, 'outlook.office365.com');
+  assert.equal(upstreamFor(ms, 'imap').post_login_probe, true);
+  assert.equal(upstreamFor(config.providers.google!, 'imap').host, 'imap.gmail.com');
 });
 
 test('a minimal config fills every default', () => {
@@ -58,7 +58,7 @@ test('a minimal config fills every default', () => {
   assert.equal(config.limits.literal_bytes, 8192);
   assert.equal(config.listeners[0]!.allow_cleartext_login, false);
   assert.equal(config.data_dir, '/etc/iop/data', 'relative paths resolve against the config folder');
-  const up = upstreamFor(config.providers.local!, { port: 10993 });
+  const up = upstreamFor(config.providers.local!, 'imap', { port: 10993 });
   assert.deepEqual([up.host, up.port, up.tls, up.mechanism], ['127.0.0.1', 10993, 'implicit', 'auto']);
 });
 
@@ -84,7 +84,7 @@ test('every problem is listed at once, and cross-key rules are checked', () => {
   );
   assert.match(
     errorOf(MIN.replace('upstream: { host: 127.0.0.1, port: 993 }', '')),
-    /providers\.local\.upstream: upstream\.host is required/,
+    /providers\.local\.upstreams\.imap: upstreams\.imap\.host \(or upstream\.host\) is required/,
   );
 });
 

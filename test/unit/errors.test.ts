@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { clientReply, LOGIN_RESULTS, ProxyError } from '../../src/errors.js';
+import { LOGIN_RESULTS, ProxyError } from '../../src/errors.js';
+import { imapReply } from '../../src/protocols/imap/replies.js';
 
 test('every failure reason maps to an RFC 5530 code and a text without secrets', () => {
   const codes = new Set([
@@ -14,7 +15,7 @@ test('every failure reason maps to an RFC 5530 code and a text without secrets',
   ]);
   for (const r of LOGIN_RESULTS) {
     if (r === 'success') continue;
-    const reply = clientReply(r);
+    const reply = imapReply(r);
     assert.ok(codes.has(reply.code), `${r} → ${reply.code}`);
     assert.match(reply.text, /^[\x20-\x7e]+$/);
   }
@@ -22,8 +23,8 @@ test('every failure reason maps to an RFC 5530 code and a text without secrets',
 
 test('ProxyError keeps reason, detail and cause', () => {
   const cause = new Error('socket hang up');
-  const e = new ProxyError('upstream_unavailable', 'dial failed', { cause, detail: 'ECONNREFUSED' });
+  const e = new ProxyError('upstream_unavailable', 'dial failed', { cause, detail: 'connect_refused' });
   assert.equal(e.reason, 'upstream_unavailable');
-  assert.equal(e.detail, 'ECONNREFUSED');
+  assert.equal(e.detail, 'connect_refused');
   assert.equal(e.cause, cause);
 });

@@ -1,4 +1,14 @@
-import type { WireLimits } from './limits.js';
+/** The bounds one splitter enforces; each direction passes its own. */
+export interface FramingLimits {
+  /** Bytes of command text (all line parts of one command, CRLF and literal bytes excluded). */
+  readonly lineBytes: number;
+  /** Bytes of one literal. */
+  readonly literalBytes: number;
+  /** Literals in one command or response. */
+  readonly literalsPerCommand: number;
+  /** Line and literal bytes of one whole command or response together (unset: no cap beyond the others). */
+  readonly commandBytes?: number;
+}
 
 const LF = 0x0a;
 const CR = 0x0d;
@@ -14,7 +24,7 @@ const MAX_LITERAL_DIGITS = 10;
 export type LiteralKind = 'sync' | 'plus' | 'minus';
 
 /**
- * One complete client command: line parts with CRLF removed, each but the last followed by
+ * One complete command (client side) or response (server side): line parts with CRLF removed, each but the last followed by
  * the literal its `{n}` marker announced (`literals[i]` follows `lines[i]`).
  */
 export interface RawCommand {
@@ -22,7 +32,7 @@ export interface RawCommand {
   readonly literals: readonly Buffer[];
 }
 
-export type SplitError = 'line_too_long' | 'literal_too_long' | 'too_many_literals';
+export type SplitError = 'line_too_long' | 'literal_too_long' | 'too_many_literals' | 'message_too_long';
 
 export interface SplitterSink {
   command(cmd: RawCommand): void;
@@ -34,8 +44,14 @@ export interface SplitterSink {
 
 type State = 'line' | 'literal' | 'failed';
 
-/** Parses a trailing `{n}`, `{n+}` or `{n-}` marker without regex; null when there is none. */
-export function literalMarker(line: Buffer): { size: number; kind: LiteralKind; start: number } | null {
+/**
+ * Parses a trailing `{n}`, `{n+}` or `{n-}` marker without regex; null when there is none.
+ * A marker with more digits than any size can have is `too_long`: framing fails closed on it
+ * in both directions rather than reading it as text.
+ */
+export function literalMarker(
+  line: Buffer,
+): { size: number; kind: LiteralKind; start: number } | 'too_long' | null {
   let i = line.length - 1;
   if (i < 2 || line[i] !== RBRACE) return null;
   i--;
@@ -46,14 +62,16 @@ export function literalMarker(line: Buffer): { size: number; kind: LiteralKind; 
   const end = i + 1;
   while (i >= 0 && line[i]! >= DIGIT_0 && line[i]! <= DIGIT_9) i--;
   const digits = end - (i + 1);
-  if (digits === 0 || digits > MAX_LITERAL_DIGITS || i < 0 || line[i] !== LBRACE) return null;
+  if (digits === 0 || i < 0 || line[i] !== LBRACE) return null;
+  if (digits > MAX_LITERAL_DIGITS) return 'too_long';
   let size = 0;
   for (let j = i + 1; j < end; j++) size = size * 10 + (line[j]! - DIGIT_0);
   return { size, kind, start: i };
 }
 
 /**
- * Byte-level state machine that splits a client stream into commands. Line bytes are held
+ * Byte-level state machine that splits an IMAP stream into commands (client → proxy) or
+ * responses (upstream → proxy): one framing for both directions. Line bytes are held
  * up to `lineBytes` (+1 for a CR); literal bytes are counted into a buffer of the announced
  * size, never scanned. Memory stays bounded whatever arrives: a breach fails the splitter.
  * `pause()` from inside `command()` stops parsing right after that command; the bytes
@@ -72,7 +90,7 @@ export class Splitter {
   private pending: Buffer[] = [];
 
   constructor(
-    private readonly limits: Pick<WireLimits, 'lineBytes' | 'literalBytes' | 'literalsPerCommand'>,
+    private readonly limits: FramingLimits,
     private readonly sink: SplitterSink,
   ) {}
 
@@ -173,9 +191,17 @@ export class Splitter {
       this.emit();
       return;
     }
-    if (marker.size > this.limits.literalBytes) {
+    if (marker === 'too_long' || marker.size > this.limits.literalBytes) {
       this.fail('literal_too_long');
       return;
+    }
+    if (this.limits.commandBytes !== undefined) {
+      let total = this.cmdLineBytes + marker.size;
+      for (const l of this.literals) total += l.length;
+      if (total > this.limits.commandBytes) {
+        this.fail('message_too_long');
+        return;
+      }
     }
     if (this.literals.length >= this.limits.literalsPerCommand) {
       this.fail('too_many_literals');

@@ -1,14 +1,16 @@
-import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { type SecureContext, TLSSocket } from 'node:tls';
-import type { ClientInfo, LoginHandler, LoginMechanism, LoginOutcome } from '../../core/types.js';
-import { clientReply, type FailureReason, isProxyError, type LoginResult } from '../../errors.js';
+import type { SecureContext } from 'node:tls';
+import type { LoginRunner } from '../../core/login-runner.js';
+import type { ClientInfo, LoginMechanism } from '../../core/types.js';
+import type { LoginResult } from '../../errors.js';
 import type { Logger } from '../../log.js';
 import type { Metrics } from '../../metrics.js';
+import { failStream, type RejectReason } from '../../net/limits.js';
+import type { FrontDoorSession, Peer } from '../../net/listener.js';
 import { isHttpRequestLine } from '../../net/policy.js';
 import { startsLikeProxyHeader } from '../../net/proxyproto.js';
-import { splice } from '../../net/splice.js';
+import { upgradeToTls } from '../../net/starttls.js';
 import {
   decodeBase64,
   decodeLoginResponse,
@@ -18,7 +20,8 @@ import {
 } from '../../sasl/server.js';
 import { COMMANDS, type CommandContext } from './commands.js';
 import { type RawCommand, type SplitError, Splitter } from './framing.js';
-import { failStream, type RejectReason, type WireLimits } from './limits.js';
+import type { WireLimits } from './limits.js';
+import { imapReply, imapReplyText } from './replies.js';
 import type { SessionState } from './state.js';
 import { ParseError, tokenize } from './tokenizer.js';
 import * as w from './writer.js';
@@ -28,40 +31,32 @@ export interface SessionOptions {
   readonly tlsMode: 'none' | 'starttls' | 'implicit';
   readonly allowCleartextLogin: boolean;
   readonly secureContext: SecureContext | undefined;
-  readonly handler: LoginHandler;
+  readonly runner: LoginRunner;
   readonly limits: WireLimits;
   readonly metrics: Metrics;
-}
-
-export interface Peer {
-  readonly cid: string;
-  readonly address: string;
-  readonly port: number;
-  readonly secure: boolean;
 }
 
 /** SASL "next handler" slot: receives the client's next response line. */
 type SaslNext = (tag: string, line: Buffer) => void | Promise<void>;
 
+const PROTOCOL = 'imap';
 const SASL_CANCEL = Buffer.from('*');
 /** Smallest first chunk that can be told apart as a PROXY header. */
 const PROXY_SNIFF_BYTES = 6;
-
-export function newConnectionId(): string {
-  return randomBytes(6).toString('base64url');
-}
 
 /**
  * One client connection before login: the IMAP pre-auth state machine. Reading is paused
  * while a command is handled, so commands are answered one at a time, in order, and bytes
  * pipelined behind LOGIN or STARTTLS stay unread until the session decides their fate.
  */
-export class PreauthSession implements CommandContext {
+export class PreauthSession implements CommandContext, FrontDoorSession {
   private state: SessionState = 'greeting';
   private socket: Duplex;
   private secure: boolean;
   private splitter: Splitter;
   private badCount = 0;
+  private commandCount = 0;
+  private failedLogins = 0;
   private idleTimer: NodeJS.Timeout | undefined;
   private greetTimer: NodeJS.Timeout | undefined;
   private sasl: { tag: string; next: SaslNext } | undefined;
@@ -108,7 +103,7 @@ export class PreauthSession implements CommandContext {
   }
 
   start(): void {
-    this.opts.metrics.activeSessions.inc({ listener: this.opts.listener, phase: 'preauth' });
+    this.sessionGauge('preauth').inc();
     this.attach(this.socket);
     // The listener may have paused the socket while reading a PROXY header.
     this.socket.resume();
@@ -192,6 +187,7 @@ export class PreauthSession implements CommandContext {
       line_too_long: 'Command line too long',
       literal_too_long: 'Literal too large',
       too_many_literals: 'Too many literals in one command',
+      message_too_long: 'Command too long',
     };
     this.reject(reason, text[reason]);
   }
@@ -199,6 +195,11 @@ export class PreauthSession implements CommandContext {
   private onCommand(cmd: RawCommand): void {
     // Stop reading behind this command; the rest waits in the splitter until we are done.
     this.splitter.pause();
+    // A connection may not idle along before login for ever (a NOOP every minute) or probe without end.
+    if (++this.commandCount > this.opts.limits.preauthCommands && this.state !== 'sasl') {
+      this.reject('too_many_commands', 'Too many commands before login');
+      return;
+    }
     this.socket.pause();
     this.armIdle();
     queueMicrotask(() => {
@@ -307,33 +308,31 @@ export class PreauthSession implements CommandContext {
     this.setState('starttls');
     const raw = this.socket;
     this.detach(raw);
-    raw.on('error', () => {});
-    await new Promise<void>((resolve) =>
-      raw.write(w.tagged(tag, 'OK', 'Begin TLS negotiation now'), () => resolve()),
+    const tls = await upgradeToTls(
+      raw,
+      w.tagged(tag, 'OK', 'Begin TLS negotiation now'),
+      this.opts.secureContext,
+      {
+        secure: (t) => {
+          if (this.state !== 'starttls') return;
+          this.secure = true;
+          this.splitter = this.newSplitter();
+          this.attach(t);
+          this.armIdle();
+          this.setState('ready');
+          this.log.debug({ protocol: t.getProtocol() }, 'STARTTLS complete');
+          t.resume();
+        },
+        failed: (err) => {
+          if (this.state !== 'starttls') return;
+          this.log.debug({ err: { message: err.message } }, 'STARTTLS handshake failed');
+          this.reject('tls_handshake');
+        },
+        closed: () => this.close('client_closed'),
+      },
+      () => this.state === 'starttls',
     );
-    if (this.state !== 'starttls') return;
-    const tls = new TLSSocket(raw as Socket, { isServer: true, secureContext: this.opts.secureContext });
-    this.socket = tls;
-    tls.once('secure', () => {
-      if (this.state !== 'starttls') return;
-      this.secure = true;
-      this.splitter = this.newSplitter();
-      this.attach(tls);
-      this.armIdle();
-      this.setState('ready');
-      this.log.debug({ protocol: tls.getProtocol() }, 'STARTTLS complete');
-      tls.resume();
-    });
-    tls.once('error', (err) => {
-      if (this.state === 'starttls') {
-        this.log.debug({ err: { message: err.message } }, 'STARTTLS handshake failed');
-        this.reject('tls_handshake');
-      }
-    });
-    tls.once('close', () => {
-      raw.destroy();
-      this.close('client_closed');
-    });
+    if (tls) this.socket = tls;
   }
 
   // --- authentication ----------------------------------------------------------------------
@@ -378,16 +377,23 @@ export class PreauthSession implements CommandContext {
   }
 
   private refusePrivacy(tag: string): void {
-    this.countLogin('privacy_required', 0);
-    const r = clientReply('privacy_required');
+    this.noteLogin('privacy_required', 0);
+    this.opts.runner.count(PROTOCOL, 'privacy_required', 0);
+    const r = imapReply('privacy_required');
     this.no(tag, r.text, r.code);
+    this.countFailedLogin();
   }
 
-  private countLogin(result: LoginResult, seconds: number): void {
+  private noteLogin(result: LoginResult, ms: number): void {
     this.loginResult = result;
-    this.loginMs = Math.round(seconds * 1000);
-    this.opts.metrics.logins.inc({ result });
-    this.opts.metrics.loginSeconds.observe({ result }, seconds);
+    this.loginMs = ms;
+  }
+
+  /** Too many failed logins on one connection: a guesser gets `BYE`, whatever the limiter says. */
+  private countFailedLogin(): void {
+    this.failedLogins++;
+    if (this.failedLogins >= this.opts.limits.failedLogins)
+      this.reject('too_many_failed_logins', 'Too many failed logins on this connection');
   }
 
   async login(tag: string, mechanism: LoginMechanism, login: string, password: string): Promise<void> {
@@ -396,8 +402,7 @@ export class PreauthSession implements CommandContext {
     clearTimeout(this.idleTimer);
     const abort = new AbortController();
     this.loginAbort = abort;
-    const t0 = process.hrtime.bigint();
-    const client: ClientInfo = {
+    const info: ClientInfo = {
       cid: this.peer.cid,
       address: this.peer.address,
       port: this.peer.port,
@@ -405,80 +410,38 @@ export class PreauthSession implements CommandContext {
       secure: this.secure,
       log: this.log,
     };
-    // Set by the timer before it settles the race, so a late outcome is always given back.
-    let late = false;
-    let timer: NodeJS.Timeout | undefined;
-    const timedOut = new Promise<LoginOutcome>((resolve) => {
-      timer = setTimeout(() => {
-        late = true;
-        abort.abort(new Error('login timeout'));
-        resolve({ ok: false, reason: 'timeout' });
-      }, this.opts.limits.loginTimeoutMs);
-    });
-    const call = this.callHandler({ login, password, mechanism, client }, abort.signal).then((o) => {
-      if (late) discardOutcome(o);
-      return o;
-    });
-    const outcome = await Promise.race([call, timedOut]);
-    clearTimeout(timer);
+    const verdict = await this.opts.runner.run(
+      { protocol: PROTOCOL, login, password, mechanism, client: info },
+      abort.signal,
+      () => this.socket,
+    );
     this.loginAbort = undefined;
-    const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+    if (verdict.ok === 'aborted') return;
     if (this.state !== 'login') {
-      // The client went away mid-login: count the attempt so abandoned logins are visible.
-      this.opts.metrics.logins.inc({ result: 'aborted' });
-      this.opts.metrics.loginSeconds.observe({ result: 'aborted' }, seconds);
-      discardOutcome(outcome);
+      if (verdict.ok) verdict.decline();
       return;
     }
-    this.countLogin(outcome.ok ? 'success' : outcome.reason, seconds);
-    const account = outcome.ok ? outcome.accountLabel : outcome.account;
-    if (account !== undefined) this.log = this.log.child({ account });
-    if (!outcome.ok) {
-      this.log.info({ mechanism, result: outcome.reason }, 'login failed');
-      const r = clientReply(outcome.reason);
-      this.no(tag, outcome.clientText ? `${r.text}. ${outcome.clientText}` : r.text, r.code);
+    this.noteLogin(verdict.ok ? 'success' : verdict.reason, verdict.ms);
+    if (verdict.account !== undefined) this.log = this.log.child({ account: verdict.account });
+    if (!verdict.ok) {
+      this.log.info({ mechanism, result: verdict.reason }, 'login failed');
+      this.no(tag, imapReplyText(verdict.reason, verdict.clientText), imapReply(verdict.reason).code);
       this.setState('ready');
       this.armIdle();
+      this.countFailedLogin();
       return;
     }
     this.log.info({ mechanism }, 'login ok');
-    const caps = outcome.upstream.capabilities;
+    const caps = verdict.capabilities;
     const code = caps.length > 0 ? `CAPABILITY ${caps.join(' ')}` : undefined;
-    this.write(w.tagged(tag, 'OK', 'Logged in', code));
-    this.spliceTo(outcome);
-  }
-
-  private async callHandler(
-    req: Parameters<LoginHandler['login']>[0],
-    signal: AbortSignal,
-  ): Promise<LoginOutcome> {
-    try {
-      return await this.opts.handler.login(req, signal);
-    } catch (err) {
-      const reason: FailureReason = isProxyError(err) ? err.reason : 'upstream_unavailable';
-      if (!isProxyError(err)) this.log.error({ err }, 'login handler threw');
-      return isProxyError(err) && err.clientText
-        ? { ok: false, reason, clientText: err.clientText }
-        : { ok: false, reason };
-    }
-  }
-
-  private spliceTo(outcome: Extract<LoginOutcome, { ok: true }>): void {
     this.setState('spliced');
     this.phase = 'spliced';
-    this.opts.metrics.activeSessions.dec({ listener: this.opts.listener, phase: 'preauth' });
-    this.opts.metrics.activeSessions.inc({ listener: this.opts.listener, phase: 'spliced' });
+    this.sessionGauge('preauth').dec();
+    this.sessionGauge('spliced').inc();
     const client = this.socket;
     this.detach(client);
     if ('setKeepAlive' in client) (client as Socket).setKeepAlive(true, 60_000);
-    const pipelined = this.splitter.takePending();
-    splice({
-      client,
-      upstream: outcome.upstream,
-      pipelined,
-      metrics: this.opts.metrics,
-      release: outcome.release,
-    }).then(
+    verdict.accept(w.tagged(tag, 'OK', 'Logged in', code), this.splitter.takePending()).then(
       (stats) => this.finish('spliced_end', stats),
       (err: unknown) => {
         this.log.error({ err }, 'splice failed');
@@ -487,11 +450,19 @@ export class PreauthSession implements CommandContext {
     );
   }
 
+  private sessionGauge(phase: 'preauth' | 'spliced') {
+    return this.opts.metrics.activeSessions.labels({
+      protocol: PROTOCOL,
+      listener: this.opts.listener,
+      phase,
+    });
+  }
+
   // --- ending ------------------------------------------------------------------------------
 
   private reject(reason: RejectReason, byeText?: string): void {
     if (this.state === 'closed') return;
-    this.opts.metrics.preauthRejections.inc({ reason });
+    this.opts.metrics.preauthRejections.inc({ protocol: PROTOCOL, reason });
     this.log.info({ reason }, 'connection refused before login');
     this.close(reason, byeText === undefined ? undefined : w.untaggedStatus('BYE', byeText));
   }
@@ -517,7 +488,7 @@ export class PreauthSession implements CommandContext {
   private finish(reason: string, stats?: { clientToUpstream: number; upstreamToClient: number }): void {
     if (this.finishedOnce) return;
     this.finishedOnce = true;
-    this.opts.metrics.activeSessions.dec({ listener: this.opts.listener, phase: this.phase });
+    this.sessionGauge(this.phase).dec();
     // The one summary line per session an admin greps for: how it ended and what it moved.
     this.log.info(
       {
@@ -533,13 +504,5 @@ export class PreauthSession implements CommandContext {
     );
     this.setState('closed');
     this.resolveDone();
-  }
-}
-
-/** Gives back an upstream the session can no longer use (late or abandoned login). */
-function discardOutcome(outcome: LoginOutcome | undefined): void {
-  if (outcome?.ok) {
-    outcome.upstream.socket.destroy();
-    outcome.release();
   }
 }

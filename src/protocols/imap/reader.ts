@@ -1,5 +1,6 @@
 import type { Duplex } from 'node:stream';
 import { ProxyError } from '../../errors.js';
+import { type FramingLimits, type RawCommand, type SplitError, Splitter } from './framing.js';
 import { UPSTREAM_LIMITS } from './upstream-limits.js';
 
 /** One upstream response: `*` untagged, `+` continuation, or a command tag. */
@@ -11,31 +12,67 @@ export interface UpstreamResponse {
   readonly text: string;
 }
 
-const LF = 0x0a;
-const CR = 0x0d;
-const RBRACE = 0x7d;
-const LBRACE = 0x7b;
-const PLUS = 0x2b;
-const MINUS = 0x2d;
+/** The upstream direction's bounds for the one IMAP framing (see framing.ts). */
+const UPSTREAM_FRAMING: FramingLimits = {
+  lineBytes: UPSTREAM_LIMITS.lineBytes,
+  literalBytes: UPSTREAM_LIMITS.literalBytes,
+  literalsPerCommand: UPSTREAM_LIMITS.literalsPerResponse,
+  commandBytes: UPSTREAM_LIMITS.responseBytes,
+};
 
 type Waiter = { resolve: (r: UpstreamResponse) => void; reject: (e: ProxyError) => void };
 
+function breach(reason: SplitError): ProxyError {
+  return new ProxyError('protocol_error', `upstream ${reason.replace(/_/g, ' ')}`, { detail: reason });
+}
+
+function toResponse(cmd: RawCommand): UpstreamResponse {
+  const line = (cmd.lines[0] ?? Buffer.alloc(0)).toString('utf8');
+  const sp = line.indexOf(' ');
+  const tag = sp < 0 ? line : line.slice(0, sp);
+  const rest = sp < 0 ? '' : line.slice(sp + 1);
+  if (tag === '+') return { tag, kind: '', text: rest };
+  const sp2 = rest.indexOf(' ');
+  const kind = (sp2 < 0 ? rest : rest.slice(0, sp2)).toUpperCase();
+  return { tag, kind, text: sp2 < 0 ? '' : rest.slice(sp2 + 1) };
+}
+
+/**
+ * Parses one complete response from the front of `buf` with the shared framing, or returns
+ * undefined when more bytes are needed; throws ProxyError('protocol_error') on a breach.
+ */
+export function parseResponse(buf: Buffer): { response: UpstreamResponse; end: number } | undefined {
+  let got: RawCommand | undefined;
+  let failed: SplitError | undefined;
+  const splitter: Splitter = new Splitter(UPSTREAM_FRAMING, {
+    command: (cmd) => {
+      got = cmd;
+      splitter.pause();
+    },
+    continuation: () => {},
+    error: (reason) => {
+      failed = reason;
+    },
+  });
+  splitter.push(buf);
+  if (failed) throw breach(failed);
+  if (!got) return undefined;
+  return { response: toResponse(got), end: buf.length - splitter.takePending().length };
+}
+
 /**
  * Reads upstream responses one at a time, on demand, so that bytes past the last consumed
- * response stay raw in the buffer and can be handed to the splice untouched.
+ * response stay raw and can be handed to the splice untouched: the splitter runs only while
+ * someone waits and pauses right behind each response.
  */
 export class ResponseReader {
-  private buf: Buffer = Buffer.alloc(0);
+  private readonly splitter: Splitter;
   private waiter: Waiter | undefined;
   private failure: ProxyError | undefined;
   private readonly onData = (chunk: Buffer) => {
+    this.splitter.push(chunk);
     // Bounded even when nobody is reading: a flooding upstream cannot grow memory.
-    if (this.buf.length + chunk.length > UPSTREAM_LIMITS.responseBytes) {
-      this.fail(tooBig('buffer'));
-      return;
-    }
-    this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
-    this.pump();
+    if (this.splitter.bufferedBytes > UPSTREAM_LIMITS.responseBytes) this.fail(breach('message_too_long'));
   };
   private readonly onEnd = () =>
     this.fail(new ProxyError('upstream_unavailable', 'upstream closed', { detail: 'closed' }));
@@ -48,7 +85,14 @@ export class ResponseReader {
     private readonly socket: Duplex,
     initial: Buffer = Buffer.alloc(0),
   ) {
-    this.buf = initial;
+    this.splitter = new Splitter(UPSTREAM_FRAMING, {
+      command: (cmd) => this.deliver(cmd),
+      // Server literals are never synchronizing: nothing to answer.
+      continuation: () => {},
+      error: (reason) => this.fail(breach(reason)),
+    });
+    this.splitter.pause();
+    if (initial.length > 0) this.splitter.push(initial);
     socket.on('data', this.onData);
     socket.on('end', this.onEnd);
     socket.on('close', this.onEnd);
@@ -58,7 +102,7 @@ export class ResponseReader {
 
   /** Bytes received but not yet consumed as a response (unsolicited data on an idle connection). */
   get pendingBytes(): number {
-    return this.buf.length;
+    return this.splitter.bufferedBytes;
   }
 
   /** True once the socket ended or a limit was breached. */
@@ -72,6 +116,8 @@ export class ResponseReader {
     return new Promise<UpstreamResponse>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.waiter = undefined;
+        // A half-read response stays in the splitter; the rest waits unparsed for the next reader.
+        this.splitter.pause();
         reject(new ProxyError('timeout', 'upstream response timed out', { detail: 'response_timeout' }));
       }, timeoutMs);
       this.waiter = {
@@ -84,7 +130,8 @@ export class ResponseReader {
           reject(e);
         },
       };
-      this.pump();
+      this.splitter.resume();
+      this.settleFailure();
     });
   }
 
@@ -95,101 +142,26 @@ export class ResponseReader {
     this.socket.off('close', this.onEnd);
     this.socket.off('error', this.onError);
     this.socket.pause();
-    const rest = this.buf;
-    this.buf = Buffer.alloc(0);
-    return rest;
+    return this.splitter.takePending();
+  }
+
+  private deliver(cmd: RawCommand): void {
+    this.splitter.pause();
+    const w = this.waiter;
+    this.waiter = undefined;
+    w?.resolve(toResponse(cmd));
   }
 
   private fail(err: ProxyError): void {
-    if (!this.failure) this.failure = err;
-    this.pump();
+    this.failure ??= err;
+    this.settleFailure();
   }
 
-  private pump(): void {
+  /** A waiter gets the failure only once no complete response is left to give it. */
+  private settleFailure(): void {
     const w = this.waiter;
-    if (!w) return;
-    let parsed: { response: UpstreamResponse; end: number } | undefined;
-    try {
-      parsed = parseResponse(this.buf);
-    } catch (err) {
-      this.failure ??= err as ProxyError;
-      parsed = undefined;
-    }
-    if (parsed) {
-      this.waiter = undefined;
-      this.buf = this.buf.subarray(parsed.end);
-      w.resolve(parsed.response);
-    } else if (this.failure) {
-      this.waiter = undefined;
-      w.reject(this.failure);
-    }
+    if (!w || !this.failure) return;
+    this.waiter = undefined;
+    w.reject(this.failure);
   }
-}
-
-function tooBig(what: string): ProxyError {
-  return new ProxyError('protocol_error', `upstream ${what} over limit`, { detail: `${what}_too_long` });
-}
-
-/** `{n}` / `{n+}` / `{n-}` right before CRLF of the line [start, lf) → n, else -1. */
-function literalLength(buf: Buffer, start: number, lf: number): number {
-  let i = lf - 1;
-  if (i >= start && buf[i] === CR) i--;
-  if (i < start || buf[i] !== RBRACE) return -1;
-  i--;
-  if (i >= start && (buf[i] === PLUS || buf[i] === MINUS)) i--;
-  let n = 0;
-  let digits = 0;
-  let mul = 1;
-  while (i >= start && buf[i] >= 0x30 && buf[i] <= 0x39) {
-    n += (buf[i] - 0x30) * mul;
-    mul *= 10;
-    digits++;
-    i--;
-    if (digits > 10) throw tooBig('literal');
-  }
-  if (digits === 0 || i < start || buf[i] !== LBRACE) return -1;
-  return n;
-}
-
-/**
- * Parses one complete response from the front of `buf`, or returns undefined if more bytes
- * are needed. Counts literal bytes, never scans for CRLF inside a literal.
- */
-export function parseResponse(buf: Buffer): { response: UpstreamResponse; end: number } | undefined {
-  const L = UPSTREAM_LIMITS;
-  let pos = 0;
-  let firstLineEnd = -1;
-  for (;;) {
-    const lf = buf.indexOf(LF, pos);
-    if (lf < 0) {
-      if (buf.length - pos > L.lineBytes) throw tooBig('line');
-      return undefined;
-    }
-    if (lf - pos > L.lineBytes) throw tooBig('line');
-    if (firstLineEnd < 0) firstLineEnd = lf;
-    const n = literalLength(buf, pos, lf);
-    if (n < 0) {
-      pos = lf + 1;
-      break;
-    }
-    if (n > L.literalBytes) throw tooBig('literal');
-    const after = lf + 1 + n;
-    if (after > L.responseBytes) throw tooBig('response');
-    if (buf.length < after) return undefined;
-    pos = after;
-  }
-  let lineEnd = firstLineEnd;
-  if (lineEnd > 0 && buf[lineEnd - 1] === CR) lineEnd--;
-  const line = buf.toString('utf8', 0, lineEnd);
-  return { response: splitLine(line), end: pos };
-}
-
-function splitLine(line: string): UpstreamResponse {
-  const sp = line.indexOf(' ');
-  const tag = sp < 0 ? line : line.slice(0, sp);
-  const rest = sp < 0 ? '' : line.slice(sp + 1);
-  if (tag === '+') return { tag, kind: '', text: rest };
-  const sp2 = rest.indexOf(' ');
-  const kind = (sp2 < 0 ? rest : rest.slice(0, sp2)).toUpperCase();
-  return { tag, kind, text: sp2 < 0 ? '' : rest.slice(sp2 + 1) };
 }

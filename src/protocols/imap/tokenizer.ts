@@ -169,7 +169,12 @@ class Cursor {
     const line = this.line;
     const marker = literalMarker(line.subarray(this.pos));
     // A marker is only a literal when it ends the line part (the splitter read its bytes).
-    if (marker?.start !== 0 || this.part >= this.cmd.literals.length)
+    if (
+      marker === null ||
+      marker === 'too_long' ||
+      marker.start !== 0 ||
+      this.part >= this.cmd.literals.length
+    )
       throw new ParseError('Invalid literal', tag);
     const value = this.cmd.literals[this.part]!;
     this.part++;

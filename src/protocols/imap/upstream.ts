@@ -31,6 +31,8 @@ export interface ConnectorDeps {
 
 type State = 'ready' | 'authenticating' | 'authenticated' | 'closed';
 
+const PROTOCOL = 'imap';
+
 const NOT_CONNECTED_HINT =
   'The mail server accepted the authorization but not for this mailbox: check that the account may ' +
   'open it (Exchange: Add-MailboxPermission / FullAccess) and that IMAP is enabled for the mailbox';
@@ -111,6 +113,11 @@ class ImapUpstreamConnection implements UpstreamConnection {
     this.setState('closed');
   }
 
+  /** Nothing to keep it for without a pool: close it. */
+  recycle(): void {
+    this.destroy();
+  }
+
   private setState(next: State): void {
     if (this.state === next || this.state === 'closed') return;
     this.deps.log.trace({ from: this.state, to: next }, 'upstream state');
@@ -124,7 +131,12 @@ class ImapUpstreamConnection implements UpstreamConnection {
   async authenticate(user: string, accessToken: string): Promise<AuthenticatedUpstream> {
     const mechanism = pickMechanism(this.target.mechanism, this.capabilities);
     const count = (result: string) =>
-      this.deps.metrics?.upstreamAuths.inc({ provider: this.provider, mechanism, result });
+      this.deps.metrics?.upstreamAuths.inc({
+        protocol: PROTOCOL,
+        provider: this.provider,
+        mechanism,
+        result,
+      });
     if (!this.reusable) {
       count('upstream_unavailable');
       throw new ProxyError('upstream_unavailable', 'upstream connection not reusable', {
@@ -315,9 +327,13 @@ export function createUpstreamConnector(deps: ConnectorDeps = {}): UpstreamConne
       const t0 = performance.now();
       try {
         const { socket, reader, caps } = await open(target, signal);
-        deps.metrics?.upstreamConnects.inc({ provider: labels.provider, result: 'success' });
+        deps.metrics?.upstreamConnects.inc({
+          protocol: PROTOCOL,
+          provider: labels.provider,
+          result: 'success',
+        });
         deps.metrics?.upstreamConnectSeconds.observe(
-          { provider: labels.provider },
+          { protocol: PROTOCOL, provider: labels.provider },
           (performance.now() - t0) / 1000,
         );
         return new ImapUpstreamConnection(socket, reader, caps, target, labels.provider, {
@@ -326,7 +342,9 @@ export function createUpstreamConnector(deps: ConnectorDeps = {}): UpstreamConne
         });
       } catch (err) {
         const pe = toProxyError(err);
-        deps.metrics?.upstreamConnects.inc({ provider: labels.provider, result: pe.reason });
+        // Stopped because the login failed first (its token): not the upstream's failure.
+        const result = signal?.aborted ? 'aborted' : pe.reason;
+        deps.metrics?.upstreamConnects.inc({ protocol: PROTOCOL, provider: labels.provider, result });
         log.debug(
           { provider: labels.provider, reason: pe.reason, detail: pe.detail },
           'upstream connect failed',

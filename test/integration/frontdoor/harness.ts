@@ -4,11 +4,13 @@ import { type AddressInfo, connect, createServer, type Server, type Socket } fro
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ListenerConfig } from '../../../src/config/schema.js';
+import { LoginRunner } from '../../../src/core/login-runner.js';
 import type { LoginOutcome, LoginRequest } from '../../../src/core/types.js';
 import { silentLogger } from '../../../src/log.js';
 import { createMetrics, type Metrics } from '../../../src/metrics.js';
 import { createListener, type Listener } from '../../../src/net/listener.js';
 import { ensureSelfSigned } from '../../../src/net/selfsigned.js';
+import { imapFrontDoor } from '../../../src/protocols/imap/index.js';
 import { DEFAULT_LIMITS, type WireLimits } from '../../../src/protocols/imap/limits.js';
 
 let pems: { cert: Buffer; key: Buffer; certFile: string } | undefined;
@@ -116,34 +118,46 @@ export async function startFrontdoor(
       await upstream.stop();
     },
   };
-  fd.listener = createListener(
-    { name: 'test', address: '127.0.0.1', port: 0, allow_cleartext_login: false, ...cfg },
-    {
-      tls: cfg.tls === 'none' ? undefined : { cert, key },
-      limits: { ...DEFAULT_LIMITS, ...opts.limits },
-      metrics,
-      log: silentLogger,
-      handler: {
-        login: async (req, signal) => {
-          fd.requests.push(req);
-          fd.signals.push(signal);
-          const d = await decide(req, signal);
-          if (d !== 'upstream') return d;
-          const socket = connect(upstream.port, '127.0.0.1');
-          await once(socket, 'connect');
-          socket.pause();
-          return {
-            ok: true,
-            upstream: { socket, capabilities: UPSTREAM_CAPS, buffered: Buffer.from(UPSTREAM_BUFFERED) },
-            release: () => {
-              fd.releases++;
-            },
-            accountLabel: 'test',
-          };
-        },
+  const limits = { ...DEFAULT_LIMITS, ...opts.limits };
+  const runner = new LoginRunner({
+    metrics,
+    timeoutMs: limits.loginTimeoutMs,
+    handler: {
+      login: async (req, signal) => {
+        fd.requests.push(req);
+        fd.signals.push(signal);
+        const d = await decide(req, signal);
+        if (d !== 'upstream') return d;
+        const socket = connect(upstream.port, '127.0.0.1');
+        await once(socket, 'connect');
+        socket.pause();
+        return {
+          ok: true,
+          upstream: { socket, capabilities: UPSTREAM_CAPS, buffered: Buffer.from(UPSTREAM_BUFFERED) },
+          release: () => {
+            fd.releases++;
+          },
+          accountLabel: 'test',
+        };
       },
     },
-  );
+  });
+  const lc: ListenerConfig = {
+    name: 'test',
+    address: '127.0.0.1',
+    port: 0,
+    allow_cleartext_login: false,
+    protocol: 'imap',
+    ...cfg,
+  };
+  fd.listener = createListener(lc, {
+    tls: cfg.tls === 'none' ? undefined : { cert, key },
+    protocol: 'imap',
+    createSession: imapFrontDoor(lc, { runner, limits, metrics }),
+    limits,
+    metrics,
+    log: silentLogger,
+  });
   fd.port = (await fd.listener.listen()).port;
   return fd;
 }

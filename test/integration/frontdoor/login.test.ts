@@ -3,7 +3,8 @@ import { once } from 'node:events';
 import { connect } from 'node:net';
 import { describe, test } from 'node:test';
 import type { LoginOutcome } from '../../../src/core/types.js';
-import { clientReply, LOGIN_RESULTS, ProxyError } from '../../../src/errors.js';
+import { LOGIN_RESULTS, ProxyError } from '../../../src/errors.js';
+import { imapReply } from '../../../src/protocols/imap/replies.js';
 import { until, withDeadline } from '../../helpers/deadline.js';
 import { RawImapClient } from '../../helpers/imap-client.js';
 import { EchoUpstream, metricValue, startFrontdoor } from './harness.js';
@@ -20,20 +21,27 @@ describe('login outcomes', () => {
     await c.readLine();
     for (const reason of FAILURES) {
       next = { ok: false, reason };
-      const r = clientReply(reason);
+      const r = imapReply(reason);
       assert.deepEqual(
         await c.command('a', 'LOGIN user "secret pw"'),
         [`a NO [${r.code}] ${r.text}`],
         reason,
       );
-      assert.equal(await metricValue(fd.metrics, 'imap_proxy_logins_total', { result: reason }), 1, reason);
+      assert.equal(
+        await metricValue(fd.metrics, 'imap_proxy_logins_total', { protocol: 'imap', result: reason }),
+        1,
+        reason,
+      );
     }
     next = { ok: false, reason: 'needs_consent', clientText: 'Reconnect at https://proxy.example/connect' };
     assert.deepEqual(await c.command('b', 'LOGIN user pw'), [
-      'b NO [EXPIRED] Mailbox authorization expired; reconnect the mailbox. Reconnect at https://proxy.example/connect',
+      'b NO [EXPIRED] Mailbox authorization expired. Reconnect at https://proxy.example/connect',
     ]);
     const text = await fd.metrics.registry.metrics();
-    assert.match(text, /imap_proxy_login_duration_seconds_count\{result="bad_credentials"\} 1\n/);
+    assert.match(
+      text,
+      /imap_proxy_login_duration_seconds_count\{protocol="imap",result="bad_credentials"\} 1\n/,
+    );
   });
 
   test('a password never appears in a reply, even when the handler throws', async (t) => {

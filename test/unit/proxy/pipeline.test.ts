@@ -4,6 +4,7 @@ import { test } from 'node:test';
 import type { CredentialChecker } from '../../../src/accounts/types.js';
 import { parseConfig } from '../../../src/config/load.js';
 import { LoginPipeline } from '../../../src/core/pipeline.js';
+import { SessionRegistry } from '../../../src/core/sessions.js';
 import type { ClientInfo } from '../../../src/core/types.js';
 import type { UpstreamConnection, UpstreamConnector } from '../../../src/core/upstream.js';
 import { ProxyError } from '../../../src/errors.js';
@@ -20,7 +21,7 @@ encryption: { key: "k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=" }
 listeners: [{ name: a, port: 0, tls: none }]
 limits: { max_sessions_per_account: 2 }
 providers:
-  p: { issuer: "http://127.0.0.1:1", client_id: c, client_secret: s, upstream: { host: 127.0.0.1, port: 1 } }
+  p: { issuer: "https://127.0.0.1:1", client_id: c, client_secret: s, upstream: { host: 127.0.0.1, port: 1 } }
 `,
   '/tmp/c.yaml',
   {},
@@ -50,9 +51,11 @@ const client: ClientInfo = {
 function harness(opts: {
   accept: (token: string) => boolean;
   tokenError?: ProxyError;
+  /** The token answer waits until this promise settles (to race it against the dial). */
+  tokenGate?: Promise<void>;
+  /** The dial waits until its signal aborts (or this promise settles). */
+  dialGate?: Promise<void>;
   reusable?: boolean;
-  /** connect() hands out a pre-dialled ("warm") connection whose AUTHENTICATE fails with this. */
-  warmFailure?: ProxyError;
 }) {
   const events: string[] = [];
   let n = 0;
@@ -66,6 +69,7 @@ function harness(opts: {
   const broker: TokenBroker = {
     async getAccessToken(_a, o) {
       events.push(o?.forceRefresh ? 'token:forced' : 'token');
+      await opts.tokenGate;
       if (opts.tokenError) throw opts.tokenError;
       return { token: `t${++n}`, expiresAt: Date.now() + 3600_000 };
     },
@@ -74,25 +78,19 @@ function harness(opts: {
     },
   };
   const connector: UpstreamConnector = {
-    async connect() {
-      if (!opts.warmFailure) return this.connectFresh!({} as never, { provider: 'p' });
+    async connect(_t, _l, signal) {
       events.push('connect');
-      const failure = opts.warmFailure;
-      return {
-        warm: true,
-        capabilities: ['IMAP4rev1'],
-        reusable: false,
-        async authenticate() {
-          events.push('auth:warm');
-          throw failure;
-        },
-        destroy() {
-          events.push('destroy:warm');
-        },
-      } as UpstreamConnection;
-    },
-    async connectFresh() {
-      events.push(opts.warmFailure ? 'connect:fresh' : 'connect');
+      if (opts.dialGate) {
+        await Promise.race([
+          opts.dialGate,
+          new Promise<void>((_, reject) =>
+            signal?.addEventListener('abort', () => {
+              events.push('dial:aborted');
+              reject(new ProxyError('timeout', 'aborted', { detail: 'aborted' }));
+            }),
+          ),
+        ]);
+      }
       const conn: UpstreamConnection = {
         capabilities: ['IMAP4rev1'],
         reusable: opts.reusable ?? true,
@@ -108,14 +106,32 @@ function harness(opts: {
         destroy() {
           events.push('destroy');
         },
+        recycle() {
+          events.push('recycle');
+        },
       };
       return conn;
     },
   };
-  return { events, pipeline: new LoginPipeline({ config, credentials, broker, connector }) };
+  return {
+    events,
+    pipeline: new LoginPipeline({
+      config,
+      credentials,
+      broker,
+      connectors: new Map([['imap', connector]]),
+      sessions: new SessionRegistry(),
+    }),
+  };
 }
 
-const req = (password = 'pw') => ({ login: 'alice', password, mechanism: 'LOGIN' as const, client });
+const req = (password = 'pw') => ({
+  protocol: 'imap' as const,
+  login: 'alice',
+  password,
+  mechanism: 'LOGIN',
+  client,
+});
 
 test('happy path: one token, one connection, upstream user from the account', async () => {
   const h = harness({ accept: () => true });
@@ -149,7 +165,7 @@ test('upstream rejects twice: AUTHORIZATIONFAILED-class reason, connection destr
   assert.equal(h.pipeline.sessions.count(7), 0);
 });
 
-test('token failure destroys the parallel upstream connection and carries the client text', async () => {
+test('token failure gives the parallel upstream connection back unused and carries the client text', async () => {
   const h = harness({
     accept: () => true,
     tokenError: new ProxyError('needs_consent', 'invalid_grant', {
@@ -163,7 +179,24 @@ test('token failure destroys the parallel upstream connection and carries the cl
     clientText: 'reconnect at https://x/connect',
     account: 'alice',
   });
-  assert.ok(h.events.includes('destroy'));
+  assert.ok(h.events.includes('recycle'), 'the unused connection goes back (a pool keeps it)');
+  assert.ok(!h.events.includes('destroy'));
+  assert.ok(!h.events.some((e) => e.startsWith('auth:')));
+});
+
+test('a token that fails while the dial is still running stops the dial', async () => {
+  let openDial!: () => void;
+  const h = harness({
+    accept: () => true,
+    tokenError: new ProxyError('needs_consent', 'invalid_grant'),
+    dialGate: new Promise<void>((r) => {
+      openDial = r;
+    }),
+  });
+  const out = await h.pipeline.login(req(), new AbortController().signal);
+  openDial();
+  assert.equal(out.ok, false);
+  assert.ok(h.events.includes('dial:aborted'), `events: ${h.events.join(' ')}`);
 });
 
 test('bad credentials never reach the broker or upstream', async () => {
@@ -196,31 +229,4 @@ test('per-account session cap: the third concurrent session gets session_limit u
     reason: 'session_limit',
     account: 'alice',
   });
-});
-
-test('a warm connection the server closed while idle: one fresh dial with the same token', async () => {
-  const h = harness({
-    accept: () => true,
-    warmFailure: new ProxyError('upstream_unavailable', 'upstream closed', { detail: 'closed' }),
-  });
-  const out = await h.pipeline.login(req(), new AbortController().signal);
-  assert.equal(out.ok, true);
-  assert.deepEqual(h.events.slice(2), [
-    'auth:warm',
-    'destroy:warm',
-    'connect:fresh',
-    'auth:alice@example.com:t1',
-  ]);
-});
-
-test('a server answer on a warm connection (NO [UNAVAILABLE]) is not retried', async () => {
-  const h = harness({
-    accept: () => true,
-    warmFailure: new ProxyError('upstream_unavailable', 'upstream refused authentication', {
-      detail: 'temporary',
-    }),
-  });
-  const out = await h.pipeline.login(req(), new AbortController().signal);
-  assert.deepEqual(out, { ok: false, reason: 'upstream_unavailable', account: 'alice' });
-  assert.ok(!h.events.includes('connect:fresh'));
 });

@@ -3,7 +3,7 @@ import { PassThrough } from 'node:stream';
 import { test } from 'node:test';
 import type { UpstreamConnection, UpstreamConnector, UpstreamTarget } from '../../../src/core/upstream.js';
 import { ProxyError } from '../../../src/errors.js';
-import { isWarm, WarmPool } from '../../../src/net/pool.js';
+import { WarmPool } from '../../../src/net/pool.js';
 
 // A scripted inner connector: the pool's bookkeeping (reuse, staleness, bounds, expiry) is what
 // is under test here; real dials through the pool run in the e2e and bench suites.
@@ -11,6 +11,8 @@ import { isWarm, WarmPool } from '../../../src/net/pool.js';
 interface FakeConn extends UpstreamConnection {
   readonly id: number;
   stale: boolean;
+  /** Looks reusable but the server closed it: AUTHENTICATE fails with `closed`. */
+  closedByServer: boolean;
   destroyed: boolean;
   users: string[];
   whenDestroyed: Promise<void>;
@@ -24,12 +26,13 @@ function fakeConnector() {
   const connector: UpstreamConnector = {
     async connect() {
       if (failing(++calls)) {
-        throw new ProxyError('upstream_unavailable', 'refused', { detail: 'ECONNREFUSED' });
+        throw new ProxyError('upstream_unavailable', 'refused', { detail: 'connect_refused' });
       }
       let onDestroy!: () => void;
       const conn: FakeConn = {
         id: ++seq,
         stale: false,
+        closedByServer: false,
         destroyed: false,
         users: [],
         whenDestroyed: new Promise<void>((r) => {
@@ -40,12 +43,17 @@ function fakeConnector() {
           return !this.stale && !this.destroyed;
         },
         async authenticate(user) {
+          if (conn.closedByServer)
+            throw new ProxyError('upstream_unavailable', 'upstream closed', { detail: 'closed' });
           conn.users.push(user);
           return { socket: new PassThrough(), capabilities: ['IMAP4rev1'], buffered: Buffer.alloc(0) };
         },
         destroy() {
           conn.destroyed = true;
           onDestroy();
+        },
+        recycle() {
+          conn.destroy();
         },
       };
       made.push(conn);
@@ -72,6 +80,15 @@ const target = (port = 993): UpstreamTarget => ({
   post_login_probe: false,
 });
 const labels = { provider: 'p' };
+/** Whether each connection handed out came pre-dialled (the pool counts its warm hands-out). */
+const warmth = new WeakMap<UpstreamConnection, boolean>();
+async function connect(pool: WarmPool, t: UpstreamTarget, l = labels): Promise<UpstreamConnection> {
+  const before = pool.warmHits;
+  const c = await pool.connect(t, l);
+  warmth.set(c, pool.warmHits > before);
+  return c;
+}
+const isWarm = (c: UpstreamConnection) => warmth.get(c) === true;
 /** One event-loop turn: lets the pool's background dials (resolved promises) land. */
 const turn = () => new Promise<void>((r) => setImmediate(r));
 
@@ -79,11 +96,11 @@ test('first login dials directly and warms the pool; the next login gets a pre-d
   const f = fakeConnector();
   const pool = new WarmPool(f.connector, { size: 2 });
   t.after(() => pool.close());
-  const first = await pool.connect(target(), labels);
+  const first = await connect(pool, target(), labels);
   assert.equal(isWarm(first), false, 'nothing was warm yet');
   await turn();
   assert.equal(pool.idleCount(target()), 2);
-  const second = await pool.connect(target(), labels);
+  const second = await connect(pool, target(), labels);
   assert.equal(isWarm(second), true);
   assert.equal(f.made.length, 4, 'one direct dial, two warm ones, one top-up for the one taken');
   await turn();
@@ -94,11 +111,11 @@ test('no cross-account reuse: a connection handed out is never handed out again'
   const f = fakeConnector();
   const pool = new WarmPool(f.connector, { size: 2 });
   t.after(() => pool.close());
-  await pool.connect(target(), labels);
+  await connect(pool, target(), labels);
   await turn();
   const users = ['alice', 'bob', 'carol', 'dave', 'erin'];
   for (const user of users) {
-    const c = await pool.connect(target(), labels);
+    const c = await connect(pool, target(), labels);
     assert.equal(isWarm(c), true);
     await c.authenticate(user, 't');
     await turn();
@@ -112,13 +129,13 @@ test('a stale warm connection (closed by the server while idle) is dropped, not 
   const f = fakeConnector();
   const pool = new WarmPool(f.connector, { size: 2 });
   t.after(() => pool.close());
-  const direct = await pool.connect(target(), labels);
+  await connect(pool, target(), labels);
   await turn();
-  const [w1, w2] = f.made.filter((m) => m !== direct);
+  const [w1, w2] = f.made.slice(1);
   assert.ok(w1 && w2);
   w1.stale = true;
   w2.stale = true;
-  const c = await pool.connect(target(), labels);
+  const c = await connect(pool, target(), labels);
   assert.equal(isWarm(c), false, 'both warm ones were stale: a direct dial instead');
   assert.equal(w1.destroyed && w2.destroyed, true, 'stale connections are closed');
   assert.equal(c.reusable, true);
@@ -128,7 +145,7 @@ test('bounded: concurrent logins never grow the pool past its size', async (t) =
   const f = fakeConnector();
   const pool = new WarmPool(f.connector, { size: 3 });
   t.after(() => pool.close());
-  await Promise.all(Array.from({ length: 20 }, () => pool.connect(target(), labels)));
+  await Promise.all(Array.from({ length: 20 }, () => connect(pool, target(), labels)));
   await turn();
   assert.equal(pool.idleCount(target()), 3);
   assert.equal(f.made.length, 23, '20 direct dials plus exactly 3 warm ones');
@@ -138,7 +155,7 @@ test('bounded over all targets: many per-account upstreams never exceed maxTotal
   const f = fakeConnector();
   const pool = new WarmPool(f.connector, { size: 2, maxTotal: 3 });
   t.after(() => pool.close());
-  for (const port of [1001, 1002, 1003, 1004]) await pool.connect(target(port), labels);
+  for (const port of [1001, 1002, 1003, 1004]) await connect(pool, target(port), labels);
   await turn();
   const idle = [1001, 1002, 1003, 1004].reduce((n, port) => n + pool.idleCount(target(port)), 0);
   assert.equal(idle, 3);
@@ -149,13 +166,13 @@ test('targets are pooled separately; size 0 turns the pool off', async (t) => {
   const f = fakeConnector();
   const pool = new WarmPool(f.connector, { size: 1 });
   t.after(() => pool.close());
-  await pool.connect(target(993), labels);
+  await connect(pool, target(993), labels);
   await turn();
-  const other = await pool.connect(target(1993), labels);
+  const other = await connect(pool, target(1993), labels);
   assert.equal(isWarm(other), false, 'a connection to another upstream is never used');
   const off = new WarmPool(f.connector, { size: 0 });
   const before = f.made.length;
-  await off.connect(target(), labels);
+  await connect(off, target(), labels);
   await turn();
   assert.equal(f.made.length, before + 1);
   assert.equal(off.idleCount(target()), 0);
@@ -165,9 +182,9 @@ test('an unused warm connection is closed after idleMs and not replaced without 
   const f = fakeConnector();
   const pool = new WarmPool(f.connector, { size: 1, idleMs: 20 });
   t.after(() => pool.close());
-  const direct = await pool.connect(target(), labels);
+  await connect(pool, target(), labels);
   await turn();
-  const warm = f.made.find((m) => m !== direct);
+  const warm = f.made[1];
   assert.ok(warm);
   // The pool's idle timer is unref'd (real sockets keep a server alive); this ref'd watchdog does here.
   const watchdog = setTimeout(() => assert.fail('idle connection was never closed'), 5000);
@@ -182,17 +199,17 @@ test('a down upstream gets no background dials; a failing refill backs off', asy
   const pool = new WarmPool(f.connector, { size: 2 });
   t.after(() => pool.close());
   f.failWhen(() => true);
-  await assert.rejects(pool.connect(target(), labels));
+  await assert.rejects(connect(pool, target(), labels));
   await turn();
   assert.equal(pool.idleCount(target()), 0);
   // Login dial 2 works, its two refills (3, 4) fail: no refill again during the back-off.
   f.failWhen((call) => call > 2);
-  await pool.connect(target(), labels);
+  await connect(pool, target(), labels);
   await turn();
   assert.equal(pool.idleCount(target()), 0);
   f.failWhen(() => false);
   const before = f.made.length;
-  await pool.connect(target(), labels);
+  await connect(pool, target(), labels);
   await turn();
   assert.equal(f.made.length, before + 1, 'only the login dial itself, no refill during back-off');
 });
@@ -200,12 +217,72 @@ test('a down upstream gets no background dials; a failing refill backs off', asy
 test('close() closes idle connections and later connects bypass the pool', async () => {
   const f = fakeConnector();
   const pool = new WarmPool(f.connector, { size: 2 });
-  const direct = await pool.connect(target(), labels);
+  await connect(pool, target(), labels);
   await turn();
   pool.close();
-  const idle = f.made.filter((m) => m !== direct);
+  const idle = f.made.slice(1);
   assert.equal(idle.length, 2);
   assert.ok(idle.every((m) => m.destroyed));
-  const c = await pool.connect(target(), labels);
+  const c = await connect(pool, target(), labels);
   assert.equal(isWarm(c), false);
+});
+
+test('a warm connection the server closed while it waited: one fresh dial inside authenticate, same token', async (t) => {
+  const f = fakeConnector();
+  const pool = new WarmPool(f.connector, { size: 1 });
+  t.after(() => pool.close());
+  await connect(pool, target());
+  await turn();
+  const [, warm] = f.made;
+  assert.ok(warm);
+  warm.closedByServer = true;
+  const c = await connect(pool, target());
+  assert.equal(isWarm(c), true);
+  const made = f.made.length;
+  await c.authenticate('alice', 't');
+  assert.equal(warm.destroyed, true, 'the dead warm connection is closed');
+  assert.ok(f.made.length > made, 'a fresh dial replaced it');
+  assert.deepEqual(
+    f.made.flatMap((m) => m.users),
+    ['alice'],
+  );
+});
+
+test('a server answer on a warm connection is not retried on a fresh dial', async (t) => {
+  const f = fakeConnector();
+  const pool = new WarmPool(f.connector, { size: 1 });
+  t.after(() => pool.close());
+  await connect(pool, target());
+  await turn();
+  const [, warm] = f.made;
+  assert.ok(warm);
+  warm.authenticate = async () => {
+    throw new ProxyError('upstream_unavailable', 'NO [UNAVAILABLE]', { detail: 'temporary' });
+  };
+  const c = await connect(pool, target());
+  const made = f.made.length;
+  await assert.rejects(c.authenticate('alice', 't'), { detail: 'temporary' });
+  await turn();
+  assert.equal(f.made.length, made, 'no extra dial');
+});
+
+test('a connection its login never used (the token failed) goes back into the pool', async (t) => {
+  const f = fakeConnector();
+  const pool = new WarmPool(f.connector, { size: 2 });
+  t.after(() => pool.close());
+  await connect(pool, target());
+  await turn();
+  assert.equal(pool.idleCount(target()), 2);
+  const c = await connect(pool, target());
+  await turn();
+  assert.equal(pool.idleCount(target()), 2, 'topped up after the take');
+  const made = f.made.length;
+  c.recycle();
+  assert.equal(pool.idleCount(target()), 2, 'the pool stays bounded: the surplus one is closed');
+  const d = await connect(pool, target());
+  assert.equal(isWarm(d), true);
+  await turn();
+  d.recycle();
+  assert.equal(pool.idleCount(target()), 2, 'given back into the free place');
+  assert.equal(f.made.length, made + 1, 'one refill after the second take, nothing more');
 });

@@ -62,8 +62,10 @@ test('line limit: exactly at the limit parses, one byte over fails with protocol
   assert.equal(parseResponse(atLimit)?.response.text.length, max - head.length);
   const over = Buffer.from(`${head}${'x'.repeat(max - head.length + 1)}\n`);
   assert.throws(() => parseResponse(over), { reason: 'protocol_error', detail: 'line_too_long' });
-  // Without any LF yet, an over-long partial line fails too rather than buffering forever.
-  assert.throws(() => parseResponse(Buffer.alloc(max + 1, 0x41)), { reason: 'protocol_error' });
+  // Without any LF yet, an over-long partial line fails too rather than buffering forever
+  // (one byte of slack for the CR of a CRLF still to come, as on the client side).
+  assert.equal(parseResponse(Buffer.alloc(max + 1, 0x41)), undefined);
+  assert.throws(() => parseResponse(Buffer.alloc(max + 2, 0x41)), { reason: 'protocol_error' });
 });
 
 test('a 17 KB continuation line (12 KB token in base64) is read whole', () => {
@@ -121,4 +123,26 @@ test('fuzz: any sequence of responses split anywhere parses to the same response
     ),
     { numRuns: 200 },
   );
+});
+
+test('one framing, failing closed: a literal marker too long to be a size is an error, as on the client side', () => {
+  assert.throws(() => parseResponse(Buffer.from('* 1 FETCH (BODY[] {12345678901}\r\n')), {
+    reason: 'protocol_error',
+    detail: 'literal_too_long',
+  });
+  // Ten digits is still a size (then bounded by the literal limit).
+  assert.throws(() => parseResponse(Buffer.from('* 1 FETCH (BODY[] {1234567890}\r\n')), {
+    detail: 'literal_too_long',
+  });
+});
+
+test('per-response byte cap: literals that each fit but together exceed it fail closed', () => {
+  const lit = 'x'.repeat(UPSTREAM_LIMITS.literalBytes);
+  const parts: string[] = [];
+  const n = Math.ceil(UPSTREAM_LIMITS.responseBytes / UPSTREAM_LIMITS.literalBytes) + 1;
+  for (let i = 0; i < n; i++) parts.push(`* 1 FETCH (X {${lit.length}}\r\n${lit}`);
+  assert.throws(() => parseResponse(Buffer.from(`${parts.join('')})\r\n`)), {
+    reason: 'protocol_error',
+    detail: 'message_too_long',
+  });
 });

@@ -79,7 +79,7 @@ test('tagged NO: throttling wording and [UNAVAILABLE] are temporary, others keep
     reason: 'upstream_rejected',
     detail: 'no',
   });
-  const fromJson = { reason: 'authorization_failed' as const, detail: 'json_400' };
+  const fromJson = { reason: 'authorization_failed' as const, detail: 'json_400' as const };
   assert.deepEqual(
     classifyAuthNo('[AUTHENTICATIONFAILED] Invalid credentials (Failure)', fromJson),
     fromJson,

@@ -1,0 +1,32 @@
+import type { ListenerConfig } from '../../config/schema.js';
+import type { LoginRunner } from '../../core/login-runner.js';
+import type { Metrics } from '../../metrics.js';
+import type { SessionFactory } from '../../net/listener.js';
+import { PreauthSession } from './frontdoor.js';
+import type { WireLimits } from './limits.js';
+
+export { limitsFromConfig } from './limits.js';
+export { createUpstreamConnector } from './upstream.js';
+
+/** IMAP's front door for one listener: a pre-auth session per connection. */
+export function imapFrontDoor(
+  cfg: ListenerConfig,
+  deps: { runner: LoginRunner; limits: WireLimits; metrics: Metrics },
+): SessionFactory {
+  const { limits } = deps;
+  return (socket, peer, ctx) =>
+    new PreauthSession(
+      socket,
+      peer,
+      {
+        listener: cfg.name,
+        tlsMode: cfg.tls,
+        allowCleartextLogin: cfg.allow_cleartext_login,
+        secureContext: ctx.secureContext,
+        runner: deps.runner,
+        limits,
+        metrics: deps.metrics,
+      },
+      ctx.log,
+    );
+}

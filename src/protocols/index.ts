@@ -1,0 +1,29 @@
+import type { Config, ListenerConfig, Protocol } from '../config/schema.js';
+import type { LoginRunner } from '../core/login-runner.js';
+import type { UpstreamConnector } from '../core/upstream.js';
+import type { Logger } from '../log.js';
+import type { Metrics } from '../metrics.js';
+import type { SessionFactory } from '../net/listener.js';
+import { createUpstreamConnector, imapFrontDoor, limitsFromConfig } from './imap/index.js';
+
+/** Everything the composition root needs to run one protocol. */
+export interface ProtocolModule {
+  /** Client-facing ports by TLS mode (what a client expects; listeners still name their own). */
+  readonly defaultPorts: { readonly starttls: number; readonly implicit: number };
+  /** The front door that runs each connection of a listener until its login is handed over. */
+  frontDoor(
+    cfg: ListenerConfig,
+    deps: { runner: LoginRunner; limits: Config['limits']; metrics: Metrics },
+  ): SessionFactory;
+  /** Dials and authenticates the protocol's upstream server. */
+  upstreamConnector(deps: { metrics: Metrics; log: Logger }): UpstreamConnector;
+}
+
+/** The registry: one entry per protocol folder; the config schema's enum names the same set. */
+export const PROTOCOLS: Readonly<Record<Protocol, ProtocolModule>> = {
+  imap: {
+    defaultPorts: { starttls: 143, implicit: 993 },
+    frontDoor: (cfg, deps) => imapFrontDoor(cfg, { ...deps, limits: limitsFromConfig(deps.limits) }),
+    upstreamConnector: createUpstreamConnector,
+  },
+};
