@@ -79,6 +79,10 @@ export interface CellResult {
   seconds: number;
   /** Why it failed, with the redacted transcript. */
   failure?: string;
+  /** The client's own error (exit status, timeout), if it reported one. */
+  clientError?: string;
+  /** The client's verbose output, redacted. */
+  clientOutput: string;
 }
 
 export const cellName = (c: Cell) =>
@@ -121,6 +125,8 @@ export async function runCell(env: Interop, cell: Cell, timeoutMs = 60_000): Pro
     const bytesOk = got?.equals(expected) === true;
     const wrongUpstream = observedUpstream !== cell.upstream.mechanism.toUpperCase();
     const pass = !run.error && bytesOk && observedLogin !== '—' && !wrongUpstream;
+    const secrets = [acct.password, acct.refreshToken ?? '', acct.accessToken ?? ''];
+    const clientOutput = redact(run.transcript, login, secrets);
     let failure: string | undefined;
     if (!pass) {
       const why = [
@@ -131,14 +137,22 @@ export async function runCell(env: Interop, cell: Cell, timeoutMs = 60_000): Pro
         observedLogin === '—' ? 'the proxy logged no successful login for this account' : undefined,
         wrongUpstream ? `upstream mechanisms seen: ${observedUpstream}` : undefined,
       ].filter(Boolean);
-      const secrets = [acct.password, acct.refreshToken ?? '', acct.accessToken ?? ''];
       failure = redact(
         `${cellName(cell)} failed: ${why.join('; ')}\n--- client transcript ---\n${run.transcript}\n--- proxy log ---\n${proxyLines.map((l) => l.raw).join('\n')}`,
         login,
         secrets,
       );
     }
-    return { cell, pass, observedLogin, observedUpstream, seconds: (Date.now() - t0) / 1000, failure };
+    return {
+      cell,
+      pass,
+      observedLogin,
+      observedUpstream,
+      seconds: (Date.now() - t0) / 1000,
+      failure,
+      clientError: run.error,
+      clientOutput,
+    };
   } finally {
     rmSync(workDir, { recursive: true, force: true });
   }

@@ -71,7 +71,11 @@ describe('interop: real clients through the proxy to Dovecot', { concurrency: 4 
       const limitation = cell.client.limitations?.[cell.way];
       if (limitation) {
         // A documented client limitation: the day it passes, the docs must change.
-        assert.equal(r.pass, false, `no longer a limitation, update the README: ${limitation}`);
+        assert.equal(r.pass, false, `no longer a limitation, update the README: ${limitation.why}`);
+        // It must fail exactly as documented: any other failure is a regression, not the limitation.
+        assert.equal(r.clientError, limitation.error, r.failure);
+        assert.match(r.clientOutput, limitation.output, r.failure);
+        assert.equal(r.observedLogin, '—', 'the proxy saw no login for this account');
         return;
       }
       assert.ok(r.pass, r.failure);

@@ -31,7 +31,7 @@ export function renderMatrix(
       cells.flatMap((r) => {
         const l = r.cell.client.limitations?.[r.cell.way];
         return l
-          ? [`- ${r.cell.client.name} (${versions.get(r.cell.client.name)}), ${way(r.cell.way)}: ${l}.`]
+          ? [`- ${r.cell.client.name} (${versions.get(r.cell.client.name)}), ${way(r.cell.way)}: ${l.why}.`]
           : [];
       }),
     ),

@@ -12,8 +12,12 @@ export const curl: ClientDriver = {
   storesLf: false,
   ways: ['sasl-login', 'login'],
   limitations: {
-    login:
-      'curl 7.88.1 cannot force the LOGIN command: `--login-options AUTH=+LOGIN` ends with error 3 "URL using bad/illegal format"',
+    login: {
+      why: 'curl 7.88.1 cannot force the LOGIN command: `--login-options AUTH=+LOGIN` ends with error 3 "URL using bad/illegal format"',
+      // It connects, then gives up on the option before sending a single command.
+      error: 'curl exited with status 3',
+      output: /^curl: \(3\) URL using bad\/illegal format/m,
+    },
   },
   version: () => versionOf('curl', ['--version'], /^curl \S+/m),
   async fetch(job) {

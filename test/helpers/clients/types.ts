@@ -35,6 +35,16 @@ export interface ClientRun {
   error?: string;
 }
 
+/** A login way a client cannot do; any other failure of that cell is a regression. */
+export interface Limitation {
+  /** Why, for the matrix and the README. */
+  why: string;
+  /** The run's error exactly as the driver reports it (e.g. the exit status). */
+  error: string;
+  /** What the client prints when it fails this way. */
+  output: RegExp;
+}
+
 export interface ClientDriver {
   name: string;
   /** Whether the client stores mail with LF line ends (compare modulo CRLF → LF). */
@@ -45,8 +55,8 @@ export interface ClientDriver {
   normalize?: (message: Buffer) => Buffer;
   /** Facts about the client's login settings worth knowing (printed with the matrix). */
   notes?: string;
-  /** Ways the client cannot do, and why (checked: the cell must still fail). */
-  limitations?: Partial<Record<LoginWay, string>>;
+  /** Ways the client cannot do, and exactly how each fails (checked: the cell must fail just so). */
+  limitations?: Partial<Record<LoginWay, Limitation>>;
   version(): Promise<string>;
   fetch(job: ClientJob): Promise<ClientRun>;
 }
