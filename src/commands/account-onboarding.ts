@@ -19,6 +19,17 @@ import {
 const ACTOR = 'cli';
 const DEFAULT_LINK_HOURS = 72;
 
+/**
+ * The QR code for the device prompt: coloured (ANSI) on a terminal unless NO_COLOR is set; plain
+ * UTF-8 blocks, dark modules as █, when the output goes to a file, a pipe or a log.
+ */
+export function renderQr(
+  text: string,
+  terminal = process.stdout.isTTY === true && !process.env.NO_COLOR,
+): Promise<string> {
+  return QRCode.toString(text, terminal ? { type: 'terminal', small: true } : { type: 'utf8' });
+}
+
 /** `account connect <login>`: RFC 8628 device flow with a terminal QR code. */
 export const connectCommand: Leaf = {
   usage: 'account connect <login>',
@@ -33,7 +44,7 @@ export const connectCommand: Leaf = {
       scope,
       async onPrompt(da) {
         const target = da.verification_uri_complete ?? da.verification_uri;
-        const qr = await QRCode.toString(target, { type: 'terminal', small: true });
+        const qr = await renderQr(target);
         ctx.out(
           `To connect ${account.upstreamUser}, open\n\n    ${da.verification_uri}\n\nand enter the code\n\n    ${da.user_code}\n\nor scan:\n${qr}\nWaiting for sign-in (the code expires in ${Math.round(da.expires_in / 60)} min; Ctrl-C to cancel)…`,
         );

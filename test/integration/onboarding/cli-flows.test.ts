@@ -7,10 +7,9 @@ import { runGrantCommand } from '../../../src/commands/grant.js';
 import { parseConfig } from '../../../src/config/load.js';
 import { silentLogger } from '../../../src/log.js';
 import { generateKeyLine, Keyring } from '../../../src/store/crypto.js';
-import { until } from '../../helpers/deadline.js';
 import { MemoryGrantStore } from '../../helpers/memory-store.js';
 import { startOP, type TestOP } from '../../helpers/op.js';
-import { FormDriver } from './form-driver.js';
+import { devicePrompt, FormDriver } from './form-driver.js';
 
 /** CLI onboarding against a real oidc-provider: device flow, app-only grant, revocation. */
 describe('account connect / account add --grant app-only / grant revoke', () => {
@@ -69,14 +68,9 @@ providers:
     const user = new FormDriver();
     // The "user" acts as soon as the CLI has printed the prompt: reads the URL and code off it.
     const approved = (async () => {
-      await until(() => out.some((l) => l.includes('enter the code')), 30_000, 'the CLI to print the code');
-      const prompt = out.join('\n');
-      const url = /open\n\n {4}(\S+)/.exec(prompt)?.[1];
-      const code = /enter the code\n\n {4}(\S+)/.exec(prompt)?.[1];
-      assert.ok(url && code, prompt);
+      const { prompt, url, code } = await devicePrompt(out);
       assert.match(prompt, /▄|█/, 'a QR code is drawn in the terminal');
-      const input = await user.go(url);
-      return user.signIn(await user.submit(input, { user_code: code }), 'dana@example.com');
+      return user.approveDevice(url, code, 'dana@example.com');
     })();
     const started = Date.now();
     const code = await runAccountCommand(['connect', 'dana@example.com'], ctx);
@@ -110,11 +104,8 @@ providers:
     ctx.config.providers.local!.scopes = ['openid', 'email', 'offline_access'];
     const user = new FormDriver();
     const approved = (async () => {
-      await until(() => out.some((l) => l.includes('enter the code')), 30_000, 'the CLI to print the code');
-      const prompt = out.join('\n');
-      const url = /open\n\n {4}(\S+)/.exec(prompt)?.[1] as string;
-      const code = /enter the code\n\n {4}(\S+)/.exec(prompt)?.[1] as string;
-      return user.signIn(await user.submit(await user.go(url), { user_code: code }), 'mallory@example.com');
+      const { url, code } = await devicePrompt(out);
+      return user.approveDevice(url, code, 'mallory@example.com');
     })();
     const rc = await runAccountCommand(['connect', 'erin@example.com'], ctx);
     await approved;

@@ -1,3 +1,5 @@
+import { until } from '../../helpers/deadline.js';
+
 /**
  * A scriptable "browser" for oidc-provider's dev pages: a cookie jar, manual redirects and
  * form submission (hidden inputs kept, named fields filled). Used where the device flow's
@@ -51,6 +53,11 @@ export class FormDriver {
     return this.go(new URL(action.replace(/&amp;/g, '&'), page.url).toString(), params);
   }
 
+  /** Enters the device flow's user code at `url` and signs in as `user`. */
+  async approveDevice(url: string, code: string, user: string) {
+    return this.signIn(await this.submit(await this.go(url), { user_code: code }), user);
+  }
+
   /** Completes oidc-provider's confirm, login and consent forms as `user`. */
   async signIn(page: { url: string; status: number; html: string }, user: string) {
     let p = page;
@@ -59,4 +66,14 @@ export class FormDriver {
     }
     return p;
   }
+}
+
+/** Waits for `account connect` to print its prompt into `out`; returns it with the URL and code. */
+export async function devicePrompt(out: string[]): Promise<{ prompt: string; url: string; code: string }> {
+  await until(() => out.some((l) => l.includes('enter the code')), 30_000, 'the CLI to print the code');
+  const prompt = out.join('\n');
+  const url = /open\n\n {4}(\S+)/.exec(prompt)?.[1];
+  const code = /enter the code\n\n {4}(\S+)/.exec(prompt)?.[1];
+  if (!url || !code) throw new Error(`no sign-in URL and code in the prompt:\n${prompt}`);
+  return { prompt, url, code };
 }
