@@ -22,7 +22,10 @@ export interface BrokerOptions {
   /** Extra grant kinds (e.g. jwt_bearer); they replace built-ins of the same kind. */
   handlers?: readonly GrantHandler[];
   backoff?: { initialMs?: number; maxMs?: number };
-  /** A token with less validity left than this is not handed out (default 5 s). */
+  /**
+   * A token with less validity left than this (default 5 s), or than a quarter of its lifetime
+   * when that is shorter, is not handed out.
+   */
   minValidityMs?: number;
   /** Clock (epoch ms); tests move it instead of sleeping. */
   now?: () => number;
@@ -32,6 +35,8 @@ interface Cached {
   token: string;
   expiresAt: number;
   refreshAt: number;
+  /** Validity it must still have to be handed out: the floor, scaled down for short-lived tokens. */
+  minValidity: number;
 }
 
 interface FetchContext {
@@ -46,6 +51,8 @@ type LockOutcome =
   | { type: 'failed'; failure: RefreshFailure; fallback: Cached | undefined };
 
 const ACTOR = 'token-broker';
+/** Tokens living under this many floors get a floor of lifetime / this instead. */
+const SHORT_LIFETIME_FACTOR = 4;
 
 /**
  * Account → access token. One lru-cache entry per grant (or per provider for app-only
@@ -142,7 +149,7 @@ export class OAuthTokenBroker implements TokenBroker {
   }
 
   #valid(c: Cached): boolean {
-    return c.expiresAt - this.#minValidity > this.#now();
+    return c.expiresAt - c.minValidity > this.#now();
   }
 
   /** Still valid, not the token upstream rejected, and not the one a forced refresh replaces. */
@@ -159,7 +166,7 @@ export class OAuthTokenBroker implements TokenBroker {
     const blocked = this.#backoff.blockedUntil(key, now);
     if (blocked) {
       if (this.#servable(stale, key, ctx)) {
-        return { value: stale, ttlUntil: Math.min(blocked, stale.expiresAt - this.#minValidity) };
+        return { value: stale, ttlUntil: Math.min(blocked, stale.expiresAt - stale.minValidity) };
       }
       throw new ProxyError('token_unavailable', 'token endpoint in backoff', { detail: 'backoff' });
     }
@@ -262,6 +269,9 @@ export class OAuthTokenBroker implements TokenBroker {
     try {
       const tokens = await ctx.handler.fetchToken({ account: ctx.account, grant, provider, now });
       this.#o.metrics?.tokenRefreshes.inc({ ...labels, result: 'success' });
+      if (tokens.expiresAt - tokens.issuedAt < SHORT_LIFETIME_FACTOR * this.#minValidity) {
+        this.#o.metrics?.shortLivedTokens.inc(labels);
+      }
       this.#log.debug(
         { provider: provider.name, accountId: ctx.account.id, kind: ctx.handler.kind },
         'token refreshed',
@@ -300,25 +310,28 @@ export class OAuthTokenBroker implements TokenBroker {
     const until = this.#backoff.fail(key, this.#now(), failure.retryAfterMs);
     // Serve a still-valid token through the outage; look again once the backoff ends.
     if (fallback)
-      return { value: fallback, ttlUntil: Math.min(until, fallback.expiresAt - this.#minValidity) };
+      return { value: fallback, ttlUntil: Math.min(until, fallback.expiresAt - fallback.minValidity) };
     throw new ProxyError('token_unavailable', failure.message, { detail: failure.result });
   }
 
   #fromGrant(g: GrantRecord): Cached | undefined {
     if (!g.accessToken || !g.accessTokenExpiresAt) return undefined;
     const issued = g.lastRefreshAt ?? g.accessTokenExpiresAt - 3600_000;
-    return {
-      token: g.accessToken,
-      expiresAt: g.accessTokenExpiresAt,
-      refreshAt: refreshAt(issued, g.accessTokenExpiresAt, this.#o.tokens),
-    };
+    return this.#cached(g.accessToken, issued, g.accessTokenExpiresAt);
   }
 
   #toCached(t: TokenSet): Cached {
+    return this.#cached(t.accessToken, t.issuedAt, t.expiresAt);
+  }
+
+  #cached(token: string, issuedAt: number, expiresAt: number): Cached {
+    const lifetime = Math.max(0, expiresAt - issuedAt);
     return {
-      token: t.accessToken,
-      expiresAt: t.expiresAt,
-      refreshAt: refreshAt(t.issuedAt, t.expiresAt, this.#o.tokens),
+      token,
+      expiresAt,
+      refreshAt: refreshAt(issuedAt, expiresAt, this.#o.tokens),
+      // A provider issuing 5 s tokens would otherwise have every fresh token refused.
+      minValidity: Math.min(this.#minValidity, lifetime / SHORT_LIFETIME_FACTOR),
     };
   }
 }
