@@ -213,7 +213,7 @@ export async function startOP(opts: StartOPOptions = {}): Promise<TestOP> {
         body,
       });
       for (const c of res.headers.getSetCookie()) {
-        const [pair] = c.split(';');
+        const [pair = ''] = c.split(';');
         const eq = pair.indexOf('=');
         jar.set(pair.slice(0, eq), pair.slice(eq + 1));
       }

@@ -106,7 +106,7 @@ describe('upstream connector against the scripted fake', () => {
       reason: 'upstream_rejected',
       detail: 'json_invalid_token',
     });
-    assert.match(f.received[0], /^A1 AUTHENTICATE OAUTHBEARER /);
+    assert.match(f.received[0] ?? '(nothing received)', /^A1 AUTHENTICATE OAUTHBEARER /);
     assert.equal(f.received[1], 'AQ==');
     conn.destroy();
   });
@@ -242,15 +242,21 @@ describe('upstream connector against the scripted fake', () => {
     const text = await metrics.registry.metrics();
     assert.match(
       text,
-      /imap_proxy_upstream_auths_total\{provider="fake",mechanism="xoauth2",result="success"\} \d+/,
+      /imap_proxy_upstream_auths_total\{protocol="imap",provider="fake",mechanism="xoauth2",result="success"\} \d+/,
     );
     assert.match(
       text,
-      /imap_proxy_upstream_auths_total\{provider="fake",mechanism="xoauth2",result="upstream_rejected"\} 2/,
+      /imap_proxy_upstream_auths_total\{protocol="imap",provider="fake",mechanism="xoauth2",result="upstream_rejected"\} 2/,
     );
     assert.match(text, /result="authorization_failed"\} 1/);
-    assert.match(text, /imap_proxy_upstream_connects_total\{provider="fake",result="timeout"\} 1/);
-    assert.match(text, /imap_proxy_upstream_connect_duration_seconds_count\{provider="fake"\} \d+/);
+    assert.match(
+      text,
+      /imap_proxy_upstream_connects_total\{protocol="imap",provider="fake",result="timeout"\} 1/,
+    );
+    assert.match(
+      text,
+      /imap_proxy_upstream_connect_duration_seconds_count\{protocol="imap",provider="fake"\} \d+/,
+    );
     assert.ok(logText.includes('upstream auth failed'), 'logs were captured');
     for (const secret of [GOOD, 'stale-token', xoauth2Blob(USER, GOOD)])
       assert.ok(!logText.includes(secret), secret);
