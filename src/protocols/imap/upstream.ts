@@ -50,8 +50,8 @@ function remaining(deadline: number): number {
 
 /** `[CAPABILITY a b c] text` → ['a','b','c'], else undefined. */
 export function capabilitiesFromCode(text: string): string[] | undefined {
-  const m = /^\[CAPABILITY ([^\]]*)\]/i.exec(text);
-  return m ? m[1].split(' ').filter(Boolean) : undefined;
+  const list = /^\[CAPABILITY ([^\]]*)\]/i.exec(text)?.[1];
+  return list === undefined ? undefined : list.split(' ').filter(Boolean);
 }
 
 function hasCap(caps: readonly string[], cap: string): boolean {
