@@ -41,5 +41,9 @@ export function ruleExprs(): string[] {
 
 /** Grafana's variables replaced by values Prometheus accepts, so promtool can parse the query. */
 export function concreteExpr(expr: string): string {
-  return expr.replaceAll('$__rate_interval', '5m').replaceAll('$__range', '1h').replaceAll('$instance', '.*');
+  return expr
+    .replaceAll('$__rate_interval', '5m')
+    .replaceAll('$__range', '1h')
+    .replaceAll('$instance', '.*')
+    .replaceAll('$protocol', '.*');
 }
