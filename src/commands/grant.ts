@@ -1,5 +1,6 @@
 import { classifyTokenError } from '../oauth/classify.js';
 import { revokeAtProvider } from '../oauth/flows/revoke.js';
+import { tokenlessGrant } from '../oauth/flows/store-grant.js';
 import { refreshTokenHandler } from '../oauth/grants.js';
 import { createProviderRegistry } from '../oauth/provider.js';
 import type { AccountRecord, GrantKind, GrantRecord } from '../store/types.js';
@@ -39,14 +40,8 @@ const GRANT: Group = {
         if (!KINDS.includes(kind)) throw new UsageError(`--kind must be one of ${KINDS.join(', ')}`);
         const a = await requireAccount(ctx, login!);
         let grant: NewGrant = {
-          kind,
-          status: 'active',
-          refreshToken: null,
-          accessToken: null,
-          accessTokenExpiresAt: null,
+          ...tokenlessGrant(kind),
           scope: typeof v.scope === 'string' ? v.scope : null,
-          lastRefreshAt: null,
-          lastError: null,
         };
         let checked = false;
         if (kind === 'refresh_token') {
