@@ -51,7 +51,12 @@ export class LoginPipeline implements LoginHandler {
     try {
       const upstream = await this.authenticate(req.protocol, account, signal);
       // Destroying upstream makes the splice destroy the client socket too (no bytes injected).
-      slot.attach({ account: accountLabel, log, end: () => upstream.socket.destroy() });
+      slot.attach({
+        account: accountLabel,
+        protocol: req.protocol,
+        log,
+        end: () => upstream.socket.destroy(),
+      });
       return { ok: true, upstream, release: () => slot.release(), accountLabel };
     } catch (err) {
       slot.release();

@@ -1,5 +1,6 @@
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
+import type { ProtocolName } from './types.js';
 
 /** Why the proxy ended a live session (a bounded metric label). */
 export type TerminationReason = 'account_disabled' | 'account_removed' | 'no_grant' | 'needs_consent';
@@ -7,6 +8,8 @@ export type TerminationReason = 'account_disabled' | 'account_removed' | 'no_gra
 export interface LiveSession {
   /** Account label for the log line (the primary login, never a password). */
   readonly account: string;
+  /** Metric label of the ended session. */
+  readonly protocol: ProtocolName;
   readonly log: Logger;
   /** Destroys the session's sockets; never writes into the stream. */
   readonly end: () => void;
@@ -93,7 +96,7 @@ export class SessionRegistry {
       // Once only: the slot itself goes when the splice reports both sockets closed.
       e.session = undefined;
       n++;
-      this.opts.metrics?.sessionsTerminated.inc({ reason });
+      this.opts.metrics?.sessionsTerminated.inc({ protocol: s.protocol, reason });
       s.log.info({ account: s.account, reason }, `live session closed: ${SAID[reason]}`);
       s.end();
     }

@@ -138,3 +138,48 @@ test('the README configuration reference is generated from the schema and up to 
   assert.ok(m, 'README has the config reference markers');
   assert.equal(m[1], configReferenceMarkdown(), 'run: imap-oauth-proxy config-schema --markdown');
 });
+
+test('listeners speak imap unless they say otherwise; an unknown protocol is refused with file, line and key', () => {
+  const { config } = parseConfig(MIN, '/etc/iop/config.yaml', {});
+  assert.equal(config.listeners[0]!.protocol, 'imap');
+  const bad = MIN.replace(
+    '{ name: imaps, port: 1993, tls: implicit }',
+    '{ name: imaps, port: 1993, tls: implicit, protocol: nntp }',
+  );
+  assert.throws(
+    () => parseConfig(bad, '/etc/iop/config.yaml', {}),
+    /\/etc\/iop\/config\.yaml:4:\d+: listeners\[0\]\.protocol: /,
+  );
+});
+
+test('upstream (older spelling) and upstreams.imap configure the same server; both at once is an error', () => {
+  const old = parseConfig(MIN, '/etc/iop/config.yaml', {}).config;
+  const renamed = MIN.replace(
+    'upstream: { host: 127.0.0.1, port: 993 }',
+    'upstreams: { imap: { host: 127.0.0.1, port: 993 } }',
+  );
+  const now = parseConfig(renamed, '/etc/iop/config.yaml', {}).config;
+  assert.deepEqual(upstreamFor(now.providers.local!, 'imap'), upstreamFor(old.providers.local!, 'imap'));
+  assert.equal(upstreamFor(old.providers.local!, 'imap').host, '127.0.0.1');
+  const both = MIN.replace(
+    'upstream: { host: 127.0.0.1, port: 993 }',
+    'upstream: { host: 127.0.0.1, port: 993 }\n    upstreams: { imap: { host: 127.0.0.2 } }',
+  );
+  assert.throws(
+    () => parseConfig(both, '/etc/iop/config.yaml', {}),
+    /providers\.local\.upstream: set upstreams\.imap or its older spelling upstream, not both/,
+  );
+  // A preset fills upstreams.imap; the older key still overrides it.
+  const ms = parseConfig(
+    MIN.replace(
+      /local:[\s\S]*$/,
+      'ms:\n    preset: microsoft\n    client_id: c\n    client_secret: s\n    upstream: { port: 1993 }\n',
+    ),
+    '/etc/iop/config.yaml',
+    {},
+  ).config.providers.ms!;
+  assert.deepEqual(
+    [upstreamFor(ms, 'imap').host, upstreamFor(ms, 'imap').port],
+    ['outlook.office365.com', 1993],
+  );
+});

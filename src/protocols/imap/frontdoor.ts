@@ -381,7 +381,6 @@ export class PreauthSession implements CommandContext, FrontDoorSession {
     this.opts.runner.count(PROTOCOL, 'privacy_required', 0);
     const r = imapReply('privacy_required');
     this.no(tag, r.text, r.code);
-    this.countFailedLogin();
   }
 
   private noteLogin(result: LoginResult, ms: number): void {
@@ -389,8 +388,12 @@ export class PreauthSession implements CommandContext, FrontDoorSession {
     this.loginMs = ms;
   }
 
-  /** Too many failed logins on one connection: a guesser gets `BYE`, whatever the limiter says. */
-  private countFailedLogin(): void {
+  /**
+   * Too many wrong passwords on one connection: a guesser gets `BYE`, whatever the limiter says.
+   * Outages (token endpoint, upstream) are not the client's fault and do not count.
+   */
+  private countFailedLogin(reason: LoginResult): void {
+    if (reason !== 'bad_credentials' && reason !== 'limited') return;
     this.failedLogins++;
     if (this.failedLogins >= this.opts.limits.failedLogins)
       this.reject('too_many_failed_logins', 'Too many failed logins on this connection');
@@ -428,7 +431,7 @@ export class PreauthSession implements CommandContext, FrontDoorSession {
       this.no(tag, imapReplyText(verdict.reason, verdict.clientText), imapReply(verdict.reason).code);
       this.setState('ready');
       this.armIdle();
-      this.countFailedLogin();
+      this.countFailedLogin(verdict.reason);
       return;
     }
     this.log.info({ mechanism }, 'login ok');

@@ -108,7 +108,9 @@ test('two workers share the listener; an expired token is refreshed once across 
   const res = await fetch(`http://127.0.0.1:${ports.admin}/metrics`);
   assert.equal(res.status, 200);
   const text = await res.text();
-  const perWorker = [...text.matchAll(/^imap_proxy_logins_total\{result="success",worker="(\d+)"\} (\d+)/gm)];
+  const perWorker = [
+    ...text.matchAll(/^imap_proxy_logins_total\{protocol="imap",result="success",worker="(\d+)"\} (\d+)/gm),
+  ];
   assert.equal(perWorker.length, 2, 'both workers took logins (round-robin) and report under their label');
   assert.equal(
     perWorker.reduce((n, m) => n + Number(m[2]), 0),

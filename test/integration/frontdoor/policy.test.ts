@@ -45,6 +45,46 @@ describe('pre-auth policy', () => {
     assert.equal(await rejections(fd, 'too_many_bad_commands'), 1);
   });
 
+  test('a connection cannot idle along before login for ever: valid commands are capped too', async (t) => {
+    const fd = await withFrontdoor(t, { preauthCommands: 5 });
+    const c = await RawImapClient.connect(fd.port);
+    t.after(() => c.close());
+    await c.readLine();
+    for (let i = 1; i <= 5; i++)
+      assert.deepEqual(await c.command(`n${i}`, 'NOOP'), [`n${i} OK NOOP completed`]);
+    c.write('n6 NOOP\r\nn7 NOOP\r\n');
+    assert.equal(await c.readToClose(), '* BYE Too many commands before login\r\n');
+    assert.equal(await rejections(fd, 'too_many_commands'), 1);
+    assert.equal(
+      await metricValue(fd.metrics, 'imap_proxy_preauth_rejections_total', { protocol: 'imap' }),
+      1,
+    );
+  });
+
+  test('wrong passwords on one connection are capped; outages do not count', async (t) => {
+    let reason: 'bad_credentials' | 'upstream_unavailable' = 'upstream_unavailable';
+    const fd = await startFrontdoor(
+      { tls: 'none', allow_cleartext_login: true },
+      { limits: { failedLogins: 2 }, decide: () => ({ ok: false, reason }) },
+    );
+    t.after(() => fd.close());
+    const c = await RawImapClient.connect(fd.port);
+    t.after(() => c.close());
+    await c.readLine();
+    for (const tag of ['u1', 'u2', 'u3'])
+      assert.match((await c.command(tag, 'LOGIN alice pw'))[0] ?? '', / NO \[UNAVAILABLE\]/);
+    reason = 'bad_credentials';
+    assert.match((await c.command('b1', 'LOGIN alice guess1'))[0] ?? '', /^b1 NO \[AUTHENTICATIONFAILED\]/);
+    c.write('b2 LOGIN alice guess2\r\nb3 LOGIN alice guess3\r\n');
+    assert.equal(
+      await c.readToClose(),
+      'b2 NO [AUTHENTICATIONFAILED] Invalid credentials\r\n* BYE Too many failed logins on this connection\r\n',
+      'the third guess is never tried',
+    );
+    assert.equal(fd.requests.length, 5);
+    assert.equal(await rejections(fd, 'too_many_failed_logins'), 1);
+  });
+
   test('an HTTP request line is closed without an IMAP answer', async (t) => {
     const fd = await withFrontdoor(t);
     const c = await RawImapClient.connect(fd.port);

@@ -4,8 +4,8 @@ import { recheckSessions, watchConsentLoss, withdrawal } from '../../../src/core
 import { SessionRegistry } from '../../../src/core/sessions.js';
 import { silentLogger } from '../../../src/log.js';
 import { createMetrics } from '../../../src/metrics.js';
-import type { AccountState, GrantStore } from '../../../src/store/types.js';
-import { MemoryGrantStore } from '../../helpers/memory-store.js';
+import type { AccountState } from '../../../src/store/types.js';
+import { memoryDbStore } from '../../helpers/sqlite-store.js';
 
 const grant = {
   kind: 'refresh_token' as const,
@@ -25,7 +25,7 @@ function live(ids: number[], metrics = createMetrics({ defaults: false })) {
   const releases = new Map<number, () => void>();
   for (const id of ids) {
     const slot = reg.tryAcquire(id, 10)!;
-    slot.attach({ account: `acct${id}`, log: silentLogger, end: () => ended.push(id) });
+    slot.attach({ account: `acct${id}`, protocol: 'imap', log: silentLogger, end: () => ended.push(id) });
     releases.set(id, () => slot.release());
   }
   return { reg, ended, releases, metrics };
@@ -52,7 +52,7 @@ test('registry: the cap counts sessions still logging in; end() reaches only spl
   assert.equal(reg.tryAcquire(1, 2), null, 'cap reached');
   assert.deepEqual(reg.accountIds(), [], 'nothing spliced yet: nothing to recheck');
   let ends = 0;
-  a.attach({ account: 'alice', log: silentLogger, end: () => ends++ });
+  a.attach({ account: 'alice', protocol: 'imap', log: silentLogger, end: () => ends++ });
   assert.deepEqual(reg.accountIds(), [1]);
   assert.equal(reg.end(1, 'account_disabled'), 1, 'the one still logging in is left to its login checks');
   assert.equal(reg.end(1, 'account_disabled'), 0, 'an ended session is not ended twice');
@@ -67,58 +67,61 @@ test('registry: the cap counts sessions still logging in; end() reaches only spl
   a.release();
   b.release();
   assert.equal(reg.count(1), 0);
-  b.attach({ account: 'alice', log: silentLogger, end: () => ends++ });
+  b.attach({ account: 'alice', protocol: 'imap', log: silentLogger, end: () => ends++ });
   assert.deepEqual(reg.accountIds(), [], 'attach after release is ignored');
 });
 
-test('recheck: no sessions, no store read', async () => {
-  const store = new MemoryGrantStore();
-  let reads = 0;
-  store.getAccount = async () => {
-    reads++;
-    return null;
+/** Counts every read recheckSessions may make: the batched one and the per-account ones. */
+function countReads(store: Awaited<ReturnType<typeof memoryDbStore>>) {
+  const asked: number[][] = [];
+  const single = { n: 0 };
+  const batched = store.accountStates.bind(store);
+  const getAccount = store.getAccount.bind(store);
+  const getGrant = store.getGrant.bind(store);
+  store.accountStates = async (ids) => {
+    asked.push([...ids]);
+    return batched(ids);
   };
+  store.getAccount = async (id) => {
+    single.n++;
+    return getAccount(id);
+  };
+  store.getGrant = async (id) => {
+    single.n++;
+    return getGrant(id);
+  };
+  return { asked, single };
+}
+
+test('recheck: no sessions, no store read', async (t) => {
+  const store = await memoryDbStore();
+  t.after(() => store.close());
+  const { asked, single } = countReads(store);
   assert.equal(await recheckSessions(new SessionRegistry(), store), 0);
-  assert.equal(reads, 0);
+  assert.deepEqual(asked, []);
+  assert.equal(single.n, 0);
 });
 
-test('recheck: one batched read for the live accounts; only withdrawn ones end', async () => {
-  const store: GrantStore = new MemoryGrantStore();
+test('recheck: one batched read for the live accounts; only withdrawn ones end', async (t) => {
+  const store = await memoryDbStore();
+  t.after(() => store.close());
   const mk = async (login: string) =>
     (await store.createAccount({ login, upstreamUser: `${login}@x`, provider: 'p' }, 't')).id;
   const [ok, off, gone, nogrant] = [await mk('ok'), await mk('off'), await mk('gone'), await mk('nogrant')];
   for (const id of [ok, off, gone]) await store.putGrant(id, grant, 't');
   await store.setAccountStatus(off, 'disabled', 't');
   await store.deleteAccount(gone, 't');
-  const asked: number[][] = [];
-  store.accountStates = async (ids) => {
-    asked.push([...ids]);
-    const out = new Map<number, AccountState>();
-    for (const id of ids) {
-      const a = await store.getAccount(id);
-      if (a)
-        out.set(id, { accountStatus: a.status, grantStatus: (await store.getGrant(id))?.status ?? null });
-    }
-    return out;
-  };
+  const { asked, single } = countReads(store);
   const { reg, ended } = live([ok, off, gone, nogrant]);
   assert.equal(await recheckSessions(reg, store), 3);
   assert.deepEqual(asked, [[ok, off, gone, nogrant]]);
+  assert.equal(single.n, 0, 'no per-account reads');
   assert.deepEqual(ended.sort(), [off, gone, nogrant].sort());
 });
 
-test('recheck falls back to per-account reads on a store without accountStates', async () => {
-  const store: GrantStore = new MemoryGrantStore();
-  assert.equal(store.accountStates, undefined);
-  const id = (await store.createAccount({ login: 'a', upstreamUser: 'a@x', provider: 'p' }, 't')).id;
-  await store.putGrant(id, { ...grant, status: 'needs_consent' }, 't');
-  const { reg, ended } = live([id]);
-  assert.equal(await recheckSessions(reg, store), 1);
-  assert.deepEqual(ended, [id]);
-});
-
-test('watchConsentLoss reports a committed needs_consent write, not other writes or rolled-back ones', async () => {
-  const store = new MemoryGrantStore();
+test('watchConsentLoss reports a committed needs_consent write, not other writes or rolled-back ones', async (t) => {
+  const store = await memoryDbStore();
+  t.after(() => store.close());
   const id = (await store.createAccount({ login: 'a', upstreamUser: 'a@x', provider: 'p' }, 't')).id;
   await store.putGrant(id, grant, 't');
   const lost: number[] = [];
