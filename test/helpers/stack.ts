@@ -241,7 +241,8 @@ function msgOf(line: string): string {
   }
 }
 
-function withCredentials(url: string, id: string, secret: string): string {
+/** An introspection URL with its client credentials in it, as Dovecot's oauth2 passdb takes them. */
+export function withCredentials(url: string, id: string, secret: string): string {
   const u = new URL(url);
   u.username = encodeURIComponent(id);
   u.password = encodeURIComponent(secret);
