@@ -61,22 +61,37 @@ function parseV1(buf: Buffer): ProxyHeaderResult {
   const length = lf + 1;
   if (fields[1] === 'UNKNOWN') return { kind: 'header', length, source: null };
   if (fields.length !== 6) return { kind: 'invalid' };
-  const [, proto, src, dst, sport, dport] = fields;
+  const [, proto, src = '', dst = '', sport, dport] = fields;
   const check = proto === 'TCP4' ? isIPv4 : proto === 'TCP6' ? isIPv6 : () => false;
   const sp = port(sport);
-  if (!check(src!) || !check(dst!) || sp === null || port(dport) === null) return { kind: 'invalid' };
-  return { kind: 'header', length, source: { address: src!, port: sp } };
+  if (!check(src) || !check(dst) || sp === null || port(dport) === null) return { kind: 'invalid' };
+  return { kind: 'header', length, source: { address: canonicalAddress(src), port: sp } };
 }
 
 function ipv6(b: Buffer): string {
   const parts: string[] = [];
   for (let i = 0; i < 16; i += 2) parts.push(b.readUInt16BE(i).toString(16));
-  return parts.join(':');
+  return canonicalAddress(parts.join(':'));
+}
+
+/**
+ * One spelling per address (RFC 5952: lower case, shortest, `::` for the longest zero run;
+ * IPv4-mapped as dotted IPv4), the form Node gives socket addresses: one client is one
+ * limiter key however its PROXY header wrote it.
+ */
+export function canonicalAddress(address: string): string {
+  if (!isIPv6(address)) return address;
+  const host = new URL(`http://[${address}]/`).hostname.slice(1, -1);
+  const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(host);
+  if (!mapped) return host;
+  const hi = Number.parseInt(mapped[1] ?? '0', 16);
+  const lo = Number.parseInt(mapped[2] ?? '0', 16);
+  return `${hi >> 8}.${hi & 0xff}.${lo >> 8}.${lo & 0xff}`;
 }
 
 function parseV2(buf: Buffer, maxBytes: number): ProxyHeaderResult {
-  const verCmd = buf[12]!;
-  const fam = buf[13]!;
+  const verCmd = buf.readUInt8(12);
+  const fam = buf.readUInt8(13);
   const len = buf.readUInt16BE(14);
   const length = V2_FIXED + len;
   if ((verCmd & 0xf0) !== V2_VERSION || length > maxBytes) return { kind: 'invalid' };
@@ -111,10 +126,10 @@ export function plainAddress(address: string): string {
 export function trustList(cidrs: readonly string[]): BlockList {
   const list = new BlockList();
   for (const entry of cidrs) {
-    const [net, bits] = entry.split('/');
-    const type = isIPv6(net!) ? 'ipv6' : 'ipv4';
-    if (bits === undefined) list.addAddress(net!, type);
-    else list.addSubnet(net!, Number(bits), type);
+    const [net = '', bits] = entry.split('/');
+    const type = isIPv6(net) ? 'ipv6' : 'ipv4';
+    if (bits === undefined) list.addAddress(net, type);
+    else list.addSubnet(net, Number(bits), type);
   }
   return list;
 }

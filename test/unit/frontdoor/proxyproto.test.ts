@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import {
+  canonicalAddress,
   isTrusted,
   parseProxyHeader,
   startsLikeProxyHeader,
@@ -57,7 +58,7 @@ test('v2 PROXY for IPv4 and IPv6, LOCAL keeps the peer address, split input is i
     assert.equal(parseProxyHeader(h.subarray(0, i)).kind, 'incomplete', `at ${i}`);
   const h6 = v2({ ip: [0x20, 0x01, 0x0d, 0xb8, ...Array(11).fill(0), 5], port: 7 }, 0x21);
   const r6 = parseProxyHeader(h6);
-  assert.equal(r6.kind === 'header' && r6.source?.address, '2001:db8:0:0:0:0:0:5');
+  assert.equal(r6.kind === 'header' && r6.source?.address, '2001:db8::5');
   assert.deepEqual(parseProxyHeader(v2(null)), { kind: 'header', length: 16, source: null });
   const badVersion = Buffer.from(h);
   badVersion[12] = 0x11;
@@ -81,4 +82,26 @@ test('trusted networks: CIDRs and single addresses, IPv4-mapped IPv6 peers', () 
   assert.ok(isTrusted(list, 'fd00::1'));
   assert.ok(!isTrusted(list, '192.0.2.6'));
   assert.ok(!isTrusted(list, '127.0.0.1'));
+});
+
+test('IPv6 client addresses are canonical, so one client is one limiter key (v1 and v2 alike)', () => {
+  const header6 = (addr: number[]) => {
+    const body = Buffer.alloc(36);
+    Buffer.from(addr).copy(body, 0);
+    body.writeUInt16BE(4321, 32);
+    const head = Buffer.from([
+      0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a, 0x21, 0x21, 0, 36,
+    ]);
+    return parseProxyHeader(Buffer.concat([head, body]), 536);
+  };
+  const doc = [0x20, 0x01, 0x0d, 0xb8, ...Array(11).fill(0), 0x07];
+  const r = header6(doc);
+  assert.equal(r.kind === 'header' ? r.source?.address : r.kind, '2001:db8::7');
+  const mapped = [...Array(10).fill(0), 0xff, 0xff, 192, 0, 2, 9];
+  const m = header6(mapped);
+  assert.equal(m.kind === 'header' ? m.source?.address : m.kind, '192.0.2.9');
+  const v1 = parseProxyHeader(Buffer.from('PROXY TCP6 2001:DB8:0:0:0:0:0:7 2001:db8::1 1 2\r\n'), 536);
+  assert.equal(v1.kind === 'header' ? v1.source?.address : v1.kind, '2001:db8::7');
+  assert.equal(canonicalAddress('2001:0db8:0000::0007'), '2001:db8::7');
+  assert.equal(canonicalAddress('192.0.2.1'), '192.0.2.1');
 });
