@@ -5,7 +5,7 @@ import type { Logger } from '../log.js';
 import type { Keyring } from './crypto.js';
 import { PostgresGrantStore } from './postgres.js';
 import { SqliteGrantStore } from './sqlite.js';
-import type { GrantStore, KeyRotatable, RotationResult } from './types.js';
+import type { GrantStore, RotationResult } from './types.js';
 
 /** Where the SQLite file lives: `store.sqlite_path` as given, else `<data_dir>/proxy.db`. */
 export function sqlitePath(config: Config): string {
@@ -25,12 +25,7 @@ export async function openStore(config: Config, keyring: Keyring, log: Logger): 
   return SqliteGrantStore.open(sqlitePath(config), keyring, log);
 }
 
-function isRotatable(store: GrantStore): store is GrantStore & KeyRotatable {
-  return typeof (store as Partial<KeyRotatable>).reencryptAll === 'function';
-}
-
 /** Re-encrypts every stored secret with the keyring's current key, in one transaction. */
 export async function rotateKeys(store: GrantStore, actor = 'cli'): Promise<RotationResult> {
-  if (!isRotatable(store)) throw new ConfigError('this store does not support key rotation');
   return store.reencryptAll(actor);
 }

@@ -85,7 +85,7 @@ export interface GrantTx {
   update(patch: GrantPatch): Promise<void>;
 }
 
-export interface GrantStore {
+export interface GrantStore extends KeyRotatable {
   /** Apply pending migrations; safe to call at every start. */
   migrate(): Promise<void>;
   /** Throws if the store is unreachable (used by /readyz). */
@@ -125,10 +125,9 @@ export interface GrantStore {
   countGrantsByStatus(): Promise<Record<GrantStatus, number>>;
   /**
    * Account and grant status of several accounts in one read (the live-session recheck).
-   * An id missing from the answer has no account any more. Optional: callers fall back to
-   * getAccount + getGrant per id.
+   * An id missing from the answer has no account any more.
    */
-  accountStates?(ids: readonly number[]): Promise<Map<number, AccountState>>;
+  accountStates(ids: readonly number[]): Promise<Map<number, AccountState>>;
 
   audit(actor: string, action: string, accountId: number | null, detail?: string): Promise<void>;
   listAudit(accountId?: number, limit?: number): Promise<AuditEvent[]>;

@@ -3,14 +3,14 @@ import { randomBytes } from 'node:crypto';
 import { test } from 'node:test';
 import { Keyring } from '../../src/store/crypto.js';
 import { rotateKeys } from '../../src/store/index.js';
-import type { GrantRecord, GrantStore, KeyRotatable } from '../../src/store/types.js';
+import type { GrantRecord, GrantStore } from '../../src/store/types.js';
 
 /**
  * The behaviour every GrantStore implementation shares (SQLite, PostgreSQL): one function
  * that registers the same tests for each, so the two backends cannot drift apart.
  */
 
-export type ContractStore = GrantStore & KeyRotatable;
+export type ContractStore = GrantStore;
 
 export interface StoreDatabase {
   store: ContractStore;
@@ -105,7 +105,7 @@ export function grantStoreContract(h: StoreHarness): void {
     await s.putGrant(b.id, grant({ status: 'needs_consent' }), 'cli');
     await s.setAccountStatus(c.id, 'disabled', 'cli');
     await s.deleteAccount(d.id, 'cli');
-    const states = await s.accountStates!([a.id, b.id, c.id, d.id]);
+    const states = await s.accountStates([a.id, b.id, c.id, d.id]);
     assert.deepEqual(
       [...states.entries()].sort((x, y) => x[0] - y[0]),
       [
@@ -114,7 +114,7 @@ export function grantStoreContract(h: StoreHarness): void {
         [c.id, { accountStatus: 'disabled', grantStatus: null }],
       ],
     );
-    assert.equal((await s.accountStates!([])).size, 0);
+    assert.equal((await s.accountStates([])).size, 0);
   });
 
   test('migrate is idempotent and another instance on the same database sees the data', async (t) => {

@@ -7,7 +7,8 @@ import { isProxyError, type ProxyError } from '../../../src/errors.js';
 import { createMetrics } from '../../../src/metrics.js';
 import { OAuthTokenBroker } from '../../../src/oauth/broker.js';
 import { createProviderRegistry } from '../../../src/oauth/provider.js';
-import { MemoryGrantStore } from '../../helpers/memory-store.js';
+import type { GrantStore } from '../../../src/store/types.js';
+import { memoryDbStore } from '../../helpers/sqlite-store.js';
 
 // Fault injection through a small fake token endpoint (node:http): a real OP cannot be made
 // to hang, answer 5xx/429 with Retry-After, or send garbage JSON on demand.
@@ -41,7 +42,7 @@ const json =
   };
 
 async function setup(tokenUrl = url) {
-  const store = new MemoryGrantStore();
+  const store = await memoryDbStore();
   const metrics = createMetrics({ defaults: false });
   let clock = Date.now();
   const broker = new OAuthTokenBroker({
@@ -102,7 +103,7 @@ async function setup(tokenUrl = url) {
   };
 }
 
-async function assertGrantUntouched(store: MemoryGrantStore, id: number, lastError: RegExp) {
+async function assertGrantUntouched(store: GrantStore, id: number, lastError: RegExp) {
   const g = await store.getGrant(id);
   assert.equal(g?.status, 'active');
   assert.equal(g?.refreshToken, 'rt-original');

@@ -7,14 +7,15 @@ import { runGrantCommand } from '../../../src/commands/grant.js';
 import { parseConfig } from '../../../src/config/load.js';
 import { silentLogger } from '../../../src/log.js';
 import { generateKeyLine, Keyring } from '../../../src/store/crypto.js';
-import { MemoryGrantStore } from '../../helpers/memory-store.js';
+import type { SqliteGrantStore } from '../../../src/store/sqlite.js';
 import { startOP, type TestOP } from '../../helpers/op.js';
+import { memoryDbStore } from '../../helpers/sqlite-store.js';
 import { devicePrompt, FormDriver } from './form-driver.js';
 
 /** CLI onboarding against a real oidc-provider: device flow, app-only grant, revocation. */
 describe('account connect / account add --grant app-only / grant revoke', () => {
   let op: TestOP;
-  let store: MemoryGrantStore;
+  let store: SqliteGrantStore | undefined;
   let out: string[];
   let err: string[];
   let ctx: CommandContext;
@@ -23,11 +24,14 @@ describe('account connect / account add --grant app-only / grant revoke', () => 
     op = await startOP({ deviceFlow: true, clientCredentials: true });
   });
   after(async () => {
+    await store?.close();
     await op?.close();
   });
 
-  const fresh = () => {
-    store = new MemoryGrantStore();
+  const fresh = async (): Promise<SqliteGrantStore> => {
+    await store?.close();
+    const keyring = Keyring.random('k1');
+    store = await memoryDbStore(keyring);
     out = [];
     err = [];
     const { config } = parseConfig(
@@ -51,16 +55,17 @@ providers:
     ctx = {
       config,
       store,
-      keyring: Keyring.random('k1'),
+      keyring,
       out: (s) => out.push(s),
       err: (s) => err.push(s),
       stdin: new PassThrough(),
       log: silentLogger,
     };
+    return store;
   };
 
   test('account connect: the user approves the printed code at the IdP, the refresh grant lands on the account', async () => {
-    fresh();
+    const store = await fresh();
     await store.createAccount(
       { login: 'dana@example.com', upstreamUser: 'dana@example.com', provider: 'local' },
       't',
@@ -92,11 +97,11 @@ providers:
     assert.match(out.at(-1) ?? '', /removed; revoked at the provider/);
     assert.equal(await store.getGrant(1), null);
     assert.equal((await op.introspect(grant.refreshToken)).active, false);
-    assert.ok(store.auditLog.some((e) => e.action === 'grant.revoke'));
+    assert.ok((await store.listAudit()).some((e) => e.action === 'grant.revoke'));
   });
 
   test('account connect refuses a device sign-in by a different mailbox and stores nothing', async () => {
-    fresh();
+    const store = await fresh();
     await store.createAccount(
       { login: 'erin@example.com', upstreamUser: 'erin@example.com', provider: 'local' },
       't',
@@ -115,7 +120,7 @@ providers:
   });
 
   test('account add --grant app-only: client credentials, proven by a token request', async () => {
-    fresh();
+    const store = await fresh();
     const rc = await runAccountCommand(
       [
         'add',
@@ -136,7 +141,7 @@ providers:
   });
 
   test('account link prints a sealed link to the admin server that does not reveal the account', async () => {
-    fresh();
+    const store = await fresh();
     await store.createAccount(
       { login: 'finn@example.com', upstreamUser: 'finn@example.com', provider: 'local' },
       't',

@@ -12,7 +12,8 @@ import { OAuthTokenBroker } from '../../../src/oauth/broker.js';
 import { tokenlessGrant } from '../../../src/oauth/flows/store-grant.js';
 import { createJwtBearerHandler, JWT_BEARER_GRANT } from '../../../src/oauth/jwt-bearer.js';
 import { createProviderRegistry } from '../../../src/oauth/provider.js';
-import { MemoryGrantStore } from '../../helpers/memory-store.js';
+import type { GrantStore } from '../../../src/store/types.js';
+import { memoryDbStore } from '../../helpers/sqlite-store.js';
 
 /**
  * Google's token endpoint cannot run here, so this is a fake (as the issue asks): it checks
@@ -67,7 +68,7 @@ describe('JWT-bearer grant (Google service account, domain-wide delegation)', ()
     rmSync(dir, { recursive: true, force: true });
   });
 
-  const brokerWith = (key: string) => {
+  const brokerWith = async (key: string) => {
     const file = join(dir, `sa-${seen.length}-${Math.random()}.json`);
     writeFileSync(
       file,
@@ -88,7 +89,7 @@ describe('JWT-bearer grant (Google service account, domain-wide delegation)', ()
       allow_insecure_http: true,
       timeout_seconds: 3,
     });
-    const store = new MemoryGrantStore();
+    const store = await memoryDbStore();
     const broker = new OAuthTokenBroker({
       store,
       providers: createProviderRegistry({ google: provider }),
@@ -103,14 +104,16 @@ describe('JWT-bearer grant (Google service account, domain-wide delegation)', ()
     return { store, broker };
   };
 
-  const addAccount = async (store: MemoryGrantStore, mailbox: string) => {
+  const addAccount = async (store: GrantStore, mailbox: string) => {
     const a = await store.createAccount({ login: mailbox, upstreamUser: mailbox, provider: 'google' }, 't');
     await store.putGrant(a.id, tokenlessGrant('jwt_bearer'), 't');
     return a;
   };
 
   test('each mailbox gets its own token, asserted with sub = the mailbox and signed with the key file', async () => {
-    const { store, broker } = brokerWith(privateKey.export({ type: 'pkcs8', format: 'pem' }).toString());
+    const { store, broker } = await brokerWith(
+      privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
+    );
     const a = await addAccount(store, 'ann@corp.example');
     const b = await addAccount(store, 'ben@corp.example');
     assert.equal((await broker.getAccessToken(a)).token, 'at-for-ann@corp.example');
@@ -126,7 +129,7 @@ describe('JWT-bearer grant (Google service account, domain-wide delegation)', ()
   });
 
   test('an assertion signed with the wrong key is refused: the login sees token_unavailable', async () => {
-    const { store, broker } = brokerWith(
+    const { store, broker } = await brokerWith(
       other.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
     );
     const a = await addAccount(store, 'cat@corp.example');

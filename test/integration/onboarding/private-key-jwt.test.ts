@@ -9,8 +9,8 @@ import { isProxyError } from '../../../src/errors.js';
 import { OAuthTokenBroker } from '../../../src/oauth/broker.js';
 import { tokenlessGrant } from '../../../src/oauth/flows/store-grant.js';
 import { createProviderRegistry } from '../../../src/oauth/provider.js';
-import { MemoryGrantStore } from '../../helpers/memory-store.js';
 import { startOP, type TestOP } from '../../helpers/op.js';
+import { memoryDbStore } from '../../helpers/sqlite-store.js';
 
 /**
  * private_key_jwt client authentication (Microsoft certificate credentials) against the real
@@ -37,7 +37,7 @@ describe('private_key_jwt client authentication against oidc-provider', () => {
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
-  const brokerFor = (key: KeyObject, name: string) => {
+  const brokerFor = async (key: KeyObject, name: string) => {
     const file = join(dir, `${name}.pem`);
     writeFileSync(file, key.export({ type: 'pkcs8', format: 'pem' }).toString(), { mode: 0o600 });
     const provider = providerSchema.parse({
@@ -49,7 +49,7 @@ describe('private_key_jwt client authentication against oidc-provider', () => {
       allow_insecure_http: true,
       timeout_seconds: 5,
     });
-    const store = new MemoryGrantStore();
+    const store = await memoryDbStore();
     const broker = new OAuthTokenBroker({
       store,
       providers: createProviderRegistry({ ms: provider }),
@@ -73,7 +73,7 @@ describe('private_key_jwt client authentication against oidc-provider', () => {
     ['P-256 (ES256)', ec.privateKey],
   ] as const) {
     test(`client-credentials token signed with the ${label} key in the client's JWKS`, async () => {
-      const { broker, account } = brokerFor(key, label.slice(0, 3));
+      const { broker, account } = await brokerFor(key, label.slice(0, 3));
       const before = op.tokenRequests();
       const token = await broker.getAccessToken(await account('app@example.com'));
       assert.equal(op.tokenRequests(), before + 1);
@@ -85,7 +85,7 @@ describe('private_key_jwt client authentication against oidc-provider', () => {
   }
 
   test('an assertion signed with a key the client does not hold is refused (token_unavailable)', async () => {
-    const { broker, account } = brokerFor(stranger.privateKey, 'stranger');
+    const { broker, account } = await brokerFor(stranger.privateKey, 'stranger');
     const before = op.tokenRequests();
     await assert.rejects(
       broker.getAccessToken(await account('app@example.com')),
