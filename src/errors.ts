@@ -105,6 +105,11 @@ export function isProxyError(err: unknown): err is ProxyError {
   return err instanceof ProxyError;
 }
 
+/** The message of a caught value, which JavaScript does not promise is an Error. */
+export function messageOf(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
 /** A configuration or usage error meant for an admin's eyes (CLI exits 1 with the message). */
 export class ConfigError extends Error {
   override readonly name = 'ConfigError';

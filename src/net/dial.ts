@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { isIP, connect as netConnect, type Socket } from 'node:net';
 import {
   createSecureContext,
@@ -24,26 +24,7 @@ export interface DialOptions {
 }
 
 const KEEPALIVE_MS = 60_000;
-const caCache = new Map<string, string[]>();
 const sessions = new Map<string, Buffer>();
-
-/** Default roots plus the operator's CA file; read once per path. */
-function trustedCAs(caFile: string | undefined): string[] | undefined {
-  if (!caFile) return undefined;
-  let ca = caCache.get(caFile);
-  if (!ca) {
-    try {
-      ca = [...rootCertificates, readFileSync(caFile, 'utf8')];
-    } catch (err) {
-      throw new ProxyError('upstream_unavailable', 'upstream ca_file unreadable', {
-        cause: err,
-        detail: 'ca_file',
-      });
-    }
-    caCache.set(caFile, ca);
-  }
-  return ca;
-}
 
 // The CA file is part of the key: a session resumed under other trust settings would skip verification.
 function sessionKey(o: DialOptions): string {
@@ -53,7 +34,8 @@ function sessionKey(o: DialOptions): string {
 function rememberSession(key: string, session: Buffer): void {
   sessions.delete(key);
   sessions.set(key, session);
-  if (sessions.size > DIAL_LIMITS.tlsSessions) sessions.delete(sessions.keys().next().value as string);
+  const oldest = sessions.keys().next();
+  if (sessions.size > DIAL_LIMITS.tlsSessions && !oldest.done) sessions.delete(oldest.value);
 }
 
 const TLS_VERIFY_CODES = new Set([
@@ -133,21 +115,59 @@ function settleOnce<S extends Socket>(
   });
 }
 
-const contexts = new Map<string, SecureContext>();
+interface TrustEntry {
+  readonly context: SecureContext;
+  /** The CA file's modification time and size when it was read (a renewed CA is picked up). */
+  readonly stamp: string;
+  checkedAt: number;
+}
+
+const contexts = new Map<string, TrustEntry>();
+/** How often a dial looks whether the operator's CA file changed on disk. */
+const CA_RECHECK_MS = 5000;
+
+function caStamp(caFile: string): string {
+  try {
+    const st = statSync(caFile);
+    return `${st.mtimeMs}:${st.size}`;
+  } catch (err) {
+    throw new ProxyError('upstream_unavailable', 'upstream ca_file unreadable', {
+      cause: err,
+      detail: 'ca_file',
+    });
+  }
+}
 
 /**
  * One SecureContext per CA file: passing `ca` to every tls.connect() re-parses ~140 root
  * certificates per dial (tens of ms of CPU and ~1 MB per session, measured by the bench).
+ * The file is looked at again every few seconds and re-read when it changed, so a renewed
+ * private CA needs no restart; TLS sessions resumed under the old trust are forgotten.
  */
-function trustedContext(caFile: string | undefined): SecureContext {
+function trustedContext(caFile: string | undefined, now = Date.now()): SecureContext {
   const k = caFile ?? '';
-  let c = contexts.get(k);
-  if (!c) {
-    const ca = trustedCAs(caFile);
-    c = createSecureContext({ ...(ca ? { ca } : {}), minVersion: 'TLSv1.2' });
-    contexts.set(k, c);
+  const known = contexts.get(k);
+  if (known && (!caFile || now - known.checkedAt < CA_RECHECK_MS)) return known.context;
+  const stamp = caFile ? caStamp(caFile) : '';
+  if (known && known.stamp === stamp) {
+    known.checkedAt = now;
+    return known.context;
   }
-  return c;
+  let ca: string[] | undefined;
+  if (caFile) {
+    try {
+      ca = [...rootCertificates, readFileSync(caFile, 'utf8')];
+    } catch (err) {
+      throw new ProxyError('upstream_unavailable', 'upstream ca_file unreadable', {
+        cause: err,
+        detail: 'ca_file',
+      });
+    }
+    if (known) for (const key of sessions.keys()) if (key.endsWith(`:${caFile}`)) sessions.delete(key);
+  }
+  const context = createSecureContext({ ...(ca ? { ca } : {}), minVersion: 'TLSv1.2' });
+  contexts.set(k, { context, stamp, checkedAt: now });
+  return context;
 }
 
 function tlsOptions(o: DialOptions) {

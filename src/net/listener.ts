@@ -109,11 +109,14 @@ export function createListener(cfg: ListenerConfig, deps: ListenerDeps): Listene
     session.start();
   };
 
+  // Present exactly when this listener speaks implicit TLS, so the TLS path always has its context.
+  const implicitTls = cfg.tls === 'implicit' ? secureContext : undefined;
+
   /** Implicit TLS: handshake first (bounded by the idle limit), then the protocol's session. */
-  const startTls = (raw: Socket, source: ProxySource | null) => {
+  const startTls = (raw: Socket, source: ProxySource | null, context: SecureContext) => {
     const timer = setTimeout(() => refuse(raw, 'idle_timeout'), limits.preauthIdleMs);
     raw.once('close', () => clearTimeout(timer));
-    const tls = new TLSSocket(raw, { isServer: true, secureContext: secureContext! });
+    const tls = new TLSSocket(raw, { isServer: true, secureContext: context });
     tls.once('secure', () => {
       clearTimeout(timer);
       tls.removeAllListeners('error');
@@ -127,7 +130,7 @@ export function createListener(cfg: ListenerConfig, deps: ListenerDeps): Listene
   };
 
   const afterPreamble = (raw: Socket, source: ProxySource | null) => {
-    if (cfg.tls === 'implicit') startTls(raw, source);
+    if (implicitTls) startTls(raw, source, implicitTls);
     else startSession(raw, source, raw);
   };
 
@@ -151,12 +154,12 @@ export function createListener(cfg: ListenerConfig, deps: ListenerDeps): Listene
   };
 
   /** Implicit TLS from an untrusted peer on a PROXY listener: a header instead of a ClientHello is refused. */
-  const sniffThenTls = (raw: Socket) => {
+  const sniffThenTls = (raw: Socket, context: SecureContext) => {
     raw.once('data', (chunk: Buffer) => {
       raw.pause();
       if (startsLikeProxyHeader(chunk)) return refuse(raw, 'proxy_header_untrusted');
       raw.unshift(chunk);
-      startTls(raw, null);
+      startTls(raw, null, context);
     });
   };
 
@@ -166,7 +169,7 @@ export function createListener(cfg: ListenerConfig, deps: ListenerDeps): Listene
     raw.on('error', () => {});
     metrics.connections.inc({ protocol: deps.protocol, listener: cfg.name, tls: cfg.tls });
     if (trusted && isTrusted(trusted, raw.remoteAddress ?? '')) readProxyHeader(raw);
-    else if (trusted && cfg.tls === 'implicit') sniffThenTls(raw);
+    else if (trusted && implicitTls) sniffThenTls(raw, implicitTls);
     else afterPreamble(raw, null);
   });
 
@@ -180,8 +183,12 @@ export function createListener(cfg: ListenerConfig, deps: ListenerDeps): Listene
         server.once('error', reject);
         server.listen(cfg.port, cfg.address, () => {
           server.off('error', reject);
-          log.info({ address: server.address(), tls: cfg.tls }, 'listening');
-          resolve(server.address() as AddressInfo);
+          const address = server.address();
+          log.info({ address, tls: cfg.tls }, 'listening');
+          // A TCP server reports an AddressInfo; a string would mean a pipe, which this never listens on.
+          if (address === null || typeof address === 'string')
+            reject(new Error(`listener "${cfg.name}": no TCP address`));
+          else resolve(address);
         });
       }),
     close: async (opts = {}) => {

@@ -4,7 +4,7 @@ import type {
   UpstreamConnector,
   UpstreamTarget,
 } from '../core/upstream.js';
-import { isConnectionFailure } from '../errors.js';
+import { isConnectionFailure, messageOf } from '../errors.js';
 import type { Logger } from '../log.js';
 import { silentLogger } from '../log.js';
 import { DIAL_LIMITS } from './limits.js';
@@ -219,7 +219,7 @@ export class WarmPool implements UpstreamConnector {
           slot.dialing--;
           if (!this.closed) this.pooled--;
           slot.backoffUntil = Date.now() + REFILL_BACKOFF_MS;
-          this.log.debug({ err: { message: (err as Error).message } }, 'warm upstream dial failed');
+          this.log.debug({ err: { message: messageOf(err) } }, 'warm upstream dial failed');
         },
       );
     }

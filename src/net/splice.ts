@@ -1,4 +1,4 @@
-import type { Socket } from 'node:net';
+import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { AuthenticatedUpstream } from '../core/upstream.js';
 import type { Metrics } from '../metrics.js';
@@ -24,17 +24,16 @@ export interface SpliceStats {
 const HALF_CLOSE_GRACE_MS = 5000;
 
 function tune(s: Duplex): void {
-  const sock = s as Partial<Socket>;
-  sock.setKeepAlive?.(true, 60_000);
-  sock.setNoDelay?.(true);
+  if (!(s instanceof Socket)) return;
+  s.setKeepAlive(true, 60_000);
+  s.setNoDelay(true);
   // No proxy idle timeout after login: the mail server and the client decide.
-  sock.setTimeout?.(0);
+  s.setTimeout(0);
 }
 
 /** Bytes read so far from a stream: the socket's own counter, or a 'data' tally for other Duplexes. */
 function readCounter(s: Duplex): () => number {
-  const sock = s as Partial<Socket>;
-  if (typeof sock.bytesRead === 'number') return () => sock.bytesRead ?? 0;
+  if (s instanceof Socket) return () => s.bytesRead;
   let n = 0;
   s.on('data', (b: Buffer) => {
     n += b.length;

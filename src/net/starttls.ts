@@ -1,4 +1,3 @@
-import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { type SecureContext, TLSSocket } from 'node:tls';
 
@@ -27,7 +26,7 @@ export async function upgradeToTls(
   raw.on('error', () => {});
   await new Promise<void>((resolve) => raw.write(goAhead, () => resolve()));
   if (!stillWanted()) return undefined;
-  const tls = new TLSSocket(raw as Socket, { isServer: true, secureContext });
+  const tls = new TLSSocket(raw, { isServer: true, secureContext });
   tls.once('secure', () => on.secure(tls));
   tls.once('error', (err) => on.failed(err));
   tls.once('close', () => {

@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { createSecureContext, type SecureContext } from 'node:tls';
 import type { ListenerConfig } from '../config/schema.js';
-import { ConfigError } from '../errors.js';
+import { ConfigError, messageOf } from '../errors.js';
 
 export interface TlsPems {
   readonly cert: string | Buffer;
@@ -32,8 +32,6 @@ export async function listenerPems(
   try {
     return { cert: await readFile(certFile), key: await readFile(keyFile) };
   } catch (err) {
-    throw new ConfigError(
-      `listener "${cfg.name}": cannot read certificate or key (${(err as Error).message})`,
-    );
+    throw new ConfigError(`listener "${cfg.name}": cannot read certificate or key (${messageOf(err)})`);
   }
 }
