@@ -26,6 +26,13 @@ export class DecryptError extends Error {
   override readonly name = 'DecryptError';
 }
 
+/** `v1.<kid>.<iv>.<ciphertext>` → its three parts, or null when it is not of that form. */
+function splitBlob(blob: string): { kid: string; ivB64: string; ctB64: string } | null {
+  const [version, kid, ivB64, ctB64, ...more] = blob.split('.');
+  if (version !== VERSION || kid === undefined || ivB64 === undefined || ctB64 === undefined) return null;
+  return more.length === 0 ? { kid, ivB64, ctB64 } : null;
+}
+
 /** Parses one `<id>:<base64 32 bytes>` line; the message never contains the key itself. */
 export function parseKeyLine(line: string, where: string): { id: string; key: Buffer } {
   const sep = line.indexOf(':');
@@ -48,17 +55,20 @@ export function generateKeyLine(id = `k${Date.now().toString(36)}`): string {
 
 export class Keyring {
   readonly currentId: string;
+  readonly #currentKey: Buffer;
   readonly #keys: Map<string, Buffer>;
 
   /** `keys[0]` is current (used for new values); the rest only decrypt. */
   constructor(keys: { id: string; key: Buffer }[]) {
-    if (keys.length === 0) throw new ConfigError('no encryption key configured');
+    const [current] = keys;
+    if (!current) throw new ConfigError('no encryption key configured');
     this.#keys = new Map();
     for (const k of keys) {
       if (this.#keys.has(k.id)) throw new ConfigError(`duplicate encryption key id "${k.id}"`);
       this.#keys.set(k.id, k.key);
     }
-    this.currentId = keys[0]!.id;
+    this.currentId = current.id;
+    this.#currentKey = current.key;
   }
 
   static random(id = 'test'): Keyring {
@@ -121,7 +131,7 @@ export class Keyring {
 
   encrypt(plain: string, aad: string): string {
     const iv = randomBytes(IV_BYTES);
-    const c = createCipheriv('aes-256-gcm', this.#keys.get(this.currentId)!, iv);
+    const c = createCipheriv('aes-256-gcm', this.#currentKey, iv);
     c.setAAD(Buffer.from(aad, 'utf8'));
     const ct = Buffer.concat([c.update(plain, 'utf8'), c.final(), c.getAuthTag()]);
     return `${VERSION}.${this.currentId}.${iv.toString('base64url')}.${ct.toString('base64url')}`;
@@ -129,14 +139,13 @@ export class Keyring {
 
   /** Key id a stored value was encrypted with (rotation skips values already current). */
   static keyIdOf(blob: string): string | null {
-    const parts = blob.split('.');
-    return parts.length === 4 && parts[0] === VERSION ? parts[1]! : null;
+    return splitBlob(blob)?.kid ?? null;
   }
 
   decrypt(blob: string, aad: string): string {
-    const parts = blob.split('.');
-    if (parts.length !== 4 || parts[0] !== VERSION) throw new DecryptError('not an encrypted value');
-    const [, kid, ivB64, ctB64] = parts as [string, string, string, string];
+    const parts = splitBlob(blob);
+    if (!parts) throw new DecryptError('not an encrypted value');
+    const { kid, ivB64, ctB64 } = parts;
     const key = this.#keys.get(kid);
     if (!key) throw new DecryptError(`value was encrypted with unknown key id "${kid}"`);
     const iv = Buffer.from(ivB64, 'base64url');

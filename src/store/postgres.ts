@@ -10,6 +10,7 @@ import {
   accountFromRow,
   accountStatesFromRows,
   appPasswordFromRow,
+  createdAccount,
   encryptField,
   type GrantInput,
   grantFromRow,
@@ -252,7 +253,7 @@ export class PostgresGrantStore implements GrantStore, KeyRotatable {
       await this.#audit(c, actor, 'account.create', newId, `provider=${input.provider}`);
       return newId;
     });
-    return (await this.getAccount(id))!;
+    return createdAccount(id, await this.getAccount(id));
   }
 
   async getAccount(id: number): Promise<AccountRecord | null> {

@@ -36,6 +36,12 @@ export function accountFromRow(row: Row, logins: string[]): AccountRecord {
   };
 }
 
+/** The account createAccount just inserted, read back; gone only if deleted in between. */
+export function createdAccount(id: number, account: AccountRecord | null): AccountRecord {
+  if (!account) throw new Error(`account ${id} was deleted while it was being created`);
+  return account;
+}
+
 /** Rows of `ACCOUNT_STATES_SQL` (one per existing account) → account id → state. */
 export function accountStatesFromRows(rows: readonly Row[]): Map<number, AccountState> {
   const out = new Map<number, AccountState>();

@@ -13,6 +13,7 @@ import {
   accountFromRow,
   accountStatesFromRows,
   appPasswordFromRow,
+  createdAccount,
   encryptField,
   type GrantInput,
   grantFromRow,
@@ -124,8 +125,7 @@ export class SqliteGrantStore implements GrantStore, KeyRotatable {
 
   // ---- accounts ------------------------------------------------------------------------
 
-  #account(row: Row | undefined): AccountRecord | null {
-    if (!row) return null;
+  #account(row: Row): AccountRecord {
     const id = Number(row.id);
     const logins = (
       this.#sql('SELECT login FROM account_logins WHERE account_id = ? ORDER BY position').all(id) as Row[]
@@ -179,23 +179,24 @@ export class SqliteGrantStore implements GrantStore, KeyRotatable {
         return newId;
       })
       .immediate();
-    return (await this.getAccount(id))!;
+    return createdAccount(id, await this.getAccount(id));
   }
 
   async getAccount(id: number): Promise<AccountRecord | null> {
-    return this.#account(this.#sql('SELECT * FROM accounts WHERE id = ?').get(id) as Row | undefined);
+    const row = this.#sql('SELECT * FROM accounts WHERE id = ?').get(id) as Row | undefined;
+    return row ? this.#account(row) : null;
   }
 
   async getAccountByLogin(login: string): Promise<AccountRecord | null> {
     const row = this.#sql(
       'SELECT a.* FROM accounts a JOIN account_logins l ON l.account_id = a.id WHERE l.login = ?',
     ).get(normalizeLogin(login)) as Row | undefined;
-    return this.#account(row);
+    return row ? this.#account(row) : null;
   }
 
   async listAccounts(): Promise<AccountRecord[]> {
     const rows = this.#sql('SELECT * FROM accounts ORDER BY id').all() as Row[];
-    return rows.map((r) => this.#account(r)!);
+    return rows.map((r) => this.#account(r));
   }
 
   #requireAccount(id: number): void {
