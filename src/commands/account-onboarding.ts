@@ -12,6 +12,7 @@ import {
   EXIT_OK,
   EXIT_RUNTIME,
   type Leaf,
+  missing,
   requireAccount,
   UsageError,
 } from './context.js';
@@ -35,8 +36,8 @@ export const connectCommand: Leaf = {
   usage: 'account connect <login>',
   summary: 'Connect the mailbox by device sign-in: shows a URL, a code and a QR code, then waits',
   positionals: [1, 1],
-  async run(_v, [login], ctx) {
-    const account = await requireAccount(ctx, login!);
+  async run(_v, [login = missing('login')], ctx) {
+    const account = await requireAccount(ctx, login);
     const provider = createProviderRegistry(ctx.config.providers).get(account.provider);
     const scope = (provider.config.scopes ?? []).join(' ');
     let dots = 0;
@@ -76,12 +77,12 @@ export const linkCommand: Leaf = {
   summary: 'Print a sign-in link (authorization code + PKCE via the admin server) for the mailbox owner',
   options: { hours: { type: 'string' } },
   positionals: [1, 1],
-  async run(v, [login], ctx) {
+  async run(v, [login = missing('login')], ctx) {
     const publicUrl = ctx.config.admin.public_url;
     if (!publicUrl) throw new UsageError('set admin.public_url: the link points at the admin server');
     const hours = typeof v.hours === 'string' ? Number(v.hours) : DEFAULT_LINK_HOURS;
     if (!(hours > 0 && hours <= 24 * 30)) throw new UsageError('--hours must be between 0 and 720');
-    const account = await requireAccount(ctx, login!);
+    const account = await requireAccount(ctx, login);
     const url = linkUrl(publicUrl, ctx.keyring, account, hours * 3600_000);
     ctx.out(
       `Send this link to the owner of ${account.upstreamUser} (valid ${hours} h; the proxy must be running):\n\n    ${url}\n\n` +

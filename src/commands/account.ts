@@ -7,6 +7,7 @@ import {
   EXIT_RUNTIME,
   type Group,
   isoOrDash,
+  missing,
   requireAccount,
   table,
   UsageError,
@@ -20,8 +21,8 @@ function statusCommand(status: 'active' | 'disabled', verb: string) {
     usage: `account ${verb} <login>`,
     summary: `${verb === 'enable' ? 'Allow' : 'Refuse'} logins for the account`,
     positionals: [1, 1] as [number, number],
-    async run(_v: unknown, [login]: string[], ctx: CommandContext) {
-      const a = await requireAccount(ctx, login!);
+    async run(_v: unknown, [login = missing('login')]: string[], ctx: CommandContext) {
+      const a = await requireAccount(ctx, login);
       await ctx.store.setAccountStatus(a.id, status, ACTOR);
       ctx.out(`account ${a.logins[0]} ${verb}d`);
       return EXIT_OK;
@@ -44,7 +45,7 @@ const ACCOUNT: Group = {
         'max-sessions': { type: 'string' },
       },
       positionals: [1, 1],
-      async run(v, [login], ctx) {
+      async run(v, [login = missing('login')], ctx) {
         const provider = v.provider;
         if (typeof provider !== 'string') throw new UsageError('--provider is required');
         if (!(provider in ctx.config.providers)) {
@@ -52,7 +53,7 @@ const ACCOUNT: Group = {
           throw new UsageError(`unknown provider "${provider}" (configured: ${known})`);
         }
         if (v.grant !== undefined && v.grant !== 'app-only') throw new UsageError('--grant must be app-only');
-        const upstreamUser = typeof v['upstream-user'] === 'string' ? v['upstream-user'] : login!;
+        const upstreamUser = typeof v['upstream-user'] === 'string' ? v['upstream-user'] : login;
         if (!/^[^\s@]+@[^\s@]+$/.test(upstreamUser)) {
           throw new UsageError('--upstream-user EMAIL is required when the login is not a mail address');
         }
@@ -63,10 +64,7 @@ const ACCOUNT: Group = {
             throw new UsageError('--max-sessions must be a positive integer');
           }
         }
-        const a = await ctx.store.createAccount(
-          { login: login!, upstreamUser, provider, maxSessions },
-          ACTOR,
-        );
+        const a = await ctx.store.createAccount({ login, upstreamUser, provider, maxSessions }, ACTOR);
         ctx.out(
           `account ${a.logins[0]} created (id ${a.id}, mailbox ${a.upstreamUser}, provider ${provider})`,
         );
@@ -102,8 +100,8 @@ const ACCOUNT: Group = {
       usage: 'account show <login>',
       summary: 'Show one account, its app passwords (labels only) and grant status; never secrets',
       positionals: [1, 1],
-      async run(_v, [login], ctx) {
-        const a = await requireAccount(ctx, login!);
+      async run(_v, [login = missing('login')], ctx) {
+        const a = await requireAccount(ctx, login);
         const [pw, g] = await Promise.all([ctx.store.listAppPasswords(a.id), ctx.store.getGrant(a.id)]);
         const lines = [
           `id:            ${a.id}`,
@@ -127,8 +125,8 @@ const ACCOUNT: Group = {
       usage: 'account remove <login>',
       summary: 'Delete the account with its app passwords and grant (the audit log is kept)',
       positionals: [1, 1],
-      async run(_v, [login], ctx) {
-        const a = await requireAccount(ctx, login!);
+      async run(_v, [login = missing('login')], ctx) {
+        const a = await requireAccount(ctx, login);
         await ctx.store.deleteAccount(a.id, ACTOR);
         ctx.out(`account ${a.logins[0]} removed`);
         return EXIT_OK;
@@ -141,10 +139,10 @@ const ACCOUNT: Group = {
           usage: 'account alias add <login> <alias>',
           summary: 'Let the account also log in as <alias>',
           positionals: [2, 2],
-          async run(_v, [login, alias], ctx) {
-            const a = await requireAccount(ctx, login!);
-            await ctx.store.addLogin(a.id, alias!, ACTOR);
-            ctx.out(`login ${alias!.trim().toLowerCase()} now maps to account ${a.logins[0]}`);
+          async run(_v, [login = missing('login'), alias = missing('alias')], ctx) {
+            const a = await requireAccount(ctx, login);
+            await ctx.store.addLogin(a.id, alias, ACTOR);
+            ctx.out(`login ${alias.trim().toLowerCase()} now maps to account ${a.logins[0]}`);
             return EXIT_OK;
           },
         },
@@ -158,8 +156,8 @@ const ACCOUNT: Group = {
           summary: 'Generate an app password and print it once',
           options: { label: { type: 'string' } },
           positionals: [1, 1],
-          async run(v, [login], ctx) {
-            const a = await requireAccount(ctx, login!);
+          async run(v, [login = missing('login')], ctx) {
+            const a = await requireAccount(ctx, login);
             const existing = new Set((await ctx.store.listAppPasswords(a.id)).map((p) => p.label));
             let label = typeof v.label === 'string' ? v.label : 'default';
             if (typeof v.label !== 'string')
@@ -178,8 +176,8 @@ const ACCOUNT: Group = {
           usage: 'account password list <login>',
           summary: 'List app password labels with creation and last use',
           positionals: [1, 1],
-          async run(_v, [login], ctx) {
-            const a = await requireAccount(ctx, login!);
+          async run(_v, [login = missing('login')], ctx) {
+            const a = await requireAccount(ctx, login);
             const rows = [['ID', 'LABEL', 'CREATED', 'LAST USED']];
             for (const p of await ctx.store.listAppPasswords(a.id)) {
               rows.push([String(p.id), p.label, isoOrDash(p.createdAt), isoOrDash(p.lastUsedAt)]);
@@ -192,9 +190,9 @@ const ACCOUNT: Group = {
           usage: 'account password revoke <login> <label|id>',
           summary: 'Revoke an app password; clients using it fail their next login',
           positionals: [2, 2],
-          async run(_v, [login, which], ctx) {
-            const a = await requireAccount(ctx, login!);
-            if (!(await ctx.store.revokeAppPassword(a.id, which!, ACTOR))) {
+          async run(_v, [login = missing('login'), which = missing('label-or-id')], ctx) {
+            const a = await requireAccount(ctx, login);
+            if (!(await ctx.store.revokeAppPassword(a.id, which, ACTOR))) {
               ctx.err(`error: no app password "${which}" for ${a.logins[0]}`);
               return EXIT_RUNTIME;
             }

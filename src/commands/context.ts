@@ -24,6 +24,11 @@ export class UsageError extends Error {
   override readonly name = 'UsageError';
 }
 
+/** Default for a required positional (`[login = missing('login')]`): runLeaf counted them, this narrows the type. */
+export function missing(name: string): never {
+  throw new UsageError(`missing argument <${name}>`);
+}
+
 type Options = NonNullable<ParseArgsConfig['options']>;
 type Values = Record<string, string | boolean | undefined>;
 
@@ -115,11 +120,12 @@ export async function requireAccount(ctx: CommandContext, login: string): Promis
 
 /** Plain aligned text table; the first row is the header. */
 export function table(rows: string[][]): string {
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
+  const [header = []] = rows;
+  const widths = header.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
   return rows
     .map((r) =>
       r
-        .map((c, i) => c.padEnd(widths[i]!))
+        .map((c, i) => c.padEnd(widths[i] ?? 0))
         .join('  ')
         .trimEnd(),
     )

@@ -11,6 +11,7 @@ import {
   EXIT_RUNTIME,
   type Group,
   isoOrDash,
+  missing,
   readAll,
   requireAccount,
   table,
@@ -35,10 +36,10 @@ const GRANT: Group = {
         'provider rejects the token or cannot be reached). --no-check stores it unchecked.',
       options: { kind: { type: 'string' }, scope: { type: 'string' }, 'no-check': { type: 'boolean' } },
       positionals: [1, 1],
-      async run(v, [login], ctx) {
+      async run(v, [login = missing('login')], ctx) {
         const kind = (v.kind ?? 'refresh_token') as GrantKind;
         if (!KINDS.includes(kind)) throw new UsageError(`--kind must be one of ${KINDS.join(', ')}`);
-        const a = await requireAccount(ctx, login!);
+        const a = await requireAccount(ctx, login);
         let grant: NewGrant = {
           ...tokenlessGrant(kind),
           scope: typeof v.scope === 'string' ? v.scope : null,
@@ -72,8 +73,8 @@ const GRANT: Group = {
         'Revoke the grant at the provider (RFC 7009, where offered) and delete it here; the ' +
         "account's next logins are refused until it is connected again",
       positionals: [1, 1],
-      async run(_v, [login], ctx) {
-        const a = await requireAccount(ctx, login!);
+      async run(_v, [login = missing('login')], ctx) {
+        const a = await requireAccount(ctx, login);
         const grant = await ctx.store.getGrant(a.id);
         if (!grant) throw new Error(`${a.logins[0]} has no grant`);
         let outcome: string;
@@ -120,7 +121,7 @@ const GRANT: Group = {
           rows.push(
             g
               ? [
-                  a.logins[0]!,
+                  a.logins[0] ?? '-',
                   g.kind,
                   g.status,
                   g.scope ?? '-',
@@ -128,7 +129,7 @@ const GRANT: Group = {
                   isoOrDash(g.lastRefreshAt),
                   g.lastError ?? '-',
                 ]
-              : [a.logins[0]!, '-', 'none', '-', '-', '-', '-'],
+              : [a.logins[0] ?? '-', '-', 'none', '-', '-', '-', '-'],
           );
         }
         ctx.out(rows.length === 1 ? 'no accounts' : table(rows));
