@@ -118,8 +118,7 @@ export class StoreCredentialChecker implements CredentialChecker {
     }
     // In parallel on the thread pool: the wall time stays one scrypt for typical accounts.
     const results = await Promise.all(candidates.map((c) => verifyAppPassword(password, c.hash)));
-    const i = results.indexOf(true);
-    return i < 0 ? null : candidates[i]!.id;
+    return candidates.find((_, i) => results[i])?.id ?? null;
   }
 
   async #succeed(

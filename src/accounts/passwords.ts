@@ -70,12 +70,13 @@ interface ParsedHash {
 function parseHash(encoded: string): ParsedHash | null {
   const m = /^scrypt\$N=(\d+),r=(\d+),p=(\d+)\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+)$/.exec(encoded);
   if (!m) return null;
-  const params = { N: Number(m[1]), r: Number(m[2]), p: Number(m[3]) };
+  const [, n, r, p, salt = '', key = ''] = m;
+  const params = { N: Number(n), r: Number(r), p: Number(p) };
   // Refuse absurd stored parameters rather than let one row exhaust memory.
   if (params.N < 2 || params.N > 2 ** 20 || params.r < 1 || params.r > 32 || params.p < 1 || params.p > 16) {
     return null;
   }
-  return { params, salt: Buffer.from(m[4]!, 'base64'), key: Buffer.from(m[5]!, 'base64') };
+  return { params, salt: Buffer.from(salt, 'base64'), key: Buffer.from(key, 'base64') };
 }
 
 /** Constant-time check of `password` against an encoded hash; malformed hashes never match. */

@@ -20,15 +20,16 @@ function parseFamilies(text: string): Map<string, string[]> {
   let current: string[] | undefined;
   for (const line of text.split('\n')) {
     if (line === '') continue;
-    const help = /^# HELP (\S+)/.exec(line);
-    if (help) {
+    const help = /^# HELP (\S+)/.exec(line)?.[1];
+    if (help !== undefined) {
       current = [];
-      families.set(help[1]!, current);
+      families.set(help, current);
     }
     if (!current) {
       // A sample without a preceding HELP line: keep it in a family of its own name.
+      const [name = line] = line.split(/[{ ]/);
       current = [];
-      families.set(line.split(/[{ ]/)[0]!, current);
+      families.set(name, current);
     }
     current.push(line);
   }

@@ -274,10 +274,10 @@ function unreadable(file: string | undefined): string | undefined {
 
 /** The forms the PROXY protocol trust list accepts (an address, or address/prefix), checked strictly. */
 function badCidr(entry: string): string | undefined {
-  const m = /^([^/\s]+)(?:\/(\d{1,3}))?$/.exec(entry);
-  const family = m ? isIP(m[1]!) : 0;
-  if (!m || family === 0) return `"${entry}" is not an IP address or CIDR (e.g. 10.0.0.0/8, 2001:db8::/32)`;
+  const [, address = '', prefix] = /^([^/\s]+)(?:\/(\d{1,3}))?$/.exec(entry) ?? [];
+  const family = isIP(address);
+  if (family === 0) return `"${entry}" is not an IP address or CIDR (e.g. 10.0.0.0/8, 2001:db8::/32)`;
   const max = family === 4 ? 32 : 128;
-  if (m[2] !== undefined && Number(m[2]) > max) return `"${entry}": prefix length must be 0-${max}`;
+  if (prefix !== undefined && Number(prefix) > max) return `"${entry}": prefix length must be 0-${max}`;
   return undefined;
 }

@@ -101,14 +101,17 @@ export function tokenize(cmd: RawCommand): ParsedCommand {
   return { tag: tagText, name: name.toString('latin1').toUpperCase(), args };
 }
 
+const NO_BYTES = Buffer.alloc(0);
+
 class Cursor {
   private part = 0;
   private pos = 0;
 
   constructor(private readonly cmd: RawCommand) {}
 
+  // Past the last part there is nothing to read: an empty line makes the next read fail as a parse error.
   private get line(): Buffer {
-    return this.cmd.lines[this.part]!;
+    return this.cmd.lines[this.part] ?? NO_BYTES;
   }
 
   atEnd(): boolean {
@@ -168,15 +171,10 @@ class Cursor {
   private readLiteral(tag: string): Token {
     const line = this.line;
     const marker = literalMarker(line.subarray(this.pos));
+    const value = this.cmd.literals[this.part];
     // A marker is only a literal when it ends the line part (the splitter read its bytes).
-    if (
-      marker === null ||
-      marker === 'too_long' ||
-      marker.start !== 0 ||
-      this.part >= this.cmd.literals.length
-    )
+    if (marker === null || marker === 'too_long' || marker.start !== 0 || value === undefined)
       throw new ParseError('Invalid literal', tag);
-    const value = this.cmd.literals[this.part]!;
     this.part++;
     this.pos = 0;
     return { kind: 'string', value, literal: true };
