@@ -1,12 +1,16 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import type { TLSSocket } from 'node:tls';
 import { upstreamSchema } from '../../../src/config/schema.js';
 import { dial } from '../../../src/net/dial.js';
+import { ensureSelfSigned } from '../../../src/net/selfsigned.js';
 import { createUpstreamConnector } from '../../../src/protocols/imap/upstream.js';
-import { withDeadline } from '../../helpers/deadline.js';
+import { until, withDeadline } from '../../helpers/deadline.js';
 import { type FakeUpstream, startFakeUpstream } from '../../helpers/fake-upstream.js';
 
 const labels = { provider: 'dialtest' };
@@ -119,6 +123,37 @@ describe('dialing upstream', () => {
       ),
       { reason: 'upstream_unavailable', detail: 'ca_file' },
     );
+  });
+
+  test('a ca_file that changes on disk is read again: a renewed CA needs no restart', async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'ca-reload-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const caFile = join(dir, 'ca.pem');
+    // First a CA that did not sign the upstream's certificate (another self-signed pair).
+    const other = await ensureSelfSigned(join(dir, 'other'), { name: 'other' });
+    writeFileSync(caFile, readFileSync(other.certFile));
+    const target = upstreamSchema.parse({
+      host: '127.0.0.1',
+      port: fake.port,
+      ca_file: caFile,
+      servername: 'localhost',
+    });
+    await assert.rejects(connector.connect(target, labels), {
+      reason: 'upstream_unavailable',
+      detail: 'tls_verify',
+    });
+    writeFileSync(caFile, readFileSync(fake.caFile));
+    let conn: Awaited<ReturnType<typeof connector.connect>> | undefined;
+    await until(
+      async () => {
+        conn = await connector.connect(target, labels).catch(() => undefined);
+        return conn !== undefined;
+      },
+      15_000,
+      'a dial trusting the renewed CA file',
+      200,
+    );
+    conn?.destroy();
   });
 
   test('TLS sessions are reused on the next connection to the same upstream', async () => {
