@@ -8,24 +8,28 @@ import { silentLogger } from '../../../src/log.js';
 import { OAuthTokenBroker } from '../../../src/oauth/broker.js';
 import { createProviderRegistry } from '../../../src/oauth/provider.js';
 import { Keyring } from '../../../src/store/crypto.js';
-import { MemoryGrantStore } from '../../helpers/memory-store.js';
+import type { SqliteGrantStore } from '../../../src/store/sqlite.js';
 import { opProviderConfig, startOP, type TestOP } from '../../helpers/op.js';
+import { memoryDbStore } from '../../helpers/sqlite-store.js';
 
 /** `grant import` checks a refresh token at a real oidc-provider; `grant status` exit codes. */
 describe('grant import check and grant status exit codes', () => {
   let op: TestOP;
+  const stores: SqliteGrantStore[] = [];
   before(async () => {
     op = await startOP();
   });
   after(async () => {
+    for (const s of stores) await s.close();
     await op?.close();
   });
 
-  const harness = () => {
-    const store = new MemoryGrantStore();
+  const harness = async () => {
+    const store = await memoryDbStore();
+    stores.push(store);
     const config = configSchema.parse({
       listeners: [{ name: 'imaps', port: 0, tls: 'implicit' }],
-      providers: { local: { preset: 'oidc', ...opProviderConfig(op), upstream: { host: '127.0.0.1' } } },
+      providers: { local: { ...opProviderConfig(op), upstream: { host: '127.0.0.1' } } },
     });
     const run = async (args: string[], stdin = '') => {
       const out: string[] = [];
@@ -48,7 +52,7 @@ describe('grant import check and grant status exit codes', () => {
   };
 
   test('a valid refresh token is checked with one refresh; the rotated token is what gets stored', async () => {
-    const h = harness();
+    const h = await harness();
     const a = await h.account('gail@example.com');
     const minted = await op.mintGrant('gail@example.com');
     const before = op.tokenRequests();
@@ -70,7 +74,7 @@ describe('grant import check and grant status exit codes', () => {
   });
 
   test('a refresh token the provider rejects: exit 1, says invalid_grant, stores nothing, keeps the old grant', async () => {
-    const h = harness();
+    const h = await harness();
     const a = await h.account('hank@example.com');
     let r = await h.run(['import', 'hank@example.com'], 'not-a-refresh-token');
     assert.equal(r.code, 1);
@@ -90,7 +94,7 @@ describe('grant import check and grant status exit codes', () => {
   });
 
   test('provider unreachable: exit 1, says so (not invalid_grant), stores nothing; --no-check stores unchecked', async () => {
-    const h = harness();
+    const h = await harness();
     const a = await h.account('ivy@example.com');
     const token = (await op.mintGrant('ivy@example.com')).refresh_token;
     op.setDown(true);
@@ -117,7 +121,7 @@ describe('grant import check and grant status exit codes', () => {
   });
 
   test('grant status exits 3 while an enabled account has no grant or needs consent, 0 when all are active', async () => {
-    const h = harness();
+    const h = await harness();
     await h.account('jo@example.com');
     const b = await h.account('kim@example.com');
     const importFor = async (login: string) =>

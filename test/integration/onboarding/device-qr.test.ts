@@ -6,8 +6,8 @@ import { renderQr } from '../../../src/commands/account-onboarding.js';
 import { configSchema } from '../../../src/config/schema.js';
 import { silentLogger } from '../../../src/log.js';
 import { Keyring } from '../../../src/store/crypto.js';
-import { MemoryGrantStore } from '../../helpers/memory-store.js';
 import { opProviderConfig, startOP, type TestOP } from '../../helpers/op.js';
+import { memoryDbStore } from '../../helpers/sqlite-store.js';
 import { devicePrompt, FormDriver } from './form-driver.js';
 
 // Any ANSI control sequence (colours, cursor moves): ESC [ … final byte.
@@ -22,8 +22,9 @@ after(async () => {
 });
 
 test('account connect with stdout not a terminal: a plain UTF-8 QR code of the sign-in URL, no ANSI escapes', async () => {
-  const store = new MemoryGrantStore();
-  await store.createAccount(
+  const store = await memoryDbStore();
+  after(() => store.close());
+  const account = await store.createAccount(
     { login: 'lee@example.com', upstreamUser: 'lee@example.com', provider: 'local' },
     't',
   );
@@ -63,7 +64,7 @@ test('account connect with stdout not a terminal: a plain UTF-8 QR code of the s
     const [rc] = await Promise.all([runAccountCommand(['connect', 'lee@example.com'], ctx), approved]);
     assert.equal(rc, 0, err.join('\n'));
     assert.doesNotMatch(out.join('\n'), ANSI);
-    assert.ok((await store.getGrant(1))?.refreshToken);
+    assert.ok((await store.getGrant(account.id))?.refreshToken);
   } finally {
     if (was) Object.defineProperty(process.stdout, 'isTTY', was);
     else delete (process.stdout as { isTTY?: boolean }).isTTY;
