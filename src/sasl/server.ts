@@ -20,8 +20,7 @@ export function decodeBase64(text: Buffer | string): Buffer | null {
   const b = typeof text === 'string' ? Buffer.from(text, 'latin1') : text;
   if (b.length % 4 !== 0) return null;
   let pad = 0;
-  for (let i = 0; i < b.length; i++) {
-    const c = b[i]!;
+  for (const [i, c] of b.entries()) {
     if (c === 0x3d) {
       if (i < b.length - 2) return null;
       pad++;

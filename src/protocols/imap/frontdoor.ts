@@ -221,15 +221,17 @@ export class PreauthSession implements CommandContext, FrontDoorSession {
 
   private async dispatch(cmd: RawCommand): Promise<void> {
     if (this.state === 'closed') return;
+    // The splitter always emits at least one line; an empty stand-in fails closed like a malformed one.
+    const [line = Buffer.alloc(0)] = cmd.lines;
     if (this.state === 'sasl' && this.sasl) {
       const { tag, next } = this.sasl;
       this.sasl = undefined;
       this.setState('ready');
       if (cmd.literals.length > 0) return this.bad(tag, 'Unexpected literal in SASL response');
-      if (cmd.lines[0]!.equals(SASL_CANCEL)) return this.reply(tag, 'BAD', 'Authentication aborted');
-      return next(tag, cmd.lines[0]!);
+      if (line.equals(SASL_CANCEL)) return this.reply(tag, 'BAD', 'Authentication aborted');
+      return next(tag, line);
     }
-    if (isHttpRequestLine(cmd.lines[0]!)) return this.reject('http_request');
+    if (isHttpRequestLine(line)) return this.reject('http_request');
     let parsed: ReturnType<typeof tokenize>;
     try {
       parsed = tokenize(cmd);
