@@ -1,5 +1,6 @@
 import QRCode from 'qrcode';
 import { linkUrl } from '../admin/onboarding/connect.js';
+import { messageOf } from '../errors.js';
 import { OAuthTokenBroker } from '../oauth/broker.js';
 import { runDeviceFlow } from '../oauth/flows/device.js';
 import { mailboxOf } from '../oauth/flows/identity.js';
@@ -116,7 +117,7 @@ export async function addAppOnlyGrant(ctx: CommandContext, account: AccountRecor
     return EXIT_OK;
   } catch (err) {
     ctx.err(
-      `warning: app-only grant (${kind}) stored, but the test token request failed: ${(err as Error).message}\n` +
+      `warning: app-only grant (${kind}) stored, but the test token request failed: ${messageOf(err)}\n` +
         'check the client credentials, the scope and the permissions granted at the provider',
     );
     return EXIT_RUNTIME;

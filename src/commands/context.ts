@@ -1,5 +1,6 @@
 import { type ParseArgsConfig, parseArgs } from 'node:util';
 import type { Config } from '../config/schema.js';
+import { messageOf } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Keyring } from '../store/crypto.js';
 import type { AccountRecord, GrantStore } from '../store/types.js';
@@ -79,7 +80,7 @@ async function runLeaf(l: Leaf, args: string[], ctx: CommandContext): Promise<nu
     if (parsed.positionals.length > max)
       throw new UsageError(`unexpected argument "${parsed.positionals[max]}"`);
   } catch (e) {
-    ctx.err(`error: ${(e as Error).message}\nUsage: imap-oauth-proxy ${l.usage}`);
+    ctx.err(`error: ${messageOf(e)}\nUsage: imap-oauth-proxy ${l.usage}`);
     return EXIT_USAGE;
   }
   try {
@@ -90,7 +91,7 @@ async function runLeaf(l: Leaf, args: string[], ctx: CommandContext): Promise<nu
       return EXIT_USAGE;
     }
     // Store and config errors carry admin-facing text and never a secret.
-    ctx.err(`error: ${(e as Error).message}`);
+    ctx.err(`error: ${messageOf(e)}`);
     ctx.log.debug({ err: e }, 'command failed');
     return EXIT_RUNTIME;
   }

@@ -1,3 +1,4 @@
+import { messageOf } from '../errors.js';
 import { classifyTokenError } from '../oauth/classify.js';
 import { revokeAtProvider } from '../oauth/flows/revoke.js';
 import { tokenlessGrant } from '../oauth/flows/store-grant.js';
@@ -87,7 +88,7 @@ const GRANT: Group = {
         } catch (err) {
           // Deleting locally still stops the proxy from using the grant; the admin must finish at the provider.
           failed = true;
-          outcome = `provider revocation failed (${(err as Error).message})`;
+          outcome = `provider revocation failed (${messageOf(err)})`;
         }
         await ctx.store.deleteGrant(a.id, 'cli');
         await ctx.store.audit('cli', 'grant.revoke', a.id, outcome);

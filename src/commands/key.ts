@@ -1,3 +1,4 @@
+import { messageOf } from '../errors.js';
 import { generateKeyLine } from '../store/crypto.js';
 import { rotateKeys } from '../store/index.js';
 import { type CommandContext, dispatch, EXIT_OK, type Group, UsageError } from './context.js';
@@ -14,7 +15,7 @@ const KEY: Group = {
         try {
           ctx.out(generateKeyLine(typeof v.id === 'string' ? v.id : undefined));
         } catch (e) {
-          throw new UsageError((e as Error).message);
+          throw new UsageError(messageOf(e));
         }
         return EXIT_OK;
       },

@@ -12,7 +12,7 @@ import {
   type ServerMetadata,
 } from 'openid-client';
 import type { ProviderConfig } from '../config/schema.js';
-import { ConfigError } from '../errors.js';
+import { ConfigError, messageOf } from '../errors.js';
 import { tracingFetch } from './http-trace.js';
 import { readServiceAccount } from './service-account.js';
 import { parsePrivateKey, type SigningKey, signJwt, thumbprintToX5t, toSigningKey } from './signing-key.js';
@@ -111,7 +111,7 @@ function privateKeyJwt(name: string, config: ProviderConfig): ClientAuth {
   try {
     pem = readFileSync(config.private_key_file, 'utf8');
   } catch (err) {
-    throw new ConfigError(`${where}: cannot read ${config.private_key_file} (${(err as Error).message})`);
+    throw new ConfigError(`${where}: cannot read ${config.private_key_file} (${messageOf(err)})`);
   }
   const keyObject = parsePrivateKey(pem, where);
   const header = config.certificate_thumbprint ? { x5t: thumbprintToX5t(config.certificate_thumbprint) } : {};

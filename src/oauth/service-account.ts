@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { ConfigError } from '../errors.js';
+import { ConfigError, messageOf } from '../errors.js';
 
 /** The fields of a Google service-account JSON key the JWT-bearer grant needs. */
 export interface ServiceAccountKey {
@@ -16,7 +16,7 @@ export function readServiceAccount(file: string): ServiceAccountKey {
   try {
     json = JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>;
   } catch (err) {
-    throw new ConfigError(`service_account_file ${file}: cannot read JSON (${(err as Error).message})`);
+    throw new ConfigError(`service_account_file ${file}: cannot read JSON (${messageOf(err)})`);
   }
   const str = (k: string) =>
     typeof json[k] === 'string' && json[k] !== '' ? (json[k] as string) : undefined;

@@ -1,6 +1,6 @@
 import { createPrivateKey, type KeyObject } from 'node:crypto';
 import { type CryptoKey, importPKCS8, type JWTHeaderParameters, type JWTPayload, SignJWT } from 'jose';
-import { ConfigError } from '../errors.js';
+import { ConfigError, messageOf } from '../errors.js';
 
 /** A PEM private key imported by jose for RS256 (RSA) or ES256 (P-256) signatures. */
 export interface SigningKey {
@@ -13,7 +13,7 @@ export function parsePrivateKey(pem: string, where: string): KeyObject {
   try {
     return createPrivateKey(pem);
   } catch (err) {
-    throw new ConfigError(`${where}: not a PEM private key (${(err as Error).message})`);
+    throw new ConfigError(`${where}: not a PEM private key (${messageOf(err)})`);
   }
 }
 

@@ -1,5 +1,5 @@
 import pg from 'pg';
-import { ConfigError } from '../errors.js';
+import { ConfigError, messageOf } from '../errors.js';
 import { type Logger, silentLogger } from '../log.js';
 import type { Keyring } from './crypto.js';
 import { normalizeLogin } from './login.js';
@@ -104,7 +104,7 @@ export class PostgresGrantStore implements GrantStore, KeyRotatable {
       await store.migrate();
     } catch (cause) {
       await pool.end().catch(() => {});
-      throw new ConfigError(`cannot open PostgreSQL store ${where}: ${(cause as Error).message}`, { cause });
+      throw new ConfigError(`cannot open PostgreSQL store ${where}: ${messageOf(cause)}`, { cause });
     }
     log.info({ store: where }, 'postgres store ready');
     return store;

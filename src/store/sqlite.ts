@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { chmodSync, closeSync, existsSync, mkdirSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
-import { ConfigError } from '../errors.js';
+import { ConfigError, messageOf } from '../errors.js';
 import { type Logger, silentLogger } from '../log.js';
 import type { Keyring } from './crypto.js';
 import { normalizeLogin } from './login.js';
@@ -81,7 +81,7 @@ export class SqliteGrantStore implements GrantStore, KeyRotatable {
     try {
       db = new Database(path);
     } catch (cause) {
-      throw new ConfigError(`cannot open SQLite store ${path}: ${(cause as Error).message}`, { cause });
+      throw new ConfigError(`cannot open SQLite store ${path}: ${messageOf(cause)}`, { cause });
     }
     db.pragma('journal_mode = WAL');
     db.pragma('busy_timeout = 5000');
