@@ -1,12 +1,13 @@
 #!/usr/bin/env node
 // Runs one or more test suites with Node's own test runner (TypeScript through tsx).
-// Usage: node test/run.mjs [unit] [integration] [interop] [all]   (default: unit integration)
+// Usage: node test/run.mjs [unit] [integration] [interop] [packaging] [all]   (default: unit integration)
 import { spawnSync } from 'node:child_process';
 import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 
 // Per-test timeout of each suite: a test that hangs fails with its name instead of stalling the run.
-const TIMEOUT_MS = { unit: 120_000, integration: 300_000, interop: 300_000 };
+// packaging runs the Dockerfile's npm ci and build, and the benchmark: the slowest tests.
+const TIMEOUT_MS = { unit: 120_000, integration: 300_000, interop: 300_000, packaging: 900_000 };
 const SUITES = Object.keys(TIMEOUT_MS);
 let wanted = process.argv.slice(2).filter((a) => !a.startsWith('-'));
 const extra = process.argv.slice(2).filter((a) => a.startsWith('-'));
@@ -34,7 +35,8 @@ function find(dir) {
   return out;
 }
 
-const concurrency = process.env.TEST_CONCURRENCY ?? '2';
+// The packaging tests (npm ci + build, a timed benchmark) each want the machine to themselves.
+const CONCURRENCY = { packaging: '1' };
 let failed = false;
 // One runner per suite, so each gets its own timeout; every suite runs even after a failure.
 for (const suite of wanted) {
@@ -49,7 +51,7 @@ for (const suite of wanted) {
       '--import',
       'tsx',
       '--test',
-      `--test-concurrency=${concurrency}`,
+      `--test-concurrency=${process.env.TEST_CONCURRENCY ?? CONCURRENCY[suite] ?? '2'}`,
       `--test-timeout=${TIMEOUT_MS[suite]}`,
       '--test-reporter=spec',
       ...extra,

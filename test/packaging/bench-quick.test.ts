@@ -7,7 +7,7 @@ import { test } from 'node:test';
 
 /** `bench --quick` end to end, so the benchmark cannot rot: every scenario present, numbers finite. */
 
-const ROOT = join(import.meta.dirname, '..', '..', '..');
+const ROOT = join(import.meta.dirname, '..', '..');
 
 test('bench --quick writes every scenario with proxy, direct and ratio', { timeout: 180_000 }, async () => {
   const dir = mkdtempSync(join(tmpdir(), 'iop-benchq-'));
