@@ -2,7 +2,7 @@ import type { Logger } from '../log.js';
 import type { AccountState, GrantStore, GrantTx } from '../store/types.js';
 import type { SessionRegistry, TerminationReason } from './sessions.js';
 
-type StateReader = Pick<GrantStore, 'getAccount' | 'getGrant' | 'accountStates'>;
+type StateReader = Pick<GrantStore, 'accountStates'>;
 
 /** Why an account's live sessions must end, or null while it may keep them. */
 export function withdrawal(state: AccountState | undefined): TerminationReason | null {
@@ -14,19 +14,6 @@ export function withdrawal(state: AccountState | undefined): TerminationReason |
   return null;
 }
 
-async function readStates(store: StateReader, ids: readonly number[]): Promise<Map<number, AccountState>> {
-  if (store.accountStates) return store.accountStates(ids);
-  // Stores without the batched read (test fakes): one account and grant read per id.
-  const out = new Map<number, AccountState>();
-  await Promise.all(
-    ids.map(async (id) => {
-      const [a, g] = await Promise.all([store.getAccount(id), store.getGrant(id)]);
-      if (a) out.set(id, { accountStatus: a.status, grantStatus: g?.status ?? null });
-    }),
-  );
-  return out;
-}
-
 /**
  * One pass: reads the accounts that have live sessions (one batched read, none when there
  * are no sessions) and ends the sessions of those whose access was withdrawn. Returns how many.
@@ -34,7 +21,7 @@ async function readStates(store: StateReader, ids: readonly number[]): Promise<M
 export async function recheckSessions(registry: SessionRegistry, store: StateReader): Promise<number> {
   const ids = registry.accountIds();
   if (ids.length === 0) return 0;
-  const states = await readStates(store, ids);
+  const states = await store.accountStates(ids);
   let ended = 0;
   for (const id of ids) {
     const reason = withdrawal(states.get(id));
