@@ -94,13 +94,9 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
     for (const p of pools.values()) p.close();
   };
   const pipeline = new LoginPipeline({ config, credentials, broker, connectors: pools, sessions });
-  const runner = new LoginRunner({
-    handler: pipeline,
-    metrics,
-    timeoutMs: Math.round(config.limits.login_timeout_seconds * 1000),
-  });
-
   const limits = sessionLimitsFromConfig(config.limits);
+  const runner = new LoginRunner({ handler: pipeline, metrics, timeoutMs: limits.loginTimeoutMs });
+
   const listeners: Listener[] = [];
   const addresses: Record<string, AddressInfo> = {};
   let admin: AdminServer | undefined;

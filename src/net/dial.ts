@@ -126,15 +126,19 @@ const contexts = new Map<string, TrustEntry>();
 /** How often a dial looks whether the operator's CA file changed on disk. */
 const CA_RECHECK_MS = 5000;
 
+function unreadableCa(err: unknown): ProxyError {
+  return new ProxyError('upstream_unavailable', 'upstream ca_file unreadable', {
+    cause: err,
+    detail: 'ca_file',
+  });
+}
+
 function caStamp(caFile: string): string {
   try {
     const st = statSync(caFile);
     return `${st.mtimeMs}:${st.size}`;
   } catch (err) {
-    throw new ProxyError('upstream_unavailable', 'upstream ca_file unreadable', {
-      cause: err,
-      detail: 'ca_file',
-    });
+    throw unreadableCa(err);
   }
 }
 
@@ -158,10 +162,7 @@ function trustedContext(caFile: string | undefined, now = Date.now()): SecureCon
     try {
       ca = [...rootCertificates, readFileSync(caFile, 'utf8')];
     } catch (err) {
-      throw new ProxyError('upstream_unavailable', 'upstream ca_file unreadable', {
-        cause: err,
-        detail: 'ca_file',
-      });
+      throw unreadableCa(err);
     }
     if (known) for (const key of sessions.keys()) if (key.endsWith(`:${caFile}`)) sessions.delete(key);
   }
