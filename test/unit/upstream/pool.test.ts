@@ -227,7 +227,8 @@ test('close() closes idle connections and later connects bypass the pool', async
   assert.equal(isWarm(c), false);
 });
 
-test('a warm connection the server closed while it waited: one fresh dial inside authenticate, same token', async (t) => {
+/** A pool of size 1 after one login: the direct dial, then one pre-dialled connection waiting. */
+async function oneWarm(t: { after: (fn: () => void) => void }) {
   const f = fakeConnector();
   const pool = new WarmPool(f.connector, { size: 1 });
   t.after(() => pool.close());
@@ -235,6 +236,11 @@ test('a warm connection the server closed while it waited: one fresh dial inside
   await turn();
   const [, warm] = f.made;
   assert.ok(warm);
+  return { f, pool, warm };
+}
+
+test('a warm connection the server closed while it waited: one fresh dial inside authenticate, same token', async (t) => {
+  const { f, pool, warm } = await oneWarm(t);
   warm.closedByServer = true;
   const c = await connect(pool, target());
   assert.equal(isWarm(c), true);
@@ -249,13 +255,7 @@ test('a warm connection the server closed while it waited: one fresh dial inside
 });
 
 test('a server answer on a warm connection is not retried on a fresh dial', async (t) => {
-  const f = fakeConnector();
-  const pool = new WarmPool(f.connector, { size: 1 });
-  t.after(() => pool.close());
-  await connect(pool, target());
-  await turn();
-  const [, warm] = f.made;
-  assert.ok(warm);
+  const { f, pool, warm } = await oneWarm(t);
   warm.authenticate = async () => {
     throw new ProxyError('upstream_unavailable', 'NO [UNAVAILABLE]', { detail: 'temporary' });
   };
