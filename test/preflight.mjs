@@ -20,6 +20,14 @@ const NEEDED = [
   'haproxy',
   'chromium',
   'pg_ctl',
+  '/usr/lib/dovecot/submission',
+  '/usr/lib/dovecot/pop3',
+  'aiosmtpd',
+  'swaks',
+  'msmtp',
+  's-nail',
+  'mpop',
+  'getmail',
 ];
 // PostgreSQL's server binaries live in /usr/lib/postgresql/<version>/bin, off PATH.
 const have = (cmd) =>
