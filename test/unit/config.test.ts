@@ -183,3 +183,36 @@ test('upstream (older spelling) and upstreams.imap configure the same server; bo
     ['outlook.office365.com', 1993],
   );
 });
+
+test('presets ask for the scopes of the protocols the listeners speak', (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'iop-cfg-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const IMAP = 'https://outlook.office.com/IMAP.AccessAsUser.All';
+  const SMTP = 'https://outlook.office.com/SMTP.Send';
+  const scopesOf = (listeners: string) => {
+    writeFileSync(
+      join(dir, 'c.yaml'),
+      `encryption: { key: "k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=" }
+listeners:
+${listeners}
+providers:
+  ms: { preset: microsoft, client_id: c, client_secret: s }
+  google: { preset: google, client_id: c, client_secret: s }
+`,
+    );
+    const { providers } = loadConfig(join(dir, 'c.yaml'), {}).config;
+    return { ms: providers.ms!.scopes, google: providers.google!.scopes };
+  };
+  const imapOnly = scopesOf(
+    '  - { name: imaps, port: 1993, tls: implicit }\n  - { name: imap, port: 1143, tls: starttls }',
+  );
+  assert.deepEqual(imapOnly.ms, [IMAP, 'offline_access'], 'no SMTP.Send without an SMTP listener');
+  assert.deepEqual(imapOnly.google, ['https://mail.google.com/']);
+  const both = scopesOf(
+    '  - { name: imaps, port: 1993, tls: implicit }\n  - { name: submission, protocol: smtp, port: 1587, tls: starttls }',
+  );
+  assert.deepEqual([...both.ms!].sort(), [IMAP, SMTP, 'offline_access'].sort());
+  assert.deepEqual(both.google, ['https://mail.google.com/'], 'one Google scope covers IMAP and SMTP');
+  const smtpOnly = scopesOf('  - { name: submissions, protocol: smtp, port: 1465, tls: implicit }');
+  assert.deepEqual(smtpOnly.ms, [SMTP, 'offline_access']);
+});

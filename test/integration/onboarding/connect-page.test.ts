@@ -74,8 +74,9 @@ describe('/connect self-service page in headless Chromium', () => {
     assert.match(password, /^[a-z2-9]{4}(-[a-z2-9]{4}){5}$/);
     const text = await page.locator('body').innerText();
     assert.match(text, /Mailbox connected/);
-    assert.match(text, new RegExp(`SSL/TLS\\s+${s.ports.imaps}`));
-    assert.match(text, new RegExp(`STARTTLS\\s+${s.ports.starttls}`));
+    assert.match(text, /Incoming mail \(IMAP\)/);
+    assert.match(text, new RegExp(`Port\\s+${s.ports.imaps}\\s+SSL/TLS`));
+    assert.match(text, new RegExp(`Port\\s+${s.ports.starttls}\\s+STARTTLS`));
     // No token reaches the browser: not in the page, not in any cookie.
     const grant = await s.app.store.getGrant((await s.app.store.getAccountByLogin('carol@example.com'))!.id);
     const html = await page.content();
