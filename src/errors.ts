@@ -15,6 +15,10 @@ export const LOGIN_RESULTS = [
   'upstream_rejected',
   'upstream_unavailable',
   'authorization_failed',
+  /** The provider has this protocol switched off for the mailbox or tenant (e.g. SMTP AUTH). */
+  'protocol_disabled',
+  /** The grant's token lacks the scope this protocol needs (e.g. sending): reconnect the mailbox. */
+  'scope_missing',
   'protocol_error',
   'timeout',
   'aborted',
@@ -62,6 +66,9 @@ export type FailureDetail =
   | 'auth_bad'
   | 'probe_failed'
   | 'not_connected'
+  | 'capability_mismatch'
+  | 'smtp_auth_disabled'
+  | 'scope_missing'
   | 'no'
   | 'throttled'
   | 'temporary'

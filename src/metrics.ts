@@ -24,6 +24,12 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
       labelNames: ['protocol', 'listener', 'tls'] as const,
       registers: r,
     }),
+    tlsConnections: new Counter({
+      name: `${P}tls_connections_total`,
+      help: 'Client TLS handshakes completed (implicit TLS or STARTTLS), by protocol, listener and negotiated TLS version: shows which devices still use old TLS',
+      labelNames: ['protocol', 'listener', 'version'] as const,
+      registers: r,
+    }),
     logins: new Counter({
       name: `${P}logins_total`,
       help: 'Client login attempts by protocol and result (success or failure reason)',

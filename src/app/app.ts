@@ -6,11 +6,15 @@ import { AdminAuthLimiter } from '../admin/auth-limiter.js';
 import { createConnectServer } from '../admin/connect-server.js';
 import { onboardingRoutes, splitConnectRoutes } from '../admin/onboarding/routes.js';
 import { AdminServer, type Route } from '../admin/server.js';
+import { upstreamFor } from '../config/presets.js';
 import type { Config, Protocol } from '../config/schema.js';
+import { UpstreamCapabilities } from '../core/capabilities.js';
 import { LoginRunner } from '../core/login-runner.js';
 import { LoginPipeline } from '../core/pipeline.js';
 import { startSessionRecheck, watchConsentLoss } from '../core/revocation.js';
 import { SessionRegistry } from '../core/sessions.js';
+import { targetKey, type UpstreamTarget } from '../core/upstream.js';
+import { messageOf } from '../errors.js';
 import type { Logger } from '../log.js';
 import { createMetrics, type Metrics } from '../metrics.js';
 import { sessionLimitsFromConfig } from '../net/limits.js';
@@ -93,7 +97,16 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
   const closePools = () => {
     for (const p of pools.values()) p.close();
   };
-  const pipeline = new LoginPipeline({ config, credentials, broker, connectors: pools, sessions });
+  const capabilities = new UpstreamCapabilities();
+  const pipeline = new LoginPipeline({
+    config,
+    credentials,
+    broker,
+    connectors: pools,
+    sessions,
+    capabilities,
+    publicUrl: config.admin.public_url,
+  });
   const limits = sessionLimitsFromConfig(config.limits);
   const runner = new LoginRunner({ handler: pipeline, metrics, timeoutMs: limits.loginTimeoutMs });
 
@@ -108,7 +121,13 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
       const listener = createListener(lc, {
         ...(tls ? { tls } : {}),
         protocol: lc.protocol,
-        createSession: PROTOCOLS[lc.protocol].frontDoor(lc, { runner, limits: config.limits, metrics }),
+        createSession: PROTOCOLS[lc.protocol].frontDoor(lc, {
+          runner,
+          limits: config.limits,
+          metrics,
+          upstreamCapabilities: () =>
+            upstreamTargets(config, lc.protocol).map((t) => capabilities.get(lc.protocol, t)),
+        }),
         limits,
         metrics,
         log,
@@ -117,6 +136,7 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
       addresses[lc.name] = await listener.listen();
       listeners.push(listener);
     }
+    learnUpstreams(config, pools, capabilities, upstreamLog);
     // One lockout per client address for /status and /metrics credentials together.
     const authLimiter = AdminAuthLimiter.fromConfig(config.limiter, metrics);
     const routes = splitConnectRoutes(
@@ -220,4 +240,46 @@ async function fallbackCertificate(
       : '*** USING THE SELF-SIGNED CERTIFICATE for listeners without cert_file: configure cert_file/key_file for production ***',
   );
   return () => pair;
+}
+
+/** Each provider's upstream server for a protocol (per-account overrides are not listed). */
+function upstreamTargets(config: Config, protocol: Protocol): UpstreamTarget[] {
+  const out = new Map<string, UpstreamTarget>();
+  for (const p of Object.values(config.providers)) {
+    if (!p.upstreams?.[protocol]?.host) continue;
+    const t = upstreamFor(p, protocol);
+    out.set(targetKey(t), t);
+  }
+  return [...out.values()];
+}
+
+/**
+ * Contacts every upstream once at start, so front doors know at once what the servers
+ * advertise (SMTP's EHLO reply depends on it). In the background: a down upstream delays
+ * nothing; the connection goes to the warm pool for the first login.
+ */
+function learnUpstreams(
+  config: Config,
+  pools: ReadonlyMap<Protocol, WarmPool>,
+  capabilities: UpstreamCapabilities,
+  log: Logger,
+): void {
+  for (const [protocol, pool] of pools) {
+    if (protocol !== 'smtp') continue;
+    for (const [provider, p] of Object.entries(config.providers)) {
+      if (!p.upstreams?.[protocol]?.host) continue;
+      const target = upstreamFor(p, protocol);
+      pool.connect(target, { provider }).then(
+        (conn) => {
+          capabilities.note(protocol, target, conn.capabilities);
+          conn.recycle();
+        },
+        (err: unknown) =>
+          log.warn(
+            { protocol, provider, host: target.host, err: { message: messageOf(err) } },
+            'upstream not reachable at start; its features are learned at the first login',
+          ),
+      );
+    }
+  }
 }

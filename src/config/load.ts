@@ -6,7 +6,7 @@ import { type Document, isMap, isScalar, LineCounter, parseDocument } from 'yaml
 import type { z } from 'zod';
 import { ConfigError } from '../errors.js';
 import { applyPreset } from './presets.js';
-import { type Config, configSchema, FILE_SECRET_KEYS } from './schema.js';
+import { type Config, configSchema, FILE_SECRET_KEYS, PROTOCOL_NAMES, type Protocol } from './schema.js';
 
 /** Config keys whose values are file system paths, resolved against the config file's folder. */
 const PATH_KEYS = new Set([
@@ -97,7 +97,9 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv =
   const config = parsed.data;
   config.data_dir = resolvePath(config.data_dir, baseDir);
   config.store.sqlite_path ??= resolve(config.data_dir, 'proxy.db');
-  for (const [name, p] of Object.entries(config.providers)) config.providers[name] = applyPreset(p);
+  const protocols = new Set(config.listeners.map((l) => l.protocol));
+  for (const [name, p] of Object.entries(config.providers))
+    config.providers[name] = applyPreset(p, protocols);
   crossCheck(config, problems);
   if (problems.list.length > 0) throw new ConfigError(problems.list.join('\n'));
   return { config, file };
@@ -212,16 +214,38 @@ function crossCheck(config: Config, problems: Problems): void {
       const problem = badCidr(entry);
       if (problem) problems.add(['listeners', i, 'proxy_protocol', 'trusted', j], problem);
     });
+    l.allow_from?.forEach((entry, j) => {
+      const problem = badCidr(entry);
+      if (problem) problems.add(['listeners', i, 'allow_from', j], problem);
+    });
+    // A password in cleartext is acceptable only from a network the admin named (a scanner's VLAN).
+    if (l.allow_cleartext_login && !l.allow_from) {
+      problems.add(
+        ['listeners', i, 'allow_cleartext_login'],
+        'needs allow_from (the client networks allowed to send passwords without TLS, e.g. [192.168.10.0/24])',
+      );
+    }
+    if (l.server_name !== undefined && l.protocol !== 'smtp') {
+      problems.add(['listeners', i, 'server_name'], 'server_name applies to smtp listeners only');
+    }
   });
+  const protocols = new Set(config.listeners.map((l) => l.protocol));
   for (const [name, p] of Object.entries(config.providers)) {
     const at = ['providers', name];
     if (p.preset === 'oidc' && !p.issuer && !p.token_endpoint) {
       problems.add(at, 'an oidc provider needs issuer (discovery) or token_endpoint');
     }
     // Errors point at the spelling the file used: upstream (older) or upstreams.imap.
-    const imapAt = p.upstream ? [...at, 'upstream'] : [...at, 'upstreams', 'imap'];
-    if ((p.preset === 'oidc' || p.preset === 'generic') && !p.upstreams?.imap?.host) {
-      problems.add(imapAt, 'upstreams.imap.host (or upstream.host) is required for this preset');
+    const upstreamAt = (proto: Protocol) =>
+      proto === 'imap' && p.upstream ? [...at, 'upstream'] : [...at, 'upstreams', proto];
+    for (const proto of protocols) {
+      if (p.upstreams?.[proto]?.host) continue;
+      problems.add(
+        upstreamAt(proto),
+        proto === 'imap'
+          ? 'upstreams.imap.host (or upstream.host) is required for this preset'
+          : `upstreams.${proto}.host is required for this preset: a listener speaks ${proto}`,
+      );
     }
     if (p.client_auth === 'private_key_jwt' && !p.private_key_file) {
       problems.add([...at, 'private_key_file'], 'required when client_auth is private_key_jwt');
@@ -235,8 +259,10 @@ function crossCheck(config: Config, problems: Problems): void {
           );
       }
     }
-    const caProblem = unreadable(p.upstreams?.imap?.ca_file);
-    if (caProblem) problems.add([...imapAt, 'ca_file'], caProblem);
+    for (const proto of PROTOCOL_NAMES) {
+      const caProblem = unreadable(p.upstreams?.[proto]?.ca_file);
+      if (caProblem) problems.add([...upstreamAt(proto), 'ca_file'], caProblem);
+    }
     const needsSecret = p.client_auth === 'client_secret_basic' || p.client_auth === 'client_secret_post';
     if (needsSecret && p.client_id && !p.client_secret && !p.service_account_file) {
       problems.add(

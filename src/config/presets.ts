@@ -1,29 +1,55 @@
 import type { Protocol, ProviderConfig, UpstreamConfig } from './schema.js';
 import { upstreamSchema } from './schema.js';
 
+/** A protocol's complete upstream settings: every key resolved, the port included. */
+export type ResolvedUpstream = UpstreamConfig & { readonly port: number };
+
+/** Upstream port when the config names none, by protocol and TLS mode. */
+const UPSTREAM_PORTS: Record<Protocol, Record<UpstreamConfig['tls'], number>> = {
+  imap: { implicit: 993, starttls: 143 },
+  smtp: { implicit: 465, starttls: 587 },
+};
+
+const MS_SCOPES: Record<Protocol, string> = {
+  imap: 'https://outlook.office.com/IMAP.AccessAsUser.All',
+  smtp: 'https://outlook.office.com/SMTP.Send',
+};
+const GOOGLE_SCOPE = 'https://mail.google.com/';
+
 /**
- * Fills a provider's endpoints, scopes and upstream server from its preset. Explicit keys in
- * the config always win, so every preset field is overridable.
+ * Fills a provider's endpoints, scopes and upstream servers from its preset. `protocols` are
+ * the ones the listeners speak: the delegated scopes ask for exactly what they need. Explicit
+ * keys in the config always win, so every preset field is overridable.
  */
-export function applyPreset(p: ProviderConfig): ProviderConfig {
+export function applyPreset(p: ProviderConfig, protocols: ReadonlySet<Protocol>): ProviderConfig {
   switch (p.preset) {
     case 'microsoft': {
       const tenant = p.tenant ?? 'organizations';
       const base = `https://login.microsoftonline.com/${encodeURIComponent(tenant)}/oauth2/v2.0`;
+      const wanted = [...protocols].map((proto) => MS_SCOPES[proto]);
       return {
         ...p,
         authorization_endpoint: p.authorization_endpoint ?? `${base}/authorize`,
         token_endpoint: p.token_endpoint ?? `${base}/token`,
         device_authorization_endpoint: p.device_authorization_endpoint ?? `${base}/devicecode`,
-        scopes: p.scopes ?? ['https://outlook.office.com/IMAP.AccessAsUser.All', 'offline_access'],
+        scopes: p.scopes ?? [...wanted, 'offline_access'],
+        // `.default` carries every application permission granted (IMAP/POP.AccessAsApp, SMTP.SendAsApp).
         app_only_scope: p.app_only_scope ?? 'https://outlook.office365.com/.default',
         upstreams: {
           imap: {
             host: 'outlook.office365.com',
-            port: 993,
             tls: 'implicit',
             post_login_probe: true,
+            required_scope: MS_SCOPES.imap,
             ...imapUpstream(p),
+          },
+          smtp: {
+            host: 'smtp.office365.com',
+            port: 587,
+            tls: 'starttls',
+            mechanism: 'xoauth2',
+            required_scope: MS_SCOPES.smtp,
+            ...p.upstreams?.smtp,
           },
         },
       };
@@ -36,25 +62,35 @@ export function applyPreset(p: ProviderConfig): ProviderConfig {
         device_authorization_endpoint:
           p.device_authorization_endpoint ?? 'https://oauth2.googleapis.com/device/code',
         revocation_endpoint: p.revocation_endpoint ?? 'https://oauth2.googleapis.com/revoke',
-        scopes: p.scopes ?? ['https://mail.google.com/'],
-        app_only_scope: p.app_only_scope ?? 'https://mail.google.com/',
+        scopes: p.scopes ?? [GOOGLE_SCOPE],
+        app_only_scope: p.app_only_scope ?? GOOGLE_SCOPE,
         upstreams: {
           imap: {
             host: 'imap.gmail.com',
-            port: 993,
             tls: 'implicit',
             mechanism: 'xoauth2',
+            required_scope: GOOGLE_SCOPE,
             ...imapUpstream(p),
+          },
+          smtp: {
+            host: 'smtp.gmail.com',
+            port: 465,
+            tls: 'implicit',
+            mechanism: 'xoauth2',
+            required_scope: GOOGLE_SCOPE,
+            ...p.upstreams?.smtp,
           },
         },
       };
     case 'oidc':
-    case 'generic':
+    case 'generic': {
+      const imap = imapUpstream(p);
       return {
         ...p,
         scopes: p.scopes ?? ['openid', 'email', 'offline_access'],
-        upstreams: { imap: imapUpstream(p) },
+        upstreams: { ...(imap ? { imap } : {}), ...(p.upstreams?.smtp ? { smtp: p.upstreams.smtp } : {}) },
       };
+    }
   }
 }
 
@@ -63,11 +99,27 @@ function imapUpstream(p: ProviderConfig): Partial<UpstreamConfig> | undefined {
   return p.upstreams?.imap ?? p.upstream;
 }
 
-/** The complete upstream settings of one protocol for a provider, with an optional per-account override. */
+/**
+ * The complete upstream settings of one protocol for a provider. A per-account override
+ * (same keys) applies to IMAP, or to another protocol when nested under its name.
+ */
 export function upstreamFor(
   p: ProviderConfig,
   protocol: Protocol,
   override?: Record<string, unknown> | null,
-): UpstreamConfig {
-  return upstreamSchema.parse({ ...p.upstreams?.[protocol], ...(override ?? {}) });
+): ResolvedUpstream {
+  const nested = override?.[protocol];
+  const own =
+    protocol === 'imap'
+      ? Object.fromEntries(Object.entries(override ?? {}).filter(([k]) => !(k in UPSTREAM_PORTS)))
+      : nested !== null && typeof nested === 'object'
+        ? (nested as Record<string, unknown>)
+        : {};
+  return resolveUpstream(protocol, { ...p.upstreams?.[protocol], ...own });
+}
+
+/** Validates upstream settings and fills the defaults, the port by protocol and TLS mode. */
+export function resolveUpstream(protocol: Protocol, settings: Record<string, unknown>): ResolvedUpstream {
+  const u = upstreamSchema.parse(settings);
+  return { ...u, port: u.port ?? UPSTREAM_PORTS[protocol][u.tls] };
 }

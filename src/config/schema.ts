@@ -8,14 +8,14 @@ import { z } from 'zod';
 const port = z.number().int().min(0).max(65535);
 
 /** Every protocol the proxy speaks; each has a folder under src/protocols and a registry entry. */
-export const PROTOCOL_NAMES = ['imap'] as const;
+export const PROTOCOL_NAMES = ['imap', 'smtp'] as const;
 export type Protocol = (typeof PROTOCOL_NAMES)[number];
 const seconds = (def: number) => z.number().positive().default(def);
 
 export const upstreamSchema = z
   .object({
-    host: z.string().min(1).describe('Upstream IMAP host name'),
-    port: port.default(993).describe('Upstream IMAP port'),
+    host: z.string().min(1).describe('Upstream server host name'),
+    port: port.optional().describe('Upstream port (default by protocol and tls: IMAP 993/143, SMTP 465/587)'),
     tls: z.enum(['implicit', 'starttls']).default('implicit').describe('Upstream TLS mode; always verified'),
     ca_file: z.string().optional().describe('Extra CA bundle (PEM) trusted for the upstream certificate'),
     servername: z.string().optional().describe('TLS server name to verify (defaults to host)'),
@@ -24,7 +24,22 @@ export const upstreamSchema = z
       .default('auto')
       .describe('SASL mechanism; auto prefers XOAUTH2 when advertised'),
     connect_timeout_seconds: seconds(10).describe('TCP + TLS + greeting'),
-    auth_timeout_seconds: seconds(20).describe('AUTHENTICATE exchange'),
+    auth_timeout_seconds: seconds(20).describe('AUTHENTICATE (IMAP) or AUTH (SMTP) exchange'),
+    ehlo_name: z
+      .string()
+      .regex(
+        /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]{0,252}))$/,
+        'a host name or an [address literal]',
+      )
+      .optional()
+      .describe("SMTP: the name sent in EHLO (default: this machine's host name)"),
+    required_scope: z
+      .string()
+      .min(1)
+      .optional()
+      .describe(
+        'A delegated token must carry this scope for this protocol (checked against the scopes the token endpoint granted); presets fill it',
+      ),
     post_login_probe: z
       .boolean()
       .default(false)
@@ -73,6 +88,10 @@ export const providerSchema = z
     upstreams: z
       .object({
         imap: upstreamSchema.partial().optional().describe('Upstream IMAP server; presets fill it in'),
+        smtp: upstreamSchema
+          .partial()
+          .optional()
+          .describe('Upstream SMTP submission server; presets fill it in'),
       })
       .strict()
       .optional()
@@ -101,7 +120,23 @@ export const listenerSchema = z
     allow_cleartext_login: z
       .boolean()
       .default(false)
-      .describe('Allow LOGIN before STARTTLS (not recommended)'),
+      .describe('Allow login before STARTTLS or without TLS (needs allow_from; not recommended)'),
+    allow_from: z
+      .array(z.string().min(1))
+      .min(1)
+      .optional()
+      .describe('Only these client CIDRs may connect; others are closed before the greeting and counted'),
+    min_tls_version: z
+      .enum(['TLSv1', 'TLSv1.1', 'TLSv1.2', 'TLSv1.3'])
+      .default('TLSv1.2')
+      .describe(
+        'Oldest TLS version accepted; below TLSv1.2 lowers the OpenSSL security level for this listener only (old printers, last resort)',
+      ),
+    server_name: z
+      .string()
+      .regex(/^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$/, 'a host name')
+      .optional()
+      .describe("SMTP: the name in the greeting and EHLO reply (default: this machine's host name)"),
     proxy_protocol: z
       .object({ trusted: z.array(z.string().min(1)).min(1).describe('CIDRs allowed to send a PROXY header') })
       .strict()

@@ -4,6 +4,7 @@ import type { Config, ProviderConfig } from '../config/schema.js';
 import { isProxyError, ProxyError } from '../errors.js';
 import type { TokenBroker } from '../oauth/types.js';
 import type { AccountRecord } from '../store/types.js';
+import type { UpstreamCapabilities } from './capabilities.js';
 import type { SessionRegistry } from './sessions.js';
 import type { LoginHandler, LoginOutcome, LoginRequest, ProtocolName } from './types.js';
 import type {
@@ -20,6 +21,10 @@ export interface PipelineDeps {
   /** The upstream connector of each protocol the listeners speak. */
   connectors: ReadonlyMap<ProtocolName, UpstreamConnector>;
   sessions: SessionRegistry;
+  /** Learns what each upstream advertised on every connection (front doors read it). */
+  capabilities?: UpstreamCapabilities;
+  /** admin.public_url: where users reconnect a mailbox. */
+  publicUrl?: string | undefined;
 }
 
 /**
@@ -49,7 +54,7 @@ export class LoginPipeline implements LoginHandler {
     const slot = this.sessions.tryAcquire(account.id, cap);
     if (!slot) return { ok: false, reason: 'session_limit', account: accountLabel };
     try {
-      const upstream = await this.authenticate(req.protocol, account, signal);
+      const upstream = await this.authenticate(req, account, signal);
       // Destroying upstream makes the splice destroy the client socket too (no bytes injected).
       slot.attach({
         account: accountLabel,
@@ -78,10 +83,11 @@ export class LoginPipeline implements LoginHandler {
   }
 
   private async authenticate(
-    protocol: ProtocolName,
+    req: LoginRequest,
     account: AccountRecord,
     signal: AbortSignal,
   ): Promise<AuthenticatedUpstream> {
+    const { protocol } = req;
     const provider = this.deps.config.providers[account.provider];
     if (!provider) {
       throw new ProxyError('no_grant', `account's provider "${account.provider}" is not in the config`, {
@@ -114,6 +120,13 @@ export class LoginPipeline implements LoginHandler {
     if (connR.status === 'rejected') throw connR.reason;
     const conn: UpstreamConnection = connR.value;
     try {
+      this.checkScope(target, tokenR.value.scope);
+      this.checkCapabilities(req, target, conn);
+    } catch (err) {
+      conn.recycle();
+      throw err;
+    }
+    try {
       return await conn.authenticate(account.upstreamUser, tokenR.value.token);
     } catch (err) {
       if (!isProxyError(err) || err.reason !== 'upstream_rejected') {
@@ -144,6 +157,32 @@ export class LoginPipeline implements LoginHandler {
     }
   }
 
+  /** A token the provider granted without this protocol's scope cannot work: say how to fix it. */
+  private checkScope(target: UpstreamTarget, granted: string | undefined): void {
+    const needed = target.required_scope;
+    if (!needed || granted === undefined || hasScope(granted, needed)) return;
+    const url = this.deps.publicUrl;
+    throw new ProxyError('scope_missing', `the grant lacks the scope ${needed}`, {
+      detail: 'scope_missing',
+      clientText: url
+        ? `Reconnect the mailbox at ${url.replace(/\/+$/, '')}/connect to allow this (${shortScope(needed)})`
+        : `Ask your administrator to reconnect the mailbox to allow this (${shortScope(needed)})`,
+    });
+  }
+
+  private checkCapabilities(req: LoginRequest, target: UpstreamTarget, conn: UpstreamConnection): void {
+    this.deps.capabilities?.note(req.protocol, target, conn.capabilities);
+    if (!req.upstreamKeeps || req.upstreamKeeps(conn.capabilities)) return;
+    throw new ProxyError(
+      'upstream_unavailable',
+      'the upstream lacks a feature already promised to the client',
+      {
+        detail: 'capability_mismatch',
+        clientText: 'The mail server changed its features; connect again',
+      },
+    );
+  }
+
   private target(protocol: ProtocolName, account: AccountRecord, provider: ProviderConfig): UpstreamTarget {
     const key = `${protocol}\0${account.provider}\0${account.upstreamOverride ? JSON.stringify(account.upstreamOverride) : ''}`;
     let t = this.targets.get(key);
@@ -155,4 +194,18 @@ export class LoginPipeline implements LoginHandler {
     }
     return t;
   }
+}
+
+/** Scope lists compare case-insensitively; Microsoft may answer `SMTP.Send` for `https://outlook.office.com/SMTP.Send`. */
+export function hasScope(granted: string, needed: string): boolean {
+  const want = needed.toLowerCase();
+  const short = shortScope(want);
+  return granted
+    .toLowerCase()
+    .split(/\s+/)
+    .some((g) => g === want || (short !== '' && shortScope(g) === short));
+}
+
+function shortScope(scope: string): string {
+  return scope.slice(scope.lastIndexOf('/') + 1);
 }

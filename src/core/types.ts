@@ -34,6 +34,11 @@ export interface LoginRequest {
   readonly password: string;
   readonly mechanism: LoginMechanism;
   readonly client: ClientInfo;
+  /**
+   * The front door already promised its client some upstream features (SMTP's EHLO reply):
+   * an upstream connection without them is refused before its token is spent.
+   */
+  readonly upstreamKeeps?: (capabilities: readonly string[]) => boolean;
 }
 
 export type LoginOutcome =

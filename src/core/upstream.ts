@@ -1,7 +1,13 @@
 import type { Duplex } from 'node:stream';
-import type { UpstreamConfig } from '../config/schema.js';
+import type { ResolvedUpstream } from '../config/presets.js';
 
-export type UpstreamTarget = UpstreamConfig;
+/** One protocol's upstream server with every setting resolved. */
+export type UpstreamTarget = ResolvedUpstream;
+
+/** The connection settings that make two targets interchangeable before authentication. */
+export function targetKey(t: UpstreamTarget): string {
+  return JSON.stringify([t.host, t.port, t.tls, t.servername ?? '', t.ca_file ?? '']);
+}
 
 /** An upstream connection past its greeting (and STARTTLS), not yet authenticated; any protocol. */
 export interface UpstreamConnection {

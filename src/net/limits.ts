@@ -56,6 +56,7 @@ export const REJECT_REASONS = [
   'proxy_header_untrusted',
   'proxy_header_invalid',
   'tls_handshake',
+  'not_allowed',
   'shutdown',
 ] as const;
 export type RejectReason = (typeof REJECT_REASONS)[number];

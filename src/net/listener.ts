@@ -79,9 +79,10 @@ export function createListener(cfg: ListenerConfig, deps: ListenerDeps): Listene
   if (cfg.tls !== 'none') {
     if (!deps.tls)
       throw new ConfigError(`listener "${cfg.name}": tls ${cfg.tls} needs a certificate and key`);
-    secureContext = serverTlsContext(deps.tls);
+    secureContext = serverTlsContext(deps.tls, cfg.min_tls_version);
   }
   const trusted = cfg.proxy_protocol ? trustList(cfg.proxy_protocol.trusted) : undefined;
+  const allowed = cfg.allow_from ? trustList(cfg.allow_from) : undefined;
   const sockets = new Set<Socket>();
   /** Sockets past their preamble, with their session (absent while PROXY/TLS preamble runs). */
   const sessions = new Map<Socket, FrontDoorSession>();
@@ -120,6 +121,11 @@ export function createListener(cfg: ListenerConfig, deps: ListenerDeps): Listene
     tls.once('secure', () => {
       clearTimeout(timer);
       tls.removeAllListeners('error');
+      metrics.tlsConnections.inc({
+        protocol: deps.protocol,
+        listener: cfg.name,
+        version: tls.getProtocol() ?? 'unknown',
+      });
       startSession(tls, source, raw);
     });
     tls.on('error', (err) => {
@@ -130,6 +136,10 @@ export function createListener(cfg: ListenerConfig, deps: ListenerDeps): Listene
   };
 
   const afterPreamble = (raw: Socket, source: ProxySource | null) => {
+    // The real client (from the PROXY header when there is one) must be on the listener's allow list.
+    if (allowed && !isTrusted(allowed, source?.address ?? raw.remoteAddress ?? '')) {
+      return refuse(raw, 'not_allowed');
+    }
     if (implicitTls) startTls(raw, source, implicitTls);
     else startSession(raw, source, raw);
   };

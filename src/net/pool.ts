@@ -1,8 +1,9 @@
-import type {
-  AuthenticatedUpstream,
-  UpstreamConnection,
-  UpstreamConnector,
-  UpstreamTarget,
+import {
+  type AuthenticatedUpstream,
+  targetKey,
+  type UpstreamConnection,
+  type UpstreamConnector,
+  type UpstreamTarget,
 } from '../core/upstream.js';
 import { isConnectionFailure, messageOf } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -11,11 +12,6 @@ import { DIAL_LIMITS } from './limits.js';
 
 /** After a failed background dial, no refill for this long (a down upstream is not hammered). */
 const REFILL_BACKOFF_MS = 5000;
-
-/** The connection settings that make two targets interchangeable before authentication. */
-export function targetKey(t: UpstreamTarget): string {
-  return JSON.stringify([t.host, t.port, t.tls, t.servername ?? '', t.ca_file ?? '']);
-}
 
 interface Idle {
   readonly conn: UpstreamConnection;

@@ -8,9 +8,21 @@ export interface TlsPems {
   readonly key: string | Buffer;
 }
 
-/** Server TLS context for client-facing listeners: TLS 1.2 at least. */
-export function serverTlsContext(pems: TlsPems): SecureContext {
-  return createSecureContext({ cert: pems.cert, key: pems.key, minVersion: 'TLSv1.2' });
+export type TlsVersion = 'TLSv1' | 'TLSv1.1' | 'TLSv1.2' | 'TLSv1.3';
+
+/**
+ * Server TLS context for client-facing listeners: TLS 1.2 at least, unless a listener for old
+ * devices says otherwise. OpenSSL 3 refuses TLS 1.0/1.1 at its default security level, so such
+ * a listener alone runs at level 0 (SHA-1 signatures, old ciphers): a last resort, counted.
+ */
+export function serverTlsContext(pems: TlsPems, minVersion: TlsVersion = 'TLSv1.2'): SecureContext {
+  const legacy = minVersion === 'TLSv1' || minVersion === 'TLSv1.1';
+  return createSecureContext({
+    cert: pems.cert,
+    key: pems.key,
+    minVersion,
+    ...(legacy ? { ciphers: 'DEFAULT:@SECLEVEL=0' } : {}),
+  });
 }
 
 /**

@@ -34,6 +34,8 @@ export interface BrokerOptions {
 interface Cached {
   token: string;
   expiresAt: number;
+  /** Space-separated scopes the token endpoint granted, when it said. */
+  scope: string | undefined;
   refreshAt: number;
   /** Validity it must still have to be handed out: the floor, scaled down for short-lived tokens. */
   minValidity: number;
@@ -122,7 +124,7 @@ export class OAuthTokenBroker implements TokenBroker {
     if (!value || !this.#valid(value)) {
       throw new ProxyError('token_unavailable', 'no valid access token', { detail: 'no_token' });
     }
-    return { token: value.token, expiresAt: value.expiresAt };
+    return { token: value.token, expiresAt: value.expiresAt, scope: value.scope };
   }
 
   reportRejected(account: AccountRecord, token: string): void {
@@ -235,7 +237,7 @@ export class OAuthTokenBroker implements TokenBroker {
       lastError: null,
       status: 'active',
     });
-    return { type: 'ok', value: this.#toCached(t), fetched: true };
+    return { type: 'ok', value: this.#toCached(t, grant.scope), fetched: true };
   }
 
   async #fetchShared(
@@ -317,18 +319,19 @@ export class OAuthTokenBroker implements TokenBroker {
   #fromGrant(g: GrantRecord): Cached | undefined {
     if (!g.accessToken || !g.accessTokenExpiresAt) return undefined;
     const issued = g.lastRefreshAt ?? g.accessTokenExpiresAt - 3600_000;
-    return this.#cached(g.accessToken, issued, g.accessTokenExpiresAt);
+    return this.#cached(g.accessToken, issued, g.accessTokenExpiresAt, g.scope ?? undefined);
   }
 
-  #toCached(t: TokenSet): Cached {
-    return this.#cached(t.accessToken, t.issuedAt, t.expiresAt);
+  #toCached(t: TokenSet, grantScope?: string | null): Cached {
+    return this.#cached(t.accessToken, t.issuedAt, t.expiresAt, t.scope ?? grantScope ?? undefined);
   }
 
-  #cached(token: string, issuedAt: number, expiresAt: number): Cached {
+  #cached(token: string, issuedAt: number, expiresAt: number, scope: string | undefined): Cached {
     const lifetime = Math.max(0, expiresAt - issuedAt);
     return {
       token,
       expiresAt,
+      scope,
       refreshAt: refreshAt(issuedAt, expiresAt, this.#o.tokens),
       // A provider issuing 5 s tokens would otherwise have every fresh token refused.
       minValidity: Math.min(this.#minValidity, lifetime / SHORT_LIFETIME_FACTOR),

@@ -4,6 +4,8 @@ export interface AccessToken {
   token: string;
   /** Epoch milliseconds. */
   expiresAt: number;
+  /** Space-separated scopes the token endpoint granted, when it said (app-only tokens often do not). */
+  scope?: string | undefined;
 }
 
 /**

@@ -5,6 +5,7 @@ import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import type { SessionFactory } from '../net/listener.js';
 import { createUpstreamConnector, imapFrontDoor, limitsFromConfig } from './imap/index.js';
+import { createSmtpUpstreamConnector, smtpFrontDoor, smtpLimitsFromConfig } from './smtp/index.js';
 
 /** Everything the composition root needs to run one protocol. */
 export interface ProtocolModule {
@@ -13,7 +14,13 @@ export interface ProtocolModule {
   /** The front door that runs each connection of a listener until its login is handed over. */
   frontDoor(
     cfg: ListenerConfig,
-    deps: { runner: LoginRunner; limits: Config['limits']; metrics: Metrics },
+    deps: {
+      runner: LoginRunner;
+      limits: Config['limits'];
+      metrics: Metrics;
+      /** What each upstream server of this protocol advertised when last contacted (undefined: not yet). */
+      upstreamCapabilities: () => ReadonlyArray<readonly string[] | undefined>;
+    },
   ): SessionFactory;
   /** Dials and authenticates the protocol's upstream server. */
   upstreamConnector(deps: { metrics: Metrics; log: Logger }): UpstreamConnector;
@@ -25,5 +32,10 @@ export const PROTOCOLS: Readonly<Record<Protocol, ProtocolModule>> = {
     defaultPorts: { starttls: 143, implicit: 993 },
     frontDoor: (cfg, deps) => imapFrontDoor(cfg, { ...deps, limits: limitsFromConfig(deps.limits) }),
     upstreamConnector: createUpstreamConnector,
+  },
+  smtp: {
+    defaultPorts: { starttls: 587, implicit: 465 },
+    frontDoor: (cfg, deps) => smtpFrontDoor(cfg, { ...deps, limits: smtpLimitsFromConfig(deps.limits) }),
+    upstreamConnector: createSmtpUpstreamConnector,
   },
 };

@@ -34,7 +34,7 @@ workers: ${s.workers}
 log: { level: info, format: json }
 encryption: { key: "${s.encryptionKey}" }
 listeners:
-  - { name: plain, address: 127.0.0.1, port: ${s.plainPort}, tls: none, allow_cleartext_login: true }
+  - { name: plain, address: 127.0.0.1, port: ${s.plainPort}, tls: none, allow_cleartext_login: true, allow_from: [127.0.0.1/32] }
   - { name: imaps, address: 127.0.0.1, port: ${s.imapsPort}, tls: implicit }
 limits: { max_connections: 100000, max_sessions_per_account: 100000, login_timeout_seconds: 120 }
 admin: { address: 127.0.0.1, port: ${s.adminPort} }

@@ -95,7 +95,7 @@ encryption: { key: "${opts.encryptionKey ?? generateKeyLine('k1')}" }
 listeners:
   - { name: starttls, address: 127.0.0.1, port: 0, tls: starttls }
   - { name: imaps, address: 127.0.0.1, port: 0, tls: implicit }
-  - { name: plain, address: 127.0.0.1, port: 0, tls: none, allow_cleartext_login: true }
+  - { name: plain, address: 127.0.0.1, port: 0, tls: none, allow_cleartext_login: true, allow_from: [127.0.0.1/32] }
 admin: { address: 127.0.0.1, port: 0, public_url: "https://proxy.example.test" }
 providers:
   local:

@@ -323,6 +323,11 @@ export class PreauthSession implements CommandContext, FrontDoorSession {
           this.armIdle();
           this.setState('ready');
           this.log.debug({ protocol: t.getProtocol() }, 'STARTTLS complete');
+          this.opts.metrics.tlsConnections.inc({
+            protocol: PROTOCOL,
+            listener: this.opts.listener,
+            version: t.getProtocol() ?? 'unknown',
+          });
           t.resume();
         },
         failed: (err) => {

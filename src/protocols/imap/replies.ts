@@ -22,6 +22,14 @@ const REPLIES: Record<FailureReason, ImapReply> = {
     code: 'AUTHORIZATIONFAILED',
     text: 'Mail server refused access to the mailbox; check mailbox permissions',
   },
+  protocol_disabled: {
+    code: 'AUTHORIZATIONFAILED',
+    text: 'The mail provider has this protocol switched off for the mailbox; the administrator must enable it',
+  },
+  scope_missing: {
+    code: 'AUTHORIZATIONFAILED',
+    text: 'The mailbox was connected without permission for this protocol; reconnect the mailbox',
+  },
   protocol_error: { code: 'UNAVAILABLE', text: 'Mail server protocol error' },
   timeout: { code: 'UNAVAILABLE', text: 'Timed out; try again later' },
   // The client left mid-login; nobody reads this reply, but the attempt is counted.

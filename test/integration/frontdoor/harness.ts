@@ -12,6 +12,7 @@ import { createListener, type Listener } from '../../../src/net/listener.js';
 import { ensureSelfSigned } from '../../../src/net/selfsigned.js';
 import { imapFrontDoor } from '../../../src/protocols/imap/index.js';
 import { DEFAULT_LIMITS, type WireLimits } from '../../../src/protocols/imap/limits.js';
+import { smtpFrontDoor } from '../../../src/protocols/smtp/index.js';
 
 let pems: { cert: Buffer; key: Buffer; certFile: string } | undefined;
 const certDir = mkdtempSync(join(tmpdir(), 'iop-fd-'));
@@ -94,11 +95,27 @@ export interface Frontdoor {
 
 export const UPSTREAM_CAPS = ['IMAP4rev1', 'IDLE', 'NAMESPACE'];
 export const UPSTREAM_BUFFERED = '* 3 EXISTS\r\n';
+/** EHLO keywords of the stand-in SMTP upstream (as Dovecot submission advertises them). */
+export const SMTP_UPSTREAM_CAPS = [
+  '8BITMIME',
+  'AUTH PLAIN LOGIN XOAUTH2 OAUTHBEARER',
+  'BURL imap',
+  'CHUNKING',
+  'ENHANCEDSTATUSCODES',
+  'SIZE 40000000',
+  'PIPELINING',
+];
 
 /** Starts one listener with a test-double LoginHandler; 'upstream' means succeed via EchoUpstream. */
 export async function startFrontdoor(
   cfg: Partial<ListenerConfig> & Pick<ListenerConfig, 'tls'>,
-  opts: { limits?: Partial<WireLimits>; decide?: Decide; upstream?: 'echo' | 'imap' } = {},
+  opts: {
+    limits?: Partial<WireLimits>;
+    decide?: Decide;
+    upstream?: 'echo' | 'imap';
+    /** SMTP: what each upstream behind the listener advertised (undefined: not contacted yet). */
+    smtpUpstreams?: ReadonlyArray<readonly string[] | undefined>;
+  } = {},
 ): Promise<Frontdoor> {
   const upstream = new EchoUpstream(opts.upstream);
   await upstream.start();
@@ -133,7 +150,11 @@ export async function startFrontdoor(
         socket.pause();
         return {
           ok: true,
-          upstream: { socket, capabilities: UPSTREAM_CAPS, buffered: Buffer.from(UPSTREAM_BUFFERED) },
+          upstream: {
+            socket,
+            capabilities: lc.protocol === 'smtp' ? SMTP_UPSTREAM_CAPS : UPSTREAM_CAPS,
+            buffered: Buffer.from(lc.protocol === 'smtp' ? '' : UPSTREAM_BUFFERED),
+          },
           release: () => {
             fd.releases++;
           },
@@ -148,12 +169,21 @@ export async function startFrontdoor(
     port: 0,
     allow_cleartext_login: false,
     protocol: 'imap',
+    min_tls_version: 'TLSv1.2',
     ...cfg,
   };
   fd.listener = createListener(lc, {
     tls: cfg.tls === 'none' ? undefined : { cert, key },
-    protocol: 'imap',
-    createSession: imapFrontDoor(lc, { runner, limits, metrics }),
+    protocol: lc.protocol,
+    createSession:
+      lc.protocol === 'smtp'
+        ? smtpFrontDoor(lc, {
+            runner,
+            limits,
+            metrics,
+            upstreamCapabilities: () => opts.smtpUpstreams ?? [SMTP_UPSTREAM_CAPS],
+          })
+        : imapFrontDoor(lc, { runner, limits, metrics }),
     limits,
     metrics,
     log: silentLogger,

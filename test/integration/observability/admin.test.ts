@@ -26,7 +26,7 @@ describe('admin HTTP: /healthz, /readyz and /metrics behind a bearer token (the 
 data_dir: ${JSON.stringify(dir)}
 encryption: { key: "${generateKeyLine('k1')}" }
 listeners:
-  - { name: plain, address: 127.0.0.1, port: 0, tls: none, allow_cleartext_login: true }
+  - { name: plain, address: 127.0.0.1, port: 0, tls: none, allow_cleartext_login: true, allow_from: [127.0.0.1/32] }
 admin: { address: 127.0.0.1, port: 0, metrics_bearer_token: "${token}" }
 providers:
   local:

@@ -23,7 +23,7 @@ async function start(dir: string, admin: string, limiter = ''): Promise<ProxyApp
 data_dir: ${JSON.stringify(dir)}
 encryption: { key: "${generateKeyLine('k1')}" }
 listeners:
-  - { name: plain, address: 127.0.0.1, port: 0, tls: none, allow_cleartext_login: true }
+  - { name: plain, address: 127.0.0.1, port: 0, tls: none, allow_cleartext_login: true, allow_from: [127.0.0.1/32] }
 admin:
   address: 127.0.0.1
   port: 0

@@ -32,7 +32,7 @@ workers: 2
 log: { level: info, format: json }
 encryption: { key: "${generateKeyLine('k1')}" }
 listeners:
-  - { name: plain, address: 127.0.0.1, port: ${await freePort()}, tls: none, allow_cleartext_login: true }
+  - { name: plain, address: 127.0.0.1, port: ${await freePort()}, tls: none, allow_cleartext_login: true, allow_from: [127.0.0.1/32] }
 limiter: { max_failures: 2 }
 admin:
   address: 127.0.0.1

@@ -21,7 +21,7 @@ export function unreachableProviderConfig(dir: string, admin: string): string {
 data_dir: ${JSON.stringify(dir)}
 encryption: { key: "${generateKeyLine('k1')}" }
 listeners:
-  - { name: plain, address: 127.0.0.1, port: 0, tls: none, allow_cleartext_login: true }
+  - { name: plain, address: 127.0.0.1, port: 0, tls: none, allow_cleartext_login: true, allow_from: [127.0.0.1/32] }
 admin: ${admin}
 ${UNREACHABLE_PROVIDER_YAML}`;
 }

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import type { TLSSocket } from 'node:tls';
-import { upstreamSchema } from '../../../src/config/schema.js';
+import { resolveUpstream } from '../../../src/config/presets.js';
 import { dial } from '../../../src/net/dial.js';
 import { ensureSelfSigned } from '../../../src/net/selfsigned.js';
 import { createUpstreamConnector } from '../../../src/protocols/imap/upstream.js';
@@ -43,7 +43,7 @@ describe('dialing upstream', () => {
   test('connection refused → upstream_unavailable (connect_refused)', async () => {
     const { server, port } = await listen(() => {});
     await new Promise<void>((r) => server.close(() => r()));
-    await assert.rejects(connector.connect(upstreamSchema.parse({ host: '127.0.0.1', port }), labels), {
+    await assert.rejects(connector.connect(resolveUpstream('imap', { host: '127.0.0.1', port }), labels), {
       reason: 'upstream_unavailable',
       detail: 'connect_refused',
     });
@@ -55,7 +55,7 @@ describe('dialing upstream', () => {
     const t0 = Date.now();
     await assert.rejects(
       connector.connect(
-        upstreamSchema.parse({ host: '127.0.0.1', port: s.port, connect_timeout_seconds: 0.3 }),
+        resolveUpstream('imap', { host: '127.0.0.1', port: s.port, connect_timeout_seconds: 0.3 }),
         labels,
       ),
       { reason: 'upstream_unavailable', detail: 'connect_timeout' },
@@ -68,7 +68,7 @@ describe('dialing upstream', () => {
     const s = await listen(() => {});
     servers.push(s);
     const ac = new AbortController();
-    const p = connector.connect(upstreamSchema.parse({ host: '127.0.0.1', port: s.port }), labels, ac.signal);
+    const p = connector.connect(resolveUpstream('imap', { host: '127.0.0.1', port: s.port }), labels, ac.signal);
     ac.abort();
     await assert.rejects(p, { reason: 'timeout', detail: 'aborted' });
   });
@@ -76,18 +76,18 @@ describe('dialing upstream', () => {
   test('self-signed upstream without its CA → tls_verify; with the CA file → connects', async () => {
     fake = await startFakeUpstream();
     const base = { host: '127.0.0.1', port: fake.port };
-    await assert.rejects(connector.connect(upstreamSchema.parse(base), labels), {
+    await assert.rejects(connector.connect(resolveUpstream('imap', base), labels), {
       reason: 'upstream_unavailable',
       detail: 'tls_verify',
     });
-    const conn = await connector.connect(upstreamSchema.parse({ ...base, ca_file: fake.caFile }), labels);
+    const conn = await connector.connect(resolveUpstream('imap', { ...base, ca_file: fake.caFile }), labels);
     conn.destroy();
   });
 
   test('certificate name mismatch → tls_verify, even with the right CA', async () => {
     await assert.rejects(
       connector.connect(
-        upstreamSchema.parse({
+        resolveUpstream('imap', {
           host: '127.0.0.1',
           port: fake.port,
           ca_file: fake.caFile,
@@ -104,7 +104,7 @@ describe('dialing upstream', () => {
     process.env.NODE_TLS_REJECT_UNAUTHORIZED = '0';
     try {
       await assert.rejects(
-        connector.connect(upstreamSchema.parse({ host: '127.0.0.1', port: fake.port }), labels),
+        connector.connect(resolveUpstream('imap', { host: '127.0.0.1', port: fake.port }), labels),
         {
           detail: 'tls_verify',
         },
@@ -118,7 +118,7 @@ describe('dialing upstream', () => {
   test('missing ca_file → upstream_unavailable (ca_file), no crash', async () => {
     await assert.rejects(
       connector.connect(
-        upstreamSchema.parse({ host: '127.0.0.1', port: fake.port, ca_file: '/nonexistent/ca.pem' }),
+        resolveUpstream('imap', { host: '127.0.0.1', port: fake.port, ca_file: '/nonexistent/ca.pem' }),
         labels,
       ),
       { reason: 'upstream_unavailable', detail: 'ca_file' },
@@ -132,7 +132,7 @@ describe('dialing upstream', () => {
     // First a CA that did not sign the upstream's certificate (another self-signed pair).
     const other = await ensureSelfSigned(join(dir, 'other'), { name: 'other' });
     writeFileSync(caFile, readFileSync(other.certFile));
-    const target = upstreamSchema.parse({
+    const target = resolveUpstream('imap', {
       host: '127.0.0.1',
       port: fake.port,
       ca_file: caFile,

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { upstreamSchema } from '../../../src/config/schema.js';
+import { resolveUpstream } from '../../../src/config/presets.js';
 import type { AuthenticatedUpstream, UpstreamTarget } from '../../../src/core/upstream.js';
 import { createUpstreamConnector } from '../../../src/protocols/imap/upstream.js';
 import { type Dovecot, startDovecot } from '../../helpers/dovecot.js';
@@ -67,7 +67,7 @@ describe('upstream connector against real Dovecot + oidc-provider', () => {
     };
 
   const target = (d: Dovecot, over: Partial<UpstreamTarget>): UpstreamTarget =>
-    upstreamSchema.parse({
+    resolveUpstream('imap', {
       host: d.host,
       port: d.imapsPort,
       ca_file: d.caFile,

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { PassThrough } from 'node:stream';
 import { after, describe, test } from 'node:test';
-import { upstreamSchema } from '../../../src/config/schema.js';
+import { resolveUpstream } from '../../../src/config/presets.js';
 import type { UpstreamTarget } from '../../../src/core/upstream.js';
 import { isProxyError } from '../../../src/errors.js';
 import { createLogger } from '../../../src/log.js';
@@ -21,7 +21,7 @@ const USER = 'alice@example.com';
 const GOOD = 'good-token';
 
 function target(fake: FakeUpstream, over: Partial<UpstreamTarget> = {}): UpstreamTarget {
-  return upstreamSchema.parse({
+  return resolveUpstream('imap', {
     host: fake.host,
     port: fake.port,
     tls: fake.options.tls,
