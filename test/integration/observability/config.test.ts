@@ -58,7 +58,7 @@ describe('the Prometheus rules and the Grafana dashboard shipped in config/', ()
   test('promtool check rules accepts config/prometheus/alerts.yaml', async () => {
     const r = await promtool(['check', 'rules', ALERTS]);
     assert.equal(r.code, 0, r.output);
-    assert.match(r.output, /SUCCESS: 6 rules found/);
+    assert.match(r.output, /SUCCESS: 8 rules found/);
   });
 
   test('promtool test rules: each alert fires on its failure shape and stays quiet on a healthy proxy', async () => {
@@ -74,6 +74,8 @@ describe('the Prometheus rules and the Grafana dashboard shipped in config/', ()
       'ImapProxyTokenRefreshFailuresRising',
       'ImapProxyUpstreamUnavailable',
       'ImapProxyBruteForceSpike',
+      'ImapProxyProtocolDisabledAtProvider',
+      'ImapProxyGrantScopeMissing',
     ]) {
       assert.ok(names.includes(a), a);
     }
@@ -161,6 +163,8 @@ describe('the Prometheus rules and the Grafana dashboard shipped in config/', ()
     }
     assert.deepEqual(split.sort(), [
       'ImapProxyBruteForceSpike',
+      'ImapProxyGrantScopeMissing',
+      'ImapProxyProtocolDisabledAtProvider',
       'ImapProxyTokenEndpointUnavailable',
       'ImapProxyUpstreamUnavailable',
     ]);
