@@ -19,6 +19,7 @@ export type SmtpRejectShape =
   | 'disabled' // Microsoft's 535 5.7.139 (SMTP AUTH disabled for the tenant)
   | 'gmail' // 334 <base64 JSON>, the client's line, then a multi-line 535-5.7.8
   | 'throttle' // 454 4.7.0 Too many login attempts
+  | 'shutdown' // 421 4.3.2, then the server closes
   | 'close' // drop the connection mid-auth
   | 'hang'; // never answer
 
@@ -147,6 +148,10 @@ export async function startFakeSmtpUpstream(opts: Partial<FakeSmtpOptions> = {})
           return;
         case 'throttle':
           send('454 4.7.0 Too many login attempts, please try again later. a1-20020a.123 - gsmtp\r\n');
+          return;
+        case 'shutdown':
+          send('421 4.3.2 Service not available, closing transmission channel\r\n');
+          sock.end();
           return;
         case 'close':
           sock.destroy();

@@ -174,6 +174,16 @@ describe('SMTP upstream connector against the scripted fake', () => {
     conn.destroy();
   });
 
+  test('421 to AUTH → upstream_unavailable and the connection is closed, not offered for a retry', async () => {
+    const f = await fake({ reject: 'shutdown' });
+    const conn = await connector.connect(target(f), labels);
+    await assert.rejects(conn.authenticate(USER, 'any'), {
+      reason: 'upstream_unavailable',
+      detail: 'temporary',
+    });
+    assert.equal(conn.reusable, false);
+  });
+
   test('upstream closes mid-AUTH → upstream_unavailable, not reusable', async () => {
     const f = await fake({ reject: 'close' });
     const conn = await connector.connect(target(f), labels);
@@ -288,7 +298,7 @@ describe('SMTP upstream connector against the scripted fake', () => {
     assert.equal(auths('upstream_rejected'), '2');
     assert.equal(auths('upstream_rejected', 'oauthbearer'), '1');
     assert.equal(auths('protocol_disabled'), '1');
-    assert.equal(auths('upstream_unavailable'), '4');
+    assert.equal(auths('upstream_unavailable'), '5');
     assert.equal(auths('timeout'), '1');
     assert.ok(Number(auths('success')) >= 6);
     const connects = (result: string) =>
