@@ -2,7 +2,7 @@ import type { ListenerConfig } from '../../config/schema.js';
 import type { LoginRunner } from '../../core/login-runner.js';
 import type { Metrics } from '../../metrics.js';
 import type { SessionFactory } from '../../net/listener.js';
-import { PreauthSession } from './frontdoor.js';
+import { ImapPreauthSession } from './frontdoor.js';
 import type { WireLimits } from './limits.js';
 
 export { limitsFromConfig } from './limits.js';
@@ -15,7 +15,7 @@ export function imapFrontDoor(
 ): SessionFactory {
   const { limits } = deps;
   return (socket, peer, ctx) =>
-    new PreauthSession(
+    new ImapPreauthSession(
       socket,
       peer,
       {

@@ -3,8 +3,6 @@
  * Everything else is unknown (counted toward the bad-command cap).
  */
 
-export type SmtpState = 'greeting' | 'ready' | 'sasl' | 'login' | 'starttls' | 'spliced' | 'closed';
-
 /** What a command handler may do to its session. */
 export interface SmtpCommandContext {
   /** Writes one reply line `code enhanced text`. */
