@@ -33,12 +33,14 @@ function errorOf(text: string, env: NodeJS.ProcessEnv = {}): string {
 
 test('the example config loads with its defaults and presets applied', () => {
   const { config } = loadConfig('config/example.yaml', { HOME: '/home/x' });
-  assert.equal(config.listeners.length, 2);
+  assert.equal(config.listeners.length, 4);
   assert.deepEqual(
-    config.listeners.map((l) => [l.name, l.port, l.tls]),
+    config.listeners.map((l) => [l.name, l.protocol, l.port, l.tls]),
     [
-      ['starttls', 1143, 'starttls'],
-      ['imaps', 1993, 'implicit'],
+      ['starttls', 'imap', 1143, 'starttls'],
+      ['imaps', 'imap', 1993, 'implicit'],
+      ['submission', 'smtp', 1587, 'starttls'],
+      ['submissions', 'smtp', 1465, 'implicit'],
     ],
   );
   assert.equal(config.admin.port, 9143);
@@ -50,6 +52,12 @@ test('the example config loads with its defaults and presets applied', () => {
   assert.equal(upstreamFor(ms, 'imap').host, 'outlook.office365.com');
   assert.equal(upstreamFor(ms, 'imap').post_login_probe, true);
   assert.equal(upstreamFor(config.providers.google!, 'imap').host, 'imap.gmail.com');
+  assert.deepEqual(
+    [upstreamFor(ms, 'smtp').host, upstreamFor(ms, 'smtp').port, upstreamFor(ms, 'smtp').tls],
+    ['smtp.office365.com', 587, 'starttls'],
+  );
+  const g = upstreamFor(config.providers.google!, 'smtp');
+  assert.deepEqual([g.host, g.port, g.tls], ['smtp.gmail.com', 465, 'implicit']);
 });
 
 test('a minimal config fills every default', () => {
@@ -215,4 +223,54 @@ providers:
   assert.deepEqual(both.google, ['https://mail.google.com/'], 'one Google scope covers IMAP and SMTP');
   const smtpOnly = scopesOf('  - { name: submissions, protocol: smtp, port: 1465, tls: implicit }');
   assert.deepEqual(smtpOnly.ms, [SMTP, 'offline_access']);
+});
+
+test('a per-account upstream override applies to IMAP, and to SMTP only when nested under smtp', () => {
+  const { config } = loadConfig('config/example.yaml', { HOME: '/home/x' });
+  const ms = config.providers.microsoft!;
+  const override = { host: 'imap.internal', smtp: { host: 'smtp.internal', port: 2525 } };
+  assert.equal(upstreamFor(ms, 'imap', override).host, 'imap.internal');
+  const smtp = upstreamFor(ms, 'smtp', override);
+  assert.deepEqual([smtp.host, smtp.port, smtp.tls], ['smtp.internal', 2525, 'starttls']);
+  assert.equal(upstreamFor(ms, 'smtp', { host: 'imap.internal' }).host, 'smtp.office365.com');
+});
+
+test('check-config: cleartext login needs allow_from, allow_from entries must be CIDRs, and every listener protocol needs an upstream', () => {
+  const base = `
+encryption: { key: "k1:${Buffer.alloc(32, 1).toString('base64')}" }
+providers:
+  corp: { preset: oidc, token_endpoint: "https://sso.example.com/token", client_id: x, client_secret: y, upstreams: { imap: { host: imap.example.com } } }
+`;
+  const msg = (yaml: string) => {
+    try {
+      parseConfig(yaml, '/etc/iop/config.yaml', {});
+    } catch (err) {
+      return String((err as Error).message);
+    }
+    return 'OK';
+  };
+  assert.match(
+    msg(`${base}listeners:\n  - { name: plain, port: 143, tls: none, allow_cleartext_login: true }\n`),
+    /config\.yaml:\d+:\d+: listeners\[0\]\.allow_cleartext_login: needs allow_from/,
+  );
+  assert.equal(
+    msg(
+      `${base}listeners:\n  - { name: plain, port: 143, tls: none, allow_cleartext_login: true, allow_from: [192.168.50.0/24] }\n`,
+    ),
+    'OK',
+  );
+  assert.match(
+    msg(
+      `${base}listeners:\n  - { name: s, port: 587, tls: starttls, protocol: smtp, allow_from: [192.168.50.0/33] }\n`,
+    ),
+    /allow_from\[0\]: "192\.168\.50\.0\/33": prefix length must be 0-32/,
+  );
+  assert.match(
+    msg(`${base}listeners:\n  - { name: s, port: 587, tls: starttls, protocol: smtp }\n`),
+    /providers\.corp\.upstreams\.smtp: upstreams\.smtp\.host is required for this preset: a listener speaks smtp/,
+  );
+  assert.match(
+    msg(`${base}listeners:\n  - { name: i, port: 143, tls: starttls, server_name: mx.example.com }\n`),
+    /listeners\[0\]\.server_name: server_name applies to smtp listeners only/,
+  );
 });

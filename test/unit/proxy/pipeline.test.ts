@@ -3,7 +3,9 @@ import { PassThrough } from 'node:stream';
 import { test } from 'node:test';
 import type { CredentialChecker } from '../../../src/accounts/types.js';
 import { parseConfig } from '../../../src/config/load.js';
-import { LoginPipeline } from '../../../src/core/pipeline.js';
+import { upstreamFor } from '../../../src/config/presets.js';
+import { UpstreamCapabilities } from '../../../src/core/capabilities.js';
+import { hasScope, LoginPipeline } from '../../../src/core/pipeline.js';
 import { SessionRegistry } from '../../../src/core/sessions.js';
 import type { ClientInfo } from '../../../src/core/types.js';
 import type { UpstreamConnection, UpstreamConnector } from '../../../src/core/upstream.js';
@@ -56,8 +58,13 @@ function harness(opts: {
   /** The dial waits until its signal aborts (or this promise settles). */
   dialGate?: Promise<void>;
   reusable?: boolean;
+  /** Scopes the token endpoint granted (absent: it did not say). */
+  scope?: string;
+  config?: typeof config;
+  publicUrl?: string;
 }) {
   const events: string[] = [];
+  const capabilities = new UpstreamCapabilities();
   let n = 0;
   const credentials: CredentialChecker = {
     async verify(login, password) {
@@ -71,7 +78,7 @@ function harness(opts: {
       events.push(o?.forceRefresh ? 'token:forced' : 'token');
       await opts.tokenGate;
       if (opts.tokenError) throw opts.tokenError;
-      return { token: `t${++n}`, expiresAt: Date.now() + 3600_000 };
+      return { token: `t${++n}`, expiresAt: Date.now() + 3600_000, scope: opts.scope };
     },
     reportRejected(_a, t) {
       events.push(`rejected:${t}`);
@@ -116,12 +123,15 @@ function harness(opts: {
   return {
     events,
     pipeline: new LoginPipeline({
-      config,
+      config: opts.config ?? config,
       credentials,
       broker,
       connectors: new Map([['imap', connector]]),
       sessions: new SessionRegistry(),
+      capabilities,
+      publicUrl: opts.publicUrl,
     }),
+    capabilities,
   };
 }
 
@@ -229,4 +239,78 @@ test('per-account session cap: the third concurrent session gets session_limit u
     reason: 'session_limit',
     account: 'alice',
   });
+});
+
+const scoped = parseConfig(
+  `
+encryption: { key: "k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=" }
+listeners: [{ name: a, port: 0, tls: none }]
+providers:
+  p: { issuer: "https://127.0.0.1:1", client_id: c, client_secret: s, upstream: { host: 127.0.0.1, port: 1, required_scope: "https://outlook.office.com/IMAP.AccessAsUser.All" } }
+`,
+  '/tmp/c.yaml',
+  {},
+).config;
+
+test('a token granted without the protocol scope: scope_missing with where to reconnect, before the token is used', async () => {
+  const h = harness({
+    accept: () => true,
+    config: scoped,
+    scope: 'openid offline_access https://outlook.office.com/SMTP.Send',
+    publicUrl: 'https://proxy.example.test/',
+  });
+  const out = await h.pipeline.login(req(), new AbortController().signal);
+  assert.equal(out.ok, false);
+  assert.equal(!out.ok && out.reason, 'scope_missing');
+  assert.match(
+    (!out.ok && out.clientText) || '',
+    /^Reconnect the mailbox at https:\/\/proxy\.example\.test\/connect to allow this \(IMAP\.AccessAsUser\.All\)$/,
+  );
+  assert.ok(!h.events.some((e) => e.startsWith('auth:')), 'the token never reaches the upstream');
+  assert.ok(h.events.includes('recycle'), 'the unused connection goes back');
+  assert.equal(h.pipeline.sessions.count(7), 0);
+});
+
+test('a token with the scope (full or short form), or one whose response named no scopes, logs in', async () => {
+  for (const scope of [
+    'https://outlook.office.com/IMAP.AccessAsUser.All offline_access',
+    'IMAP.AccessAsUser.All',
+    undefined,
+  ]) {
+    const h = harness({ accept: () => true, config: scoped, ...(scope === undefined ? {} : { scope }) });
+    const out = await h.pipeline.login(req(), new AbortController().signal);
+    assert.equal(out.ok, true, String(scope));
+  }
+});
+
+test('hasScope compares case-insensitively and by the last path segment, but never matches an empty one', () => {
+  assert.equal(
+    hasScope('https://outlook.office.com/smtp.send', 'https://outlook.office.com/SMTP.Send'),
+    true,
+  );
+  assert.equal(hasScope('SMTP.Send offline_access', 'https://outlook.office.com/SMTP.Send'), true);
+  assert.equal(
+    hasScope('https://outlook.office.com/IMAP.AccessAsUser.All', 'https://outlook.office.com/SMTP.Send'),
+    false,
+  );
+  assert.equal(hasScope('https://mail.google.com/', 'https://mail.google.com/'), true);
+  assert.equal(hasScope('https://www.googleapis.com/ openid', 'https://mail.google.com/'), false);
+});
+
+test('an upstream lacking a feature the front door already promised is refused before its token is used, and learned', async () => {
+  const h = harness({ accept: () => true });
+  const out = await h.pipeline.login(
+    { ...req(), upstreamKeeps: (caps) => caps.includes('CHUNKING') },
+    new AbortController().signal,
+  );
+  assert.equal(out.ok, false);
+  assert.equal(!out.ok && out.reason, 'upstream_unavailable');
+  assert.ok(!h.events.some((e) => e.startsWith('auth:')));
+  assert.ok(h.events.includes('recycle'));
+  assert.deepEqual(h.capabilities.get('imap', upstreamFor(config.providers.p!, 'imap')), ['IMAP4rev1']);
+  const ok = await h.pipeline.login(
+    { ...req(), upstreamKeeps: (caps) => caps.includes('IMAP4rev1') },
+    new AbortController().signal,
+  );
+  assert.equal(ok.ok, true);
 });
