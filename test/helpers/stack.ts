@@ -12,16 +12,20 @@ import { generateKeyLine } from '../../src/store/crypto.js';
 import type { AccountRecord } from '../../src/store/types.js';
 import { type Dovecot, startDovecot } from './dovecot.js';
 import { startOP, type TestOP } from './op.js';
+import { type SmtpSink, startSmtpSink } from './smtp-sink.js';
 
 /**
- * The whole real chain on loopback: oidc-provider (OAuth server) ← Dovecot (upstream IMAP,
- * introspecting tokens at the OP) ← the proxy (started in-process through startProxy, exactly
- * as `serve` does). Used by the end-to-end, metrics, interop and benchmark suites.
+ * The whole real chain on loopback: oidc-provider (OAuth server) ← Dovecot (upstream IMAP and
+ * SMTP submission, introspecting tokens at the OP; submission relays to a recording sink) ← the
+ * proxy (started in-process through startProxy, exactly as `serve` does). Used by the
+ * end-to-end, metrics, interop and benchmark suites.
  */
 
 export interface StackOptions {
   upstreamTls?: 'implicit' | 'starttls';
   mechanism?: 'xoauth2' | 'oauthbearer' | 'auto';
+  /** Keys replacing the generated provider's upstreams.smtp settings (e.g. another server, required_scope). */
+  smtpUpstream?: (ctx: { op: TestOP; dovecot: Dovecot }) => Record<string, unknown>;
   accessTokenTtl?: number;
   /** Extra YAML merged at the end of the generated config's top level (e.g. "limits: {...}"). */
   configYaml?: (ctx: { op: TestOP; dovecot: Dovecot }) => string;
@@ -50,8 +54,20 @@ export interface Stack {
   metrics: Metrics;
   log: Logger;
   dir: string;
-  /** Ports of the proxy's listeners: STARTTLS (cleartext until upgraded), implicit TLS, cleartext with login allowed. */
-  ports: { starttls: number; imaps: number; plain: number; admin: number };
+  /**
+   * Ports of the proxy's listeners: IMAP STARTTLS (cleartext until upgraded), IMAP implicit TLS,
+   * IMAP cleartext with login allowed; SMTP submission with STARTTLS and with implicit TLS.
+   */
+  ports: {
+    starttls: number;
+    imaps: number;
+    plain: number;
+    submission: number;
+    submissions: number;
+    admin: number;
+  };
+  /** Where Dovecot submission relays accepted mail; undefined with a Dovecot passed in (it may relay nowhere). */
+  sink: SmtpSink | undefined;
   /** The proxy's own (self-signed) certificate, for clients to trust. */
   proxyCaFile: string;
   /** Every log line the proxy wrote so far. */
@@ -79,15 +95,28 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
   const op =
     opts.op ?? (await startOP({ accessTokenTtl: opts.accessTokenTtl ?? 3600, clientCredentials: true }));
   let dovecot: Dovecot | undefined;
+  let sink: SmtpSink | undefined;
   const dir = mkdtempSync(join(tmpdir(), 'iop-stack-'));
   try {
+    // The sink listens first: Dovecot is told its port at start.
+    if (ownDovecot) sink = await startSmtpSink();
     dovecot =
       opts.dovecot ??
       (await startDovecot({
         introspectionUrl: withCredentials(op.introspection.url, op.introspection.id, op.introspection.secret),
         users: [{ name: 'direct@example.com', password: 'direct-password' }],
+        ...(sink ? { relayPort: sink.port } : {}),
       }));
     const upstreamTls = opts.upstreamTls ?? 'implicit';
+    const smtpUpstream = {
+      host: '127.0.0.1',
+      port: upstreamTls === 'implicit' ? dovecot.submissionsPort : dovecot.submissionPort,
+      tls: upstreamTls,
+      ca_file: dovecot.caFile,
+      mechanism: opts.mechanism ?? 'auto',
+      connect_timeout_seconds: 5,
+      ...opts.smtpUpstream?.({ op, dovecot }),
+    };
     const yaml = `
 data_dir: ${JSON.stringify(dir)}
 log: { level: ${opts.logLevel ?? 'debug'}, format: json }
@@ -96,6 +125,8 @@ listeners:
   - { name: starttls, address: 127.0.0.1, port: 0, tls: starttls }
   - { name: imaps, address: 127.0.0.1, port: 0, tls: implicit }
   - { name: plain, address: 127.0.0.1, port: 0, tls: none, allow_cleartext_login: true, allow_from: [127.0.0.1/32] }
+  - { name: submission, protocol: smtp, address: 127.0.0.1, port: 0, tls: starttls }
+  - { name: submissions, protocol: smtp, address: 127.0.0.1, port: 0, tls: implicit }
 admin: { address: 127.0.0.1, port: 0, public_url: "https://proxy.example.test" }
 providers:
   local:
@@ -112,17 +143,19 @@ providers:
       ca_file: ${JSON.stringify(dovecot.caFile)}
       mechanism: ${opts.mechanism ?? 'auto'}
       connect_timeout_seconds: 5
+    upstreams:
+      smtp: ${JSON.stringify(smtpUpstream)}
 ${opts.configYaml?.({ op, dovecot }) ?? ''}
 `;
     const { config } = parseConfig(yaml, join(dir, 'config.yaml'), {});
     const chunks: string[] = [];
-    const sink = new Writable({
+    const logSink = new Writable({
       write(chunk, _enc, cb) {
         chunks.push(String(chunk));
         cb();
       },
     });
-    const log = createLogger({ level: config.log.level, format: 'json', destination: sink });
+    const log = createLogger({ level: config.log.level, format: 'json', destination: logSink });
     const metrics = createMetrics();
     const app = await startProxy(config, { log, metrics, version: 'test' });
     const d = dovecot;
@@ -141,8 +174,11 @@ ${opts.configYaml?.({ op, dovecot }) ?? ''}
         starttls: app.addresses.starttls!.port,
         imaps: app.addresses.imaps!.port,
         plain: app.addresses.plain!.port,
+        submission: app.addresses.submission!.port,
+        submissions: app.addresses.submissions!.port,
         admin: app.adminAddress.port,
       },
+      sink,
       proxyCaFile: join(dir, 'tls', 'selfsigned.crt'),
       logs: () => chunks.join(''),
       secrets,
@@ -203,6 +239,7 @@ ${opts.configYaml?.({ op, dovecot }) ?? ''}
         }
         await app.close({ drainMs: 0 });
         if (ownDovecot) await d.stop();
+        await sink?.stop();
         if (ownOp) await op.close();
         rmSync(dir, { recursive: true, force: true });
         assertNoSecretsLogged(chunks.join(''), secrets);
@@ -210,6 +247,7 @@ ${opts.configYaml?.({ op, dovecot }) ?? ''}
     };
   } catch (err) {
     if (ownDovecot) await dovecot?.stop();
+    await sink?.stop();
     if (ownOp) await op.close();
     rmSync(dir, { recursive: true, force: true });
     throw err;
