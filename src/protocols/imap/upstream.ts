@@ -1,16 +1,15 @@
 import type { Socket } from 'node:net';
-import { performance } from 'node:perf_hooks';
 import type {
   AuthenticatedUpstream,
   UpstreamConnection,
   UpstreamConnector,
   UpstreamTarget,
 } from '../../core/upstream.js';
-import { isProxyError, ProxyError } from '../../errors.js';
+import { ProxyError } from '../../errors.js';
 import type { Logger } from '../../log.js';
-import { silentLogger } from '../../log.js';
 import type { Metrics } from '../../metrics.js';
-import { type DialOptions, dial, mapDialError, upgradeTls } from '../../net/dial.js';
+import { type ConnectorDeps, measuredConnector, remaining, toProxyError } from '../../net/connector.js';
+import { type DialOptions, dial, upgradeTls } from '../../net/dial.js';
 import {
   classifyAuthNo,
   decodeFailureContinuation,
@@ -24,11 +23,6 @@ import {
 import { ResponseReader, type UpstreamResponse } from './reader.js';
 import { UPSTREAM_LIMITS } from './upstream-limits.js';
 
-export interface ConnectorDeps {
-  metrics?: Metrics;
-  log?: Logger;
-}
-
 type State = 'ready' | 'authenticating' | 'authenticated' | 'closed';
 
 const PROTOCOL = 'imap';
@@ -39,14 +33,6 @@ const NOT_CONNECTED_HINT =
 
 // Keeps an error between hand-over and splice from crashing the process; the socket is destroyed anyway.
 const swallow = () => {};
-
-function toProxyError(err: unknown): ProxyError {
-  return isProxyError(err) ? err : mapDialError(err);
-}
-
-function remaining(deadline: number): number {
-  return Math.max(1, deadline - Date.now());
-}
 
 /** `[CAPABILITY a b c] text` → ['a','b','c'], else undefined. */
 export function capabilitiesFromCode(text: string): string[] | undefined {
@@ -321,36 +307,11 @@ async function open(target: UpstreamTarget, signal: AbortSignal | undefined) {
 
 /** Dials upstream, reads the greeting, upgrades with STARTTLS when configured, learns capabilities. */
 export function createUpstreamConnector(deps: ConnectorDeps = {}): UpstreamConnector {
-  const log = deps.log ?? silentLogger;
-  return {
-    async connect(target, labels, signal) {
-      const t0 = performance.now();
-      try {
-        const { socket, reader, caps } = await open(target, signal);
-        deps.metrics?.upstreamConnects.inc({
-          protocol: PROTOCOL,
-          provider: labels.provider,
-          result: 'success',
-        });
-        deps.metrics?.upstreamConnectSeconds.observe(
-          { protocol: PROTOCOL, provider: labels.provider },
-          (performance.now() - t0) / 1000,
-        );
-        return new ImapUpstreamConnection(socket, reader, caps, target, labels.provider, {
-          metrics: deps.metrics,
-          log,
-        });
-      } catch (err) {
-        const pe = toProxyError(err);
-        // Stopped because the login failed first (its token): not the upstream's failure.
-        const result = signal?.aborted ? 'aborted' : pe.reason;
-        deps.metrics?.upstreamConnects.inc({ protocol: PROTOCOL, provider: labels.provider, result });
-        log.debug(
-          { provider: labels.provider, reason: pe.reason, detail: pe.detail },
-          'upstream connect failed',
-        );
-        throw pe;
-      }
-    },
-  };
+  return measuredConnector(PROTOCOL, deps, async (target, ctx, signal) => {
+    const { socket, reader, caps } = await open(target, signal);
+    return new ImapUpstreamConnection(socket, reader, caps, target, ctx.provider, {
+      metrics: ctx.metrics,
+      log: ctx.log,
+    });
+  });
 }

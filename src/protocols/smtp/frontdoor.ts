@@ -188,7 +188,8 @@ export class SmtpSession extends PreauthBase implements SmtpCommandContext {
       };
     const username: SaslNext = (l) => {
       const user = decodeLoginResponse(l);
-      if (user === null || user.length === 0) return this.bad(501, '5.5.2', 'Cannot decode base64');
+      if (user === null) return this.bad(501, '5.5.2', 'Cannot decode base64');
+      if (user.length === 0) return this.bad(501, '5.5.2', 'Empty user name');
       return this.expectSasl(LOGIN_PASSWORD_CHALLENGE, password(user));
     };
     if (initial !== undefined && initial !== '=') return username(Buffer.from(initial, 'latin1'));

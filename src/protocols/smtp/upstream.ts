@@ -1,6 +1,5 @@
 import type { Socket } from 'node:net';
 import { hostname } from 'node:os';
-import { performance } from 'node:perf_hooks';
 import type {
   AuthenticatedUpstream,
   UpstreamConnection,
@@ -9,9 +8,9 @@ import type {
 } from '../../core/upstream.js';
 import { isProxyError, ProxyError } from '../../errors.js';
 import type { Logger } from '../../log.js';
-import { silentLogger } from '../../log.js';
 import type { Metrics } from '../../metrics.js';
-import { type DialOptions, dial, mapDialError, upgradeTls } from '../../net/dial.js';
+import { type ConnectorDeps, measuredConnector, remaining, toProxyError } from '../../net/connector.js';
+import { type DialOptions, dial, upgradeTls } from '../../net/dial.js';
 import {
   decodeFailureContinuation,
   failureAck,
@@ -23,11 +22,6 @@ import {
 } from '../../sasl/client.js';
 import { ReplyReader, type SmtpReply } from './reply-reader.js';
 import { SMTP_UPSTREAM_LIMITS } from './upstream-limits.js';
-
-export interface SmtpConnectorDeps {
-  metrics?: Metrics;
-  log?: Logger;
-}
 
 type State = 'ready' | 'authenticating' | 'authenticated' | 'closed';
 
@@ -42,14 +36,6 @@ const THROTTLED = /too many|throttl|rate limit|exceeded/i;
 
 // Keeps an error between hand-over and splice from crashing the process; the socket is destroyed anyway.
 const swallow = () => {};
-
-function toProxyError(err: unknown): ProxyError {
-  return isProxyError(err) ? err : mapDialError(err);
-}
-
-function remaining(deadline: number): number {
-  return Math.max(1, deadline - Date.now());
-}
 
 /** EHLO `AUTH A B` (or the old `AUTH=A B`) → ['AUTH=A','AUTH=B'], the form pickMechanism reads. */
 export function saslCapabilities(keywords: readonly string[]): string[] {
@@ -292,37 +278,12 @@ async function open(target: UpstreamTarget, signal: AbortSignal | undefined) {
 }
 
 /** Dials the SMTP submission server, EHLO, STARTTLS when configured, EHLO again over TLS. */
-export function createSmtpUpstreamConnector(deps: SmtpConnectorDeps = {}): UpstreamConnector {
-  const log = deps.log ?? silentLogger;
-  return {
-    async connect(target, labels, signal) {
-      const t0 = performance.now();
-      try {
-        const { socket, reader, caps } = await open(target, signal);
-        deps.metrics?.upstreamConnects.inc({
-          protocol: PROTOCOL,
-          provider: labels.provider,
-          result: 'success',
-        });
-        deps.metrics?.upstreamConnectSeconds.observe(
-          { protocol: PROTOCOL, provider: labels.provider },
-          (performance.now() - t0) / 1000,
-        );
-        return new SmtpUpstreamConnection(socket, reader, caps, target, labels.provider, {
-          metrics: deps.metrics,
-          log,
-        });
-      } catch (err) {
-        const pe = toProxyError(err);
-        // Stopped because the login failed first (its token): not the upstream's failure.
-        const result = signal?.aborted ? 'aborted' : pe.reason;
-        deps.metrics?.upstreamConnects.inc({ protocol: PROTOCOL, provider: labels.provider, result });
-        log.debug(
-          { provider: labels.provider, reason: pe.reason, detail: pe.detail },
-          'upstream connect failed',
-        );
-        throw pe;
-      }
-    },
-  };
+export function createSmtpUpstreamConnector(deps: ConnectorDeps = {}): UpstreamConnector {
+  return measuredConnector(PROTOCOL, deps, async (target, ctx, signal) => {
+    const { socket, reader, caps } = await open(target, signal);
+    return new SmtpUpstreamConnection(socket, reader, caps, target, ctx.provider, {
+      metrics: ctx.metrics,
+      log: ctx.log,
+    });
+  });
 }

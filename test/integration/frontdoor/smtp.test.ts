@@ -221,6 +221,8 @@ describe('AUTH', () => {
     assert.deepEqual(await send(c, 'AUTH LOGIN'), [USERNAME_CHALLENGE]);
     assert.deepEqual(await send(c, b64('frank')), [PASSWORD_CHALLENGE]);
     assert.deepEqual(await send(c, 'abc'), ['501 5.5.2 Cannot decode base64']);
+    assert.deepEqual(await send(c, 'AUTH LOGIN'), [USERNAME_CHALLENGE]);
+    assert.deepEqual(await send(c, ''), ['501 5.5.2 Empty user name']);
     assert.deepEqual(await send(c, 'AUTH PLAIN ='), ['501 5.5.2 Malformed PLAIN response']);
     assert.deepEqual(await send(c, `AUTH PLAIN ${b64('no-nuls')}`), ['501 5.5.2 Malformed PLAIN response']);
     assert.deepEqual(await send(c, 'AUTH XOAUTH2 abc'), ['504 5.5.4 Unrecognized authentication type']);
