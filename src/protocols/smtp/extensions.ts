@@ -19,10 +19,10 @@ function split(cap: string): [string, string] {
   return sp === -1 ? [cap.toUpperCase(), ''] : [cap.slice(0, sp).toUpperCase(), cap.slice(sp + 1).trim()];
 }
 
-/** SIZE's limit in bytes: 0 (or absent) means no fixed limit (RFC 1870). */
+/** SIZE's limit in bytes: 0 (or absent) means no fixed limit (RFC 1870); anything else unreadable is NaN. */
 function sizeOf(param: string): number {
-  const n = /^\d{1,15}$/.test(param) ? Number(param) : 0;
-  return n;
+  if (param === '') return 0;
+  return /^\d{1,15}$/.test(param) ? Number(param) : Number.NaN;
 }
 
 function keywords(caps: readonly string[]): Map<string, string> {
@@ -48,7 +48,10 @@ export function sharedExtensions(upstreams: ReadonlyArray<readonly string[] | un
       out.push(ext);
       continue;
     }
-    const limits = maps.map((m) => sizeOf(m.get('SIZE') ?? '')).filter((n) => n > 0);
+    const all = maps.map((m) => sizeOf(m.get('SIZE') ?? ''));
+    // A limit that cannot be read cannot be promised safely: no SIZE at all.
+    if (all.some(Number.isNaN)) continue;
+    const limits = all.filter((n) => n > 0);
     out.push(limits.length === 0 ? 'SIZE' : `SIZE ${Math.min(...limits)}`);
   }
   return out;
@@ -63,6 +66,7 @@ export function keepsPromises(advertised: readonly string[], upstream: readonly 
     if (k === 'SIZE') {
       const promised = sizeOf(v);
       const limit = sizeOf(have.get('SIZE') ?? '');
+      if (Number.isNaN(limit)) return false;
       // A promise of "no fixed limit" needs an upstream without one; else the upstream's limit must be at least ours.
       if (limit > 0 && (promised === 0 || promised > limit)) return false;
     }

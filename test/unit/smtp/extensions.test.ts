@@ -68,12 +68,23 @@ describe('sharedExtensions', () => {
     ]);
   });
 
-  test('SIZE without a fixed limit (absent, 0, unreadable) gives way to any fixed one', () => {
+  test('SIZE without a fixed limit (absent, 0) gives way to any fixed one', () => {
     assert.deepEqual(sharedExtensions([['SIZE']]), ['SIZE']);
     assert.deepEqual(sharedExtensions([['SIZE 0'], ['SIZE']]), ['SIZE']);
     assert.deepEqual(sharedExtensions([['SIZE'], ['SIZE 2048'], ['SIZE 0']]), ['SIZE 2048']);
-    assert.deepEqual(sharedExtensions([['SIZE lots'], ['SIZE 4096']]), ['SIZE 4096']);
-    assert.deepEqual(sharedExtensions([['SIZE 99999999999999999'], ['SIZE 4096']]), ['SIZE 4096']);
+  });
+
+  test('an unreadable SIZE limit is never promised, nor taken as keeping a promise', () => {
+    assert.deepEqual(
+      sharedExtensions([
+        ['SIZE lots', 'PIPELINING'],
+        ['SIZE 4096', 'PIPELINING'],
+      ]),
+      ['PIPELINING'],
+    );
+    assert.deepEqual(sharedExtensions([['SIZE 99999999999999999'], ['SIZE 4096']]), []);
+    assert.equal(keepsPromises(['SIZE 100'], ['SIZE lots']), false);
+    assert.equal(keepsPromises(['PIPELINING'], ['SIZE lots', 'PIPELINING']), true);
   });
 });
 
