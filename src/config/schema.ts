@@ -327,7 +327,9 @@ export const configSchema = z
         imap_host: z
           .string()
           .optional()
-          .describe('IMAP server name /connect shows users (defaults to the public_url host)'),
+          .describe(
+            'Mail server host name /connect shows users for IMAP and SMTP alike (defaults to the public_url host)',
+          ),
         allowed_domains: z
           .array(z.string())
           .default([])
