@@ -293,3 +293,34 @@ export function testMessage(subject: string, body = 'Hello from the test suite.'
     `From: sender@example.com\r\nTo: alice@example.com\r\nSubject: ${subject}\r\nDate: Sat, 21 Nov 2026 10:00:00 +0000\r\nMessage-ID: <${subject.replace(/\W/g, '')}@example.com>\r\n\r\n${body}\r\n`,
   );
 }
+
+/** logins_total{protocol,result} of one stack. */
+export async function loginCount(s: Stack, protocol: string, result: string): Promise<number> {
+  const v = (await s.metrics.logins.get()).values;
+  return v.find((x) => x.labels.protocol === protocol && x.labels.result === result)?.value ?? 0;
+}
+
+/** upstream_auths_total{protocol,result} of one stack, over every mechanism unless one is named. */
+export async function upstreamAuthCount(
+  s: Stack,
+  protocol: string,
+  result: string,
+  mechanism?: string,
+): Promise<number> {
+  const v = (await s.metrics.upstreamAuths.get()).values;
+  return v
+    .filter((x) => x.labels.protocol === protocol && x.labels.result === result)
+    .filter((x) => mechanism === undefined || x.labels.mechanism === mechanism)
+    .reduce((n, x) => n + x.value, 0);
+}
+
+/** Replaces the stored access token, or with null leaves it expired, so the next login must refresh. */
+export async function setStoredToken(s: Stack, a: TestAccount, accessToken: string | null): Promise<void> {
+  const g = await s.app.store.getGrant(a.account.id);
+  if (!g) throw new Error(`account ${a.login} has no grant to change`);
+  await s.app.store.putGrant(
+    a.account.id,
+    { ...g, accessToken, accessTokenExpiresAt: accessToken ? Date.now() + 3_600_000 : Date.now() - 60_000 },
+    'test',
+  );
+}
