@@ -19,6 +19,8 @@ export const LOGIN_RESULTS = [
   'protocol_disabled',
   /** The grant's token lacks the scope this protocol needs (e.g. sending): reconnect the mailbox. */
   'scope_missing',
+  /** The upstream says the mailbox is locked by another session (POP3 `[IN-USE]`). */
+  'mailbox_in_use',
   'protocol_error',
   'timeout',
   'aborted',
@@ -69,6 +71,7 @@ export type FailureDetail =
   | 'capability_mismatch'
   | 'smtp_auth_disabled'
   | 'scope_missing'
+  | 'in_use'
   | 'no'
   | 'throttled'
   | 'temporary'

@@ -12,6 +12,7 @@ test('every failure reason maps to an RFC 5530 code and a text without secrets',
     'CONTACTADMIN',
     'UNAVAILABLE',
     'AUTHORIZATIONFAILED',
+    'INUSE',
   ]);
   for (const r of LOGIN_RESULTS) {
     if (r === 'success') continue;

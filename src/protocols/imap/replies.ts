@@ -30,6 +30,7 @@ const REPLIES: Record<FailureReason, ImapReply> = {
     code: 'AUTHORIZATIONFAILED',
     text: 'The mailbox was connected without permission for this protocol; reconnect the mailbox',
   },
+  mailbox_in_use: { code: 'INUSE', text: 'Mailbox in use by another session; try again later' },
   protocol_error: { code: 'UNAVAILABLE', text: 'Mail server protocol error' },
   timeout: { code: 'UNAVAILABLE', text: 'Timed out; try again later' },
   // The client left mid-login; nobody reads this reply, but the attempt is counted.

@@ -37,6 +37,7 @@ const REPLIES: Record<FailureReason, SmtpReply> = {
     text: 'Authenticated SMTP is switched off for this mailbox or tenant at the provider',
   },
   scope_missing: { ...AUTH_FAILED, text: 'The mailbox was connected without permission to send mail' },
+  mailbox_in_use: { ...TEMP, text: 'Mailbox in use by another session; try again later' },
   protocol_error: { ...TEMP, text: 'Mail server protocol error; try again later' },
   timeout: { ...TEMP, text: 'Timed out; try again later' },
   // The client left mid-login; nobody reads this reply, but the attempt is counted.

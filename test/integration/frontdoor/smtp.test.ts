@@ -310,6 +310,7 @@ const FAILURE_CODES: Record<FailureReason, string> = {
   authorization_failed: '535 5.7.8',
   protocol_disabled: '535 5.7.139',
   scope_missing: '535 5.7.8',
+  mailbox_in_use: '454 4.7.0',
   protocol_error: '454 4.7.0',
   timeout: '454 4.7.0',
   aborted: '454 4.7.0',
