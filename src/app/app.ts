@@ -265,7 +265,8 @@ function learnUpstreams(
   log: Logger,
 ): void {
   for (const [protocol, pool] of pools) {
-    if (protocol !== 'smtp') continue;
+    // IMAP clients ask for capabilities after login anyway; SMTP and POP3 clients keep what they saw before.
+    if (protocol === 'imap') continue;
     for (const [provider, p] of Object.entries(config.providers)) {
       if (!p.upstreams?.[protocol]?.host) continue;
       const target = upstreamFor(p, protocol);

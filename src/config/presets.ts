@@ -8,11 +8,13 @@ export type ResolvedUpstream = UpstreamConfig & { readonly port: number };
 const UPSTREAM_PORTS: Record<Protocol, Record<UpstreamConfig['tls'], number>> = {
   imap: { implicit: 993, starttls: 143 },
   smtp: { implicit: 465, starttls: 587 },
+  pop3: { implicit: 995, starttls: 110 },
 };
 
 const MS_SCOPES: Record<Protocol, string> = {
   imap: 'https://outlook.office.com/IMAP.AccessAsUser.All',
   smtp: 'https://outlook.office.com/SMTP.Send',
+  pop3: 'https://outlook.office.com/POP.AccessAsUser.All',
 };
 const GOOGLE_SCOPE = 'https://mail.google.com/';
 
@@ -51,6 +53,14 @@ export function applyPreset(p: ProviderConfig, protocols: ReadonlySet<Protocol>)
             required_scope: MS_SCOPES.smtp,
             ...p.upstreams?.smtp,
           },
+          pop3: {
+            host: 'outlook.office365.com',
+            port: 995,
+            tls: 'implicit',
+            mechanism: 'xoauth2',
+            required_scope: MS_SCOPES.pop3,
+            ...p.upstreams?.pop3,
+          },
         },
       };
     }
@@ -80,6 +90,14 @@ export function applyPreset(p: ProviderConfig, protocols: ReadonlySet<Protocol>)
             required_scope: GOOGLE_SCOPE,
             ...p.upstreams?.smtp,
           },
+          pop3: {
+            host: 'pop.gmail.com',
+            port: 995,
+            tls: 'implicit',
+            mechanism: 'xoauth2',
+            required_scope: GOOGLE_SCOPE,
+            ...p.upstreams?.pop3,
+          },
         },
       };
     case 'oidc':
@@ -88,7 +106,11 @@ export function applyPreset(p: ProviderConfig, protocols: ReadonlySet<Protocol>)
       return {
         ...p,
         scopes: p.scopes ?? ['openid', 'email', 'offline_access'],
-        upstreams: { ...(imap ? { imap } : {}), ...(p.upstreams?.smtp ? { smtp: p.upstreams.smtp } : {}) },
+        upstreams: {
+          ...(imap ? { imap } : {}),
+          ...(p.upstreams?.smtp ? { smtp: p.upstreams.smtp } : {}),
+          ...(p.upstreams?.pop3 ? { pop3: p.upstreams.pop3 } : {}),
+        },
       };
     }
   }

@@ -8,14 +8,16 @@ import { z } from 'zod';
 const port = z.number().int().min(0).max(65535);
 
 /** Every protocol the proxy speaks; each has a folder under src/protocols and a registry entry. */
-export const PROTOCOL_NAMES = ['imap', 'smtp'] as const;
+export const PROTOCOL_NAMES = ['imap', 'smtp', 'pop3'] as const;
 export type Protocol = (typeof PROTOCOL_NAMES)[number];
 const seconds = (def: number) => z.number().positive().default(def);
 
 export const upstreamSchema = z
   .object({
     host: z.string().min(1).describe('Upstream server host name'),
-    port: port.optional().describe('Upstream port (default by protocol and tls: IMAP 993/143, SMTP 465/587)'),
+    port: port
+      .optional()
+      .describe('Upstream port (default by protocol and tls: IMAP 993/143, SMTP 465/587, POP3 995/110)'),
     tls: z.enum(['implicit', 'starttls']).default('implicit').describe('Upstream TLS mode; always verified'),
     ca_file: z.string().optional().describe('Extra CA bundle (PEM) trusted for the upstream certificate'),
     servername: z.string().optional().describe('TLS server name to verify (defaults to host)'),
@@ -92,6 +94,7 @@ export const providerSchema = z
           .partial()
           .optional()
           .describe('Upstream SMTP submission server; presets fill it in'),
+        pop3: upstreamSchema.partial().optional().describe('Upstream POP3 server; presets fill it in'),
       })
       .strict()
       .optional()

@@ -5,6 +5,7 @@ import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import type { SessionFactory } from '../net/listener.js';
 import { createUpstreamConnector, imapFrontDoor, limitsFromConfig } from './imap/index.js';
+import { createPop3UpstreamConnector, pop3FrontDoor, pop3LimitsFromConfig } from './pop3/index.js';
 import { createSmtpUpstreamConnector, smtpFrontDoor, smtpLimitsFromConfig } from './smtp/index.js';
 
 /** Everything the composition root needs to run one protocol. */
@@ -37,5 +38,10 @@ export const PROTOCOLS: Readonly<Record<Protocol, ProtocolModule>> = {
     defaultPorts: { starttls: 587, implicit: 465 },
     frontDoor: (cfg, deps) => smtpFrontDoor(cfg, { ...deps, limits: smtpLimitsFromConfig(deps.limits) }),
     upstreamConnector: createSmtpUpstreamConnector,
+  },
+  pop3: {
+    defaultPorts: { starttls: 110, implicit: 995 },
+    frontDoor: (cfg, deps) => pop3FrontDoor(cfg, { ...deps, limits: pop3LimitsFromConfig(deps.limits) }),
+    upstreamConnector: createPop3UpstreamConnector,
   },
 };

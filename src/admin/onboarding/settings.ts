@@ -5,6 +5,7 @@ import { esc } from './html.js';
 /** The heading a mail program's account dialog uses for each protocol's server. */
 const HEADINGS: Record<Protocol, string> = {
   imap: 'Incoming mail (IMAP)',
+  pop3: 'Incoming mail (POP3)',
   smtp: 'Outgoing mail (SMTP)',
 };
 

@@ -12,6 +12,7 @@ import { createListener, type Listener } from '../../../src/net/listener.js';
 import { ensureSelfSigned } from '../../../src/net/selfsigned.js';
 import { imapFrontDoor } from '../../../src/protocols/imap/index.js';
 import { DEFAULT_LIMITS, type WireLimits } from '../../../src/protocols/imap/limits.js';
+import { pop3FrontDoor } from '../../../src/protocols/pop3/index.js';
 import { smtpFrontDoor } from '../../../src/protocols/smtp/index.js';
 
 let pems: { cert: Buffer; key: Buffer; certFile: string } | undefined;
@@ -95,6 +96,16 @@ export interface Frontdoor {
 
 export const UPSTREAM_CAPS = ['IMAP4rev1', 'IDLE', 'NAMESPACE'];
 export const UPSTREAM_BUFFERED = '* 3 EXISTS\r\n';
+/** CAPA lines of the stand-in POP3 upstream (as Dovecot advertises them after TLS). */
+export const POP3_UPSTREAM_CAPS = [
+  'TOP',
+  'UIDL',
+  'RESP-CODES',
+  'PIPELINING',
+  'AUTH-RESP-CODE',
+  'USER',
+  'SASL PLAIN LOGIN XOAUTH2 OAUTHBEARER',
+];
 /** EHLO keywords of the stand-in SMTP upstream (as Dovecot submission advertises them). */
 export const SMTP_UPSTREAM_CAPS = [
   '8BITMIME',
@@ -115,6 +126,8 @@ export async function startFrontdoor(
     upstream?: 'echo' | 'imap';
     /** SMTP: what each upstream behind the listener advertised (undefined: not contacted yet). */
     smtpUpstreams?: ReadonlyArray<readonly string[] | undefined>;
+    /** POP3: what each upstream behind the listener said to CAPA (undefined: not contacted yet). */
+    pop3Upstreams?: ReadonlyArray<readonly string[] | undefined>;
   } = {},
 ): Promise<Frontdoor> {
   const upstream = new EchoUpstream(opts.upstream);
@@ -152,8 +165,13 @@ export async function startFrontdoor(
           ok: true,
           upstream: {
             socket,
-            capabilities: lc.protocol === 'smtp' ? SMTP_UPSTREAM_CAPS : UPSTREAM_CAPS,
-            buffered: Buffer.from(lc.protocol === 'smtp' ? '' : UPSTREAM_BUFFERED),
+            capabilities:
+              lc.protocol === 'smtp'
+                ? SMTP_UPSTREAM_CAPS
+                : lc.protocol === 'pop3'
+                  ? POP3_UPSTREAM_CAPS
+                  : UPSTREAM_CAPS,
+            buffered: Buffer.from(lc.protocol === 'imap' ? UPSTREAM_BUFFERED : ''),
           },
           release: () => {
             fd.releases++;
@@ -183,7 +201,14 @@ export async function startFrontdoor(
             metrics,
             upstreamCapabilities: () => opts.smtpUpstreams ?? [SMTP_UPSTREAM_CAPS],
           })
-        : imapFrontDoor(lc, { runner, limits, metrics }),
+        : lc.protocol === 'pop3'
+          ? pop3FrontDoor(lc, {
+              runner,
+              limits,
+              metrics,
+              upstreamCapabilities: () => opts.pop3Upstreams ?? [POP3_UPSTREAM_CAPS],
+            })
+          : imapFrontDoor(lc, { runner, limits, metrics }),
     limits,
     metrics,
     log: silentLogger,
