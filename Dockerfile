@@ -30,7 +30,7 @@ COPY config ./config
 RUN mkdir -p /data /config && chown node:node /data /config
 USER node
 VOLUME ["/data", "/config"]
-EXPOSE 1143 1993 1587 1465 9143
+EXPOSE 1143 1993 1587 1465 1110 1995 9143
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:' + (process.env.IMAP_PROXY_ADMIN_PORT || 9143) + '/healthz').then(r => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
 STOPSIGNAL SIGTERM

@@ -33,7 +33,7 @@ function errorOf(text: string, env: NodeJS.ProcessEnv = {}): string {
 
 test('the example config loads with its defaults and presets applied', () => {
   const { config } = loadConfig('config/example.yaml', { HOME: '/home/x' });
-  assert.equal(config.listeners.length, 4);
+  assert.equal(config.listeners.length, 6);
   assert.deepEqual(
     config.listeners.map((l) => [l.name, l.protocol, l.port, l.tls]),
     [
@@ -41,6 +41,8 @@ test('the example config loads with its defaults and presets applied', () => {
       ['imaps', 'imap', 1993, 'implicit'],
       ['submission', 'smtp', 1587, 'starttls'],
       ['submissions', 'smtp', 1465, 'implicit'],
+      ['pop3', 'pop3', 1110, 'starttls'],
+      ['pop3s', 'pop3', 1995, 'implicit'],
     ],
   );
   assert.equal(config.admin.port, 9143);
@@ -58,6 +60,15 @@ test('the example config loads with its defaults and presets applied', () => {
   );
   const g = upstreamFor(config.providers.google!, 'smtp');
   assert.deepEqual([g.host, g.port, g.tls], ['smtp.gmail.com', 465, 'implicit']);
+  const msPop = upstreamFor(ms, 'pop3');
+  assert.deepEqual([msPop.host, msPop.port, msPop.tls], ['outlook.office365.com', 995, 'implicit']);
+  assert.equal(upstreamFor(config.providers.google!, 'pop3').host, 'pop.gmail.com');
+  assert.deepEqual(ms.scopes, [
+    'https://outlook.office.com/IMAP.AccessAsUser.All',
+    'https://outlook.office.com/SMTP.Send',
+    'https://outlook.office.com/POP.AccessAsUser.All',
+    'offline_access',
+  ]);
 });
 
 test('a minimal config fills every default', () => {
