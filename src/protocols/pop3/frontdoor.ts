@@ -42,6 +42,22 @@ const CLOSE_TEXTS: Partial<Record<RejectReason, string>> = {
   line_too_long: 'Line too long',
 };
 
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+/**
+ * USER and PASS carry UTF-8 names and passwords, as AUTH PLAIN does (PASS keeps its spaces:
+ * passwords may have them); other arguments are trimmed. Null when USER/PASS are not UTF-8.
+ */
+function argumentText(verb: string, raw: Buffer): string | null {
+  if (verb !== 'USER' && verb !== 'PASS') return raw.toString('latin1').trim();
+  try {
+    const text = utf8.decode(raw);
+    return verb === 'PASS' ? text : text.trim();
+  } catch {
+    return null;
+  }
+}
+
 /** Commands known before login; anything else is refused and counted as bad (RFC 1939 §4). */
 type Handler = (s: Pop3Session, args: string) => void | Promise<void>;
 const COMMANDS: ReadonlyMap<string, Handler> = new Map<string, Handler>([
@@ -117,8 +133,8 @@ export class Pop3Session extends PreauthBase {
     const verb = (sp === -1 ? text : text.slice(0, sp)).toUpperCase();
     const handler = COMMANDS.get(verb);
     if (!handler) return this.bad('Unknown command or not allowed before login');
-    // PASS keeps its spaces (passwords may have them); other arguments are trimmed.
-    const args = sp === -1 ? '' : verb === 'PASS' ? text.slice(sp + 1) : text.slice(sp + 1).trim();
+    const args = sp === -1 ? '' : argumentText(verb, l.subarray(sp + 1));
+    if (args === null) return this.bad('USER and PASS take UTF-8 text');
     await handler(this, args);
   }
 
