@@ -61,6 +61,7 @@ export function multiline(first: string, lines: readonly string[]): string {
   return `${ok(first)}${body}.\r\n`;
 }
 
+/** Reply text is printable ASCII: a control byte could end the line early, 8-bit text is undefined in POP3. */
 function clean(text: string): string {
-  return text.replace(/[\x00-\x1f\x7f]/g, ' ');
+  return text.replace(/[^\x20-\x7e]/gu, (c) => (c < ' ' || c === '\x7f' ? ' ' : '?'));
 }
