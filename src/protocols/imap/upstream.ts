@@ -1,38 +1,25 @@
 import type { Socket } from 'node:net';
-import type {
-  AuthenticatedUpstream,
-  UpstreamConnection,
-  UpstreamConnector,
-  UpstreamTarget,
-} from '../../core/upstream.js';
+import type { UpstreamConnector, UpstreamTarget } from '../../core/upstream.js';
 import { ProxyError } from '../../errors.js';
-import type { Logger } from '../../log.js';
-import type { Metrics } from '../../metrics.js';
-import { type ConnectorDeps, measuredConnector, remaining, toProxyError } from '../../net/connector.js';
+import { type ConnectorDeps, measuredConnector, remaining } from '../../net/connector.js';
 import { type DialOptions, dial, upgradeTls } from '../../net/dial.js';
+import { SaslUpstreamConnection } from '../../net/upstream-connection.js';
 import {
   classifyAuthNo,
   decodeFailureContinuation,
   failureAck,
   isNotConnected,
-  oauthbearerBlob,
-  pickMechanism,
+  type Mechanism,
   type SaslFailure,
-  xoauth2Blob,
 } from '../../sasl/client.js';
 import { ResponseReader, type UpstreamResponse } from './reader.js';
 import { UPSTREAM_LIMITS } from './upstream-limits.js';
-
-type State = 'ready' | 'authenticating' | 'authenticated' | 'closed';
 
 const PROTOCOL = 'imap';
 
 const NOT_CONNECTED_HINT =
   'The mail server accepted the authorization but not for this mailbox: check that the account may ' +
   'open it (Exchange: Add-MailboxPermission / FullAccess) and that IMAP is enabled for the mailbox';
-
-// Keeps an error between hand-over and splice from crashing the process; the socket is destroyed anyway.
-const swallow = () => {};
 
 /** `[CAPABILITY a b c] text` → ['a','b','c'], else undefined. */
 export function capabilitiesFromCode(text: string): string[] | undefined {
@@ -69,103 +56,25 @@ async function runCommand(
   });
 }
 
-class ImapUpstreamConnection implements UpstreamConnection {
-  private state: State = 'ready';
+class ImapUpstreamConnection extends SaslUpstreamConnection<ResponseReader> {
   private tagSeq = 1;
 
-  constructor(
-    private readonly socket: Socket,
-    private readonly reader: ResponseReader,
-    readonly capabilities: readonly string[],
-    private readonly target: UpstreamTarget,
-    private readonly provider: string,
-    private readonly deps: { metrics?: Metrics | undefined; log: Logger },
-  ) {
-    socket.once('close', () => this.setState('closed'));
-  }
-
-  get reusable(): boolean {
-    // Unsolicited bytes while idle (e.g. `* BYE` before an inactivity close) make it unusable too.
-    return (
-      this.state === 'ready' &&
-      !this.reader.failed &&
-      !this.socket.destroyed &&
-      this.reader.pendingBytes === 0
-    );
-  }
-
-  destroy(): void {
-    this.socket.destroy();
-    this.setState('closed');
-  }
-
-  /** Nothing to keep it for without a pool: close it. */
-  recycle(): void {
-    this.destroy();
-  }
-
-  private setState(next: State): void {
-    if (this.state === next || this.state === 'closed') return;
-    this.deps.log.trace({ from: this.state, to: next }, 'upstream state');
-    this.state = next;
+  protected offeredMechanisms(): readonly string[] {
+    return this.capabilities;
   }
 
   private nextTag(): string {
     return `A${this.tagSeq++}`;
   }
 
-  async authenticate(user: string, accessToken: string): Promise<AuthenticatedUpstream> {
-    const mechanism = pickMechanism(this.target.mechanism, this.capabilities);
-    const count = (result: string) =>
-      this.deps.metrics?.upstreamAuths.inc({
-        protocol: PROTOCOL,
-        provider: this.provider,
-        mechanism,
-        result,
-      });
-    if (!this.reusable) {
-      count('upstream_unavailable');
-      throw new ProxyError('upstream_unavailable', 'upstream connection not reusable', {
-        detail: 'not_reusable',
-      });
-    }
-    this.setState('authenticating');
-    const deadline = Date.now() + this.target.auth_timeout_seconds * 1000;
-    try {
-      let capabilities = await this.sasl(mechanism, user, accessToken, deadline);
-      if (this.target.post_login_probe || !capabilities)
-        capabilities = await this.probe(capabilities, deadline);
-      const buffered = this.reader.detach();
-      this.socket.on('error', swallow);
-      this.setState('authenticated');
-      count('success');
-      this.deps.log.debug({ provider: this.provider, mechanism }, 'upstream authenticated');
-      return { socket: this.socket, capabilities, buffered };
-    } catch (err) {
-      const pe = toProxyError(err);
-      // A clean NO leaves the connection in the not-authenticated state; anything else is fatal.
-      if (this.state === 'authenticating') this.destroy();
-      count(pe.reason);
-      this.deps.log.debug(
-        { provider: this.provider, mechanism, reason: pe.reason, detail: pe.detail },
-        'upstream auth failed',
-      );
-      throw pe;
-    }
+  protected async exchange(mechanism: Mechanism, blob: string, deadline: number): Promise<readonly string[]> {
+    const capabilities = await this.sasl(mechanism, blob, deadline);
+    if (this.target.post_login_probe || !capabilities) return this.probe(capabilities, deadline);
+    return capabilities;
   }
 
   /** The AUTHENTICATE exchange; returns capabilities from the tagged OK, if it carried them. */
-  private async sasl(
-    mechanism: 'xoauth2' | 'oauthbearer',
-    user: string,
-    token: string,
-    deadline: number,
-  ): Promise<string[] | undefined> {
-    const t = this.target;
-    const blob =
-      mechanism === 'xoauth2'
-        ? xoauth2Blob(user, token)
-        : oauthbearerBlob(user, token, t.servername ?? t.host, t.port);
+  private async sasl(mechanism: Mechanism, blob: string, deadline: number): Promise<string[] | undefined> {
     const tag = this.nextTag();
     const saslIr = hasCap(this.capabilities, 'SASL-IR');
     // Initial response on the command line only with SASL-IR (RFC 4959); else wait for `+`.
@@ -197,7 +106,7 @@ class ImapUpstreamConnection implements UpstreamConnection {
       if (r.kind === 'OK') return capabilitiesFromCode(r.text) ?? capabilities;
       if (r.kind === 'NO') {
         const f = classifyAuthNo(r.text, failure);
-        this.setState('ready');
+        this.refused();
         throw new ProxyError(f.reason, 'upstream refused authentication', { detail: f.detail });
       }
       throw new ProxyError('protocol_error', 'upstream answered AUTHENTICATE with BAD', {
@@ -309,9 +218,6 @@ async function open(target: UpstreamTarget, signal: AbortSignal | undefined) {
 export function createUpstreamConnector(deps: ConnectorDeps = {}): UpstreamConnector {
   return measuredConnector(PROTOCOL, deps, async (target, ctx, signal) => {
     const { socket, reader, caps } = await open(target, signal);
-    return new ImapUpstreamConnection(socket, reader, caps, target, ctx.provider, {
-      metrics: ctx.metrics,
-      log: ctx.log,
-    });
+    return new ImapUpstreamConnection(PROTOCOL, socket, reader, caps, target, ctx);
   });
 }

@@ -1,29 +1,18 @@
 import type { Socket } from 'node:net';
-import type {
-  AuthenticatedUpstream,
-  UpstreamConnection,
-  UpstreamConnector,
-  UpstreamTarget,
-} from '../../core/upstream.js';
+import type { UpstreamConnector, UpstreamTarget } from '../../core/upstream.js';
 import { isProxyError, ProxyError } from '../../errors.js';
-import type { Logger } from '../../log.js';
-import type { Metrics } from '../../metrics.js';
-import { type ConnectorDeps, measuredConnector, remaining, toProxyError } from '../../net/connector.js';
+import { type ConnectorDeps, measuredConnector, remaining } from '../../net/connector.js';
 import { type DialOptions, dial, upgradeTls } from '../../net/dial.js';
+import { SaslUpstreamConnection, saslMechanisms } from '../../net/upstream-connection.js';
 import {
   classifyAuthNo,
   decodeFailureContinuation,
   failureAck,
   type Mechanism,
-  oauthbearerBlob,
-  pickMechanism,
   type SaslFailure,
-  xoauth2Blob,
 } from '../../sasl/client.js';
 import { type Pop3Response, Pop3ResponseReader } from './response-reader.js';
 import { POP3_UPSTREAM_LIMITS } from './upstream-limits.js';
-
-type State = 'ready' | 'authenticating' | 'authenticated' | 'closed';
 
 const PROTOCOL = 'pop3';
 
@@ -36,17 +25,9 @@ const THROTTLED = /too many|throttl|rate limit|exceeded/i;
 /** `[SYS/PERM]` wording that says the protocol itself is switched off for the mailbox. */
 const DISABLED = /not enabled|disabled|not allowed|not permitted/i;
 
-// Keeps an error between hand-over and splice from crashing the process; the socket is destroyed anyway.
-const swallow = () => {};
-
 /** CAPA `SASL A B` → ['AUTH=A','AUTH=B'], the form pickMechanism reads. */
 export function saslCapabilities(capa: readonly string[]): string[] {
-  const out: string[] = [];
-  for (const line of capa) {
-    const list = /^SASL(?: (.*))?$/i.exec(line)?.[1];
-    if (list !== undefined) for (const m of list.split(' ')) if (m) out.push(`AUTH=${m.toUpperCase()}`);
-  }
-  return out;
+  return saslMechanisms(capa, /^SASL(?: (.*))?$/i);
 }
 
 /**
@@ -81,101 +62,23 @@ async function command(socket: Socket, reader: Pop3ResponseReader, line: string,
   return reader.next(remaining(deadline));
 }
 
-class Pop3UpstreamConnection implements UpstreamConnection {
-  private state: State = 'ready';
-
-  constructor(
-    private readonly socket: Socket,
-    private readonly reader: Pop3ResponseReader,
-    readonly capabilities: readonly string[],
-    private readonly target: UpstreamTarget,
-    private readonly provider: string,
-    private readonly deps: { metrics?: Metrics | undefined; log: Logger },
-  ) {
-    socket.once('close', () => this.setState('closed'));
-  }
-
-  get reusable(): boolean {
-    // Unsolicited bytes while idle (e.g. an `-ERR` before an inactivity close) make it unusable too.
-    return (
-      this.state === 'ready' &&
-      !this.reader.failed &&
-      !this.socket.destroyed &&
-      this.reader.pendingBytes === 0
-    );
-  }
-
-  destroy(): void {
-    this.socket.destroy();
-    this.setState('closed');
-  }
-
-  /** Nothing to keep it for without a pool: close it. */
-  recycle(): void {
-    this.destroy();
-  }
-
-  private setState(next: State): void {
-    if (this.state === next || this.state === 'closed') return;
-    this.deps.log.trace({ from: this.state, to: next }, 'upstream state');
-    this.state = next;
-  }
-
-  async authenticate(user: string, accessToken: string): Promise<AuthenticatedUpstream> {
-    const mechanism = pickMechanism(this.target.mechanism, saslCapabilities(this.capabilities));
-    const count = (result: string) =>
-      this.deps.metrics?.upstreamAuths.inc({
-        protocol: PROTOCOL,
-        provider: this.provider,
-        mechanism,
-        result,
-      });
-    if (!this.reusable) {
-      count('upstream_unavailable');
-      throw new ProxyError('upstream_unavailable', 'upstream connection not reusable', {
-        detail: 'not_reusable',
-      });
-    }
-    this.setState('authenticating');
-    const deadline = Date.now() + this.target.auth_timeout_seconds * 1000;
-    try {
-      await this.sasl(mechanism, user, accessToken, deadline);
-      const buffered = this.reader.detach();
-      this.socket.on('error', swallow);
-      this.setState('authenticated');
-      count('success');
-      this.deps.log.debug({ provider: this.provider, mechanism }, 'upstream authenticated');
-      return { socket: this.socket, capabilities: this.capabilities, buffered };
-    } catch (err) {
-      const pe = toProxyError(err);
-      // A clean refusal leaves the connection before AUTH; anything else is fatal.
-      if (this.state === 'authenticating') this.destroy();
-      count(pe.reason);
-      this.deps.log.debug(
-        { provider: this.provider, mechanism, reason: pe.reason, detail: pe.detail },
-        'upstream auth failed',
-      );
-      throw pe;
-    }
+class Pop3UpstreamConnection extends SaslUpstreamConnection<Pop3ResponseReader> {
+  protected offeredMechanisms(): readonly string[] {
+    return saslCapabilities(this.capabilities);
   }
 
   /**
    * `AUTH <mech> <initial response>` when the line fits in 255 octets (RFC 5034 §4), else
    * `AUTH <mech>`, then the response after the `+ ` prompt; a failure challenge answered; until `+OK`.
    */
-  private async sasl(mechanism: Mechanism, user: string, token: string, deadline: number): Promise<void> {
-    const t = this.target;
-    const blob =
-      mechanism === 'xoauth2'
-        ? xoauth2Blob(user, token)
-        : oauthbearerBlob(user, token, t.servername ?? t.host, t.port);
+  protected async exchange(mechanism: Mechanism, blob: string, deadline: number): Promise<undefined> {
     const withIr = `AUTH ${mechanism.toUpperCase()} ${blob}\r\n`;
     let sent = Buffer.byteLength(withIr) <= POP3_UPSTREAM_LIMITS.authLineOctets;
     this.socket.write(sent ? withIr : `AUTH ${mechanism.toUpperCase()}\r\n`);
     let challenge: SaslFailure | undefined;
     for (let n = 0; n < POP3_UPSTREAM_LIMITS.responsesPerAuth; n++) {
       const r = await this.reader.next(remaining(deadline));
-      if (r.status === 'ok') return;
+      if (r.status === 'ok') return undefined;
       if (r.status === 'continue') {
         if (!sent) {
           sent = true;
@@ -190,7 +93,7 @@ class Pop3UpstreamConnection implements UpstreamConnection {
       }
       const err = classifyAuthErr(r, challenge);
       // IN-USE: the server may close and will refuse again while the other session lasts.
-      if (err.reason !== 'mailbox_in_use' && err.reason !== 'protocol_error') this.setState('ready');
+      if (err.reason !== 'mailbox_in_use' && err.reason !== 'protocol_error') this.refused();
       throw err;
     }
     throw new ProxyError('protocol_error', 'SASL exchange too long', { detail: 'sasl_loop' });
@@ -270,9 +173,6 @@ async function open(target: UpstreamTarget, signal: AbortSignal | undefined) {
 export function createPop3UpstreamConnector(deps: ConnectorDeps = {}): UpstreamConnector {
   return measuredConnector(PROTOCOL, deps, async (target, ctx, signal) => {
     const { socket, reader, caps } = await open(target, signal);
-    return new Pop3UpstreamConnection(socket, reader, caps, target, ctx.provider, {
-      metrics: ctx.metrics,
-      log: ctx.log,
-    });
+    return new Pop3UpstreamConnection(PROTOCOL, socket, reader, caps, target, ctx);
   });
 }

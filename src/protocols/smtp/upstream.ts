@@ -1,29 +1,18 @@
 import type { Socket } from 'node:net';
 import { hostname } from 'node:os';
-import type {
-  AuthenticatedUpstream,
-  UpstreamConnection,
-  UpstreamConnector,
-  UpstreamTarget,
-} from '../../core/upstream.js';
+import type { UpstreamConnector, UpstreamTarget } from '../../core/upstream.js';
 import { isProxyError, ProxyError } from '../../errors.js';
-import type { Logger } from '../../log.js';
-import type { Metrics } from '../../metrics.js';
-import { type ConnectorDeps, measuredConnector, remaining, toProxyError } from '../../net/connector.js';
+import { type ConnectorDeps, measuredConnector, remaining } from '../../net/connector.js';
 import { type DialOptions, dial, upgradeTls } from '../../net/dial.js';
+import { SaslUpstreamConnection, saslMechanisms } from '../../net/upstream-connection.js';
 import {
   decodeFailureContinuation,
   failureAck,
   type Mechanism,
-  oauthbearerBlob,
-  pickMechanism,
   type SaslFailure,
-  xoauth2Blob,
 } from '../../sasl/client.js';
 import { ReplyReader, type SmtpReply } from './reply-reader.js';
 import { SMTP_UPSTREAM_LIMITS } from './upstream-limits.js';
-
-type State = 'ready' | 'authenticating' | 'authenticated' | 'closed';
 
 const PROTOCOL = 'smtp';
 
@@ -34,17 +23,9 @@ export const SMTP_AUTH_DISABLED_HINT =
 /** Provider wording of a temporary refusal that is about rate, not an outage. */
 const THROTTLED = /too many|throttl|rate limit|exceeded/i;
 
-// Keeps an error between hand-over and splice from crashing the process; the socket is destroyed anyway.
-const swallow = () => {};
-
 /** EHLO `AUTH A B` (or the old `AUTH=A B`) → ['AUTH=A','AUTH=B'], the form pickMechanism reads. */
 export function saslCapabilities(keywords: readonly string[]): string[] {
-  const out: string[] = [];
-  for (const k of keywords) {
-    const list = /^AUTH[ =](.*)$/i.exec(k)?.[1];
-    if (list !== undefined) for (const m of list.split(' ')) if (m) out.push(`AUTH=${m.toUpperCase()}`);
-  }
-  return out;
+  return saslMechanisms(keywords, /^AUTH[ =](.*)$/i);
 }
 
 /** The RFC 3463 enhanced status code that starts a reply line (RFC 2034), e.g. '5.7.139'. */
@@ -90,97 +71,19 @@ async function command(socket: Socket, reader: ReplyReader, line: string, deadli
   return reader.next(remaining(deadline));
 }
 
-class SmtpUpstreamConnection implements UpstreamConnection {
-  private state: State = 'ready';
-
-  constructor(
-    private readonly socket: Socket,
-    private readonly reader: ReplyReader,
-    readonly capabilities: readonly string[],
-    private readonly target: UpstreamTarget,
-    private readonly provider: string,
-    private readonly deps: { metrics?: Metrics | undefined; log: Logger },
-  ) {
-    socket.once('close', () => this.setState('closed'));
-  }
-
-  get reusable(): boolean {
-    // Unsolicited bytes while idle (e.g. `421` before an inactivity close) make it unusable too.
-    return (
-      this.state === 'ready' &&
-      !this.reader.failed &&
-      !this.socket.destroyed &&
-      this.reader.pendingBytes === 0
-    );
-  }
-
-  destroy(): void {
-    this.socket.destroy();
-    this.setState('closed');
-  }
-
-  /** Nothing to keep it for without a pool: close it. */
-  recycle(): void {
-    this.destroy();
-  }
-
-  private setState(next: State): void {
-    if (this.state === next || this.state === 'closed') return;
-    this.deps.log.trace({ from: this.state, to: next }, 'upstream state');
-    this.state = next;
-  }
-
-  async authenticate(user: string, accessToken: string): Promise<AuthenticatedUpstream> {
-    const mechanism = pickMechanism(this.target.mechanism, saslCapabilities(this.capabilities));
-    const count = (result: string) =>
-      this.deps.metrics?.upstreamAuths.inc({
-        protocol: PROTOCOL,
-        provider: this.provider,
-        mechanism,
-        result,
-      });
-    if (!this.reusable) {
-      count('upstream_unavailable');
-      throw new ProxyError('upstream_unavailable', 'upstream connection not reusable', {
-        detail: 'not_reusable',
-      });
-    }
-    this.setState('authenticating');
-    const deadline = Date.now() + this.target.auth_timeout_seconds * 1000;
-    try {
-      await this.sasl(mechanism, user, accessToken, deadline);
-      const buffered = this.reader.detach();
-      this.socket.on('error', swallow);
-      this.setState('authenticated');
-      count('success');
-      this.deps.log.debug({ provider: this.provider, mechanism }, 'upstream authenticated');
-      return { socket: this.socket, capabilities: this.capabilities, buffered };
-    } catch (err) {
-      const pe = toProxyError(err);
-      // A clean refusal leaves the connection before AUTH; anything else is fatal.
-      if (this.state === 'authenticating') this.destroy();
-      count(pe.reason);
-      this.deps.log.debug(
-        { provider: this.provider, mechanism, reason: pe.reason, detail: pe.detail },
-        'upstream auth failed',
-      );
-      throw pe;
-    }
+class SmtpUpstreamConnection extends SaslUpstreamConnection<ReplyReader> {
+  protected offeredMechanisms(): readonly string[] {
+    return saslCapabilities(this.capabilities);
   }
 
   /** `AUTH <mech> <initial response>` (RFC 4954), a failure challenge answered, until 235. */
-  private async sasl(mechanism: Mechanism, user: string, token: string, deadline: number): Promise<void> {
-    const t = this.target;
-    const blob =
-      mechanism === 'xoauth2'
-        ? xoauth2Blob(user, token)
-        : oauthbearerBlob(user, token, t.servername ?? t.host, t.port);
+  protected async exchange(mechanism: Mechanism, blob: string, deadline: number): Promise<undefined> {
     // Always the initial response: providers accept the long line a 12 KB token makes.
     this.socket.write(`AUTH ${mechanism.toUpperCase()} ${blob}\r\n`);
     let challenge: SaslFailure | undefined;
     for (let n = 0; n < SMTP_UPSTREAM_LIMITS.repliesPerAuth; n++) {
       const r = await this.reader.next(remaining(deadline));
-      if (r.code === 235) return;
+      if (r.code === 235) return undefined;
       if (r.code === 334) {
         if (challenge)
           throw new ProxyError('protocol_error', 'repeated SASL challenge', { detail: 'sasl_loop' });
@@ -190,7 +93,7 @@ class SmtpUpstreamConnection implements UpstreamConnection {
       }
       const err = classifyAuthReply(r, challenge);
       // 421: the server closes the connection; a protocol error leaves nothing worth reusing.
-      if (r.code !== 421 && err.reason !== 'protocol_error') this.setState('ready');
+      if (r.code !== 421 && err.reason !== 'protocol_error') this.refused();
       throw err;
     }
     throw new ProxyError('protocol_error', 'SASL exchange too long', { detail: 'sasl_loop' });
@@ -281,9 +184,6 @@ async function open(target: UpstreamTarget, signal: AbortSignal | undefined) {
 export function createSmtpUpstreamConnector(deps: ConnectorDeps = {}): UpstreamConnector {
   return measuredConnector(PROTOCOL, deps, async (target, ctx, signal) => {
     const { socket, reader, caps } = await open(target, signal);
-    return new SmtpUpstreamConnection(socket, reader, caps, target, ctx.provider, {
-      metrics: ctx.metrics,
-      log: ctx.log,
-    });
+    return new SmtpUpstreamConnection(PROTOCOL, socket, reader, caps, target, ctx);
   });
 }
