@@ -70,6 +70,7 @@ export type FailureDetail =
   | 'not_connected'
   | 'capability_mismatch'
   | 'smtp_auth_disabled'
+  | 'pop_disabled'
   | 'scope_missing'
   | 'in_use'
   | 'no'

@@ -49,7 +49,10 @@ export function classifyAuthErr(r: Pop3Response, challenge: SaslFailure | undefi
       return new ProxyError('upstream_unavailable', msg, { detail: 'throttled' });
     case 'SYS/PERM':
       if (DISABLED.test(r.text)) {
-        return new ProxyError('protocol_disabled', msg, { detail: 'no', clientText: POP3_DISABLED_HINT });
+        return new ProxyError('protocol_disabled', msg, {
+          detail: 'pop_disabled',
+          clientText: POP3_DISABLED_HINT,
+        });
       }
       return new ProxyError('authorization_failed', msg, { detail: challenge?.detail ?? 'no' });
   }

@@ -217,6 +217,7 @@ describe('POP3 upstream connector against the scripted fake', () => {
     );
     assert.ok(isProxyError(err));
     assert.equal(err.reason, 'protocol_disabled');
+    assert.equal(err.detail, 'pop_disabled');
     assert.match(err.clientText ?? '', /Set-CASMailbox -PopEnabled \$true/);
     conn.destroy();
     const g = await fake({ reject: 'perm' });
@@ -352,7 +353,7 @@ describe('POP3 AUTH failures', () => {
       [err('[LOGIN-DELAY] wait 5 minutes', 'LOGIN-DELAY'), 'upstream_unavailable', 'throttled'],
       [err('Temporary failure, try again later'), 'upstream_unavailable', 'temporary'],
       [err('[SYS/PERM] Account suspended.', 'SYS/PERM'), 'authorization_failed', 'no'],
-      [err('[SYS/PERM] POP3 is disabled for this mailbox', 'SYS/PERM'), 'protocol_disabled', 'no'],
+      [err('[SYS/PERM] POP3 is disabled for this mailbox', 'SYS/PERM'), 'protocol_disabled', 'pop_disabled'],
     ];
     for (const [r, reason, detail] of cases) {
       const e = classifyAuthErr(r, undefined);
