@@ -28,6 +28,8 @@ const NEEDED = [
   's-nail',
   'mpop',
   'getmail',
+  'systemd-analyze',
+  'systemd-sysusers',
 ];
 // PostgreSQL's server binaries live in /usr/lib/postgresql/<version>/bin, off PATH.
 const have = (cmd) =>

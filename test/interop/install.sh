@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Debian packages the integration and interop suites use: the real upstream (Dovecot), real
 # IMAP, SMTP and POP3 clients, promtool, haproxy (the ideal-splice baseline in benchmarks), Chromium and
-# PostgreSQL (a private server per grant-store test; the packaged cluster is not used).
+# PostgreSQL (a private server per grant-store test; the packaged cluster is not used), and systemd
+# (systemd-analyze verify and systemd-sysusers check the service unit; nothing is started).
 # Installs only what is missing; needs root (or sudo).
 set -euo pipefail
-PKGS=(dovecot-imapd dovecot-submissiond dovecot-pop3d python3-aiosmtpd swaks msmtp s-nail mpop getmail6 fetchmail isync mutt neomutt offlineimap3 curl tmux socat python3 openssl prometheus haproxy chromium postgresql)
+PKGS=(dovecot-imapd dovecot-submissiond dovecot-pop3d python3-aiosmtpd swaks msmtp s-nail mpop getmail6 fetchmail isync mutt neomutt offlineimap3 curl tmux socat python3 openssl prometheus haproxy chromium postgresql systemd)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
