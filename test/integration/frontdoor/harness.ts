@@ -1,3 +1,4 @@
+import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { type AddressInfo, connect, createServer, type Server, type Socket } from 'node:net';
@@ -14,6 +15,7 @@ import { imapFrontDoor } from '../../../src/protocols/imap/index.js';
 import { DEFAULT_LIMITS, type WireLimits } from '../../../src/protocols/imap/limits.js';
 import { pop3FrontDoor } from '../../../src/protocols/pop3/index.js';
 import { smtpFrontDoor } from '../../../src/protocols/smtp/index.js';
+import { RawImapClient } from '../../helpers/imap-client.js';
 
 let pems: { cert: Buffer; key: Buffer; certFile: string } | undefined;
 const certDir = mkdtempSync(join(tmpdir(), 'iop-fd-'));
@@ -225,4 +227,48 @@ export async function metricValue(m: Metrics, name: string, labels: Record<strin
     Object.entries(labels).every(([k, want]) => String(val.labels[k]) === want),
   );
   return v?.value ?? 0;
+}
+
+/** `wire` cut at the given offsets (taken modulo its length), in order; empty pieces dropped. */
+export function cutAt(wire: Buffer, cuts: number[]): Buffer[] {
+  const points = [...new Set(cuts.map((n) => n % wire.length))].sort((a, b) => a - b);
+  const pieces: Buffer[] = [];
+  let prev = 0;
+  for (const p of [...points, wire.length]) {
+    if (p > prev) pieces.push(wire.subarray(prev, p));
+    prev = p;
+  }
+  return pieces;
+}
+
+/** After the greeting, sends the pieces one write each (yielding between them); all replies up to the close. */
+export async function converse(port: number, greeting: string, pieces: Buffer[]): Promise<string> {
+  const c = await RawImapClient.connect(port);
+  try {
+    assert.equal(await c.readLine(), greeting);
+    c.socket.setNoDelay(true);
+    for (const p of pieces) {
+      c.write(p);
+      await new Promise((r) => setImmediate(r));
+    }
+    return await c.readToClose(10_000);
+  } finally {
+    c.close();
+  }
+}
+
+/** The front door answers `wire` identically sent whole, byte by byte and split at every offset. */
+export async function assertSameEverySplit(
+  port: number,
+  greeting: string,
+  wire: Buffer,
+  transcript: string,
+): Promise<void> {
+  assert.equal(await converse(port, greeting, [wire]), transcript, 'whole');
+  const bytes = [...wire].map((b) => Buffer.from([b]));
+  assert.equal(await converse(port, greeting, bytes), transcript, 'byte by byte');
+  for (let i = 1; i < wire.length; i++) {
+    const pieces = [wire.subarray(0, i), wire.subarray(i)];
+    assert.equal(await converse(port, greeting, pieces), transcript, `split at ${i}`);
+  }
 }
