@@ -5,7 +5,7 @@
 # (systemd-analyze verify and systemd-sysusers check the service unit; nothing is started).
 # Installs only what is missing; needs root (or sudo).
 set -euo pipefail
-PKGS=(dovecot-imapd dovecot-submissiond dovecot-pop3d python3-aiosmtpd swaks msmtp s-nail mpop getmail6 fetchmail isync mutt neomutt offlineimap3 curl tmux socat python3 openssl prometheus haproxy chromium postgresql systemd)
+PKGS=(dovecot-imapd libnet-ssleay-perl dovecot-submissiond dovecot-pop3d python3-aiosmtpd swaks msmtp s-nail mpop getmail6 fetchmail isync mutt neomutt offlineimap3 curl tmux socat python3 openssl prometheus haproxy chromium postgresql systemd)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
