@@ -15,7 +15,7 @@ import { startOP, type TestOP } from './op.js';
 import { type SmtpSink, startSmtpSink } from './smtp-sink.js';
 
 /**
- * The whole real chain on loopback: oidc-provider (OAuth server) ← Dovecot (upstream IMAP and
+ * The whole real chain on loopback: oidc-provider (OAuth server) ← Dovecot (upstream IMAP, POP3 and
  * SMTP submission, introspecting tokens at the OP; submission relays to a recording sink) ← the
  * proxy (started in-process through startProxy, exactly as `serve` does). Used by the
  * end-to-end, metrics, interop and benchmark suites.
@@ -26,6 +26,8 @@ export interface StackOptions {
   mechanism?: 'xoauth2' | 'oauthbearer' | 'auto';
   /** Keys replacing the generated provider's upstreams.smtp settings (e.g. another server, required_scope). */
   smtpUpstream?: (ctx: { op: TestOP; dovecot: Dovecot }) => Record<string, unknown>;
+  /** Keys replacing the generated provider's upstreams.pop3 settings (e.g. another server, required_scope). */
+  pop3Upstream?: (ctx: { op: TestOP; dovecot: Dovecot }) => Record<string, unknown>;
   accessTokenTtl?: number;
   /** Extra YAML merged at the end of the generated config's top level (e.g. "limits: {...}"). */
   configYaml?: (ctx: { op: TestOP; dovecot: Dovecot }) => string;
@@ -56,7 +58,8 @@ export interface Stack {
   dir: string;
   /**
    * Ports of the proxy's listeners: IMAP STARTTLS (cleartext until upgraded), IMAP implicit TLS,
-   * IMAP cleartext with login allowed; SMTP submission with STARTTLS and with implicit TLS.
+   * IMAP cleartext with login allowed; SMTP submission with STARTTLS and with implicit TLS;
+   * POP3 with STLS and with implicit TLS.
    */
   ports: {
     starttls: number;
@@ -64,6 +67,8 @@ export interface Stack {
     plain: number;
     submission: number;
     submissions: number;
+    pop3: number;
+    pop3s: number;
     admin: number;
   };
   /** Where Dovecot submission relays accepted mail; undefined with a Dovecot passed in (it may relay nowhere). */
@@ -108,15 +113,28 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
         ...(sink ? { relayPort: sink.port } : {}),
       }));
     const upstreamTls = opts.upstreamTls ?? 'implicit';
-    const smtpUpstream = {
+    const d = dovecot;
+    /** Dovecot's plaintext-start or implicit-TLS port of a protocol, as upstreamTls says, then the overrides. */
+    const upstreamOn = (
+      ports: { starttls: number; implicit: number },
+      override: StackOptions['smtpUpstream'],
+    ) => ({
       host: '127.0.0.1',
-      port: upstreamTls === 'implicit' ? dovecot.submissionsPort : dovecot.submissionPort,
+      port: ports[upstreamTls],
       tls: upstreamTls,
-      ca_file: dovecot.caFile,
+      ca_file: d.caFile,
       mechanism: opts.mechanism ?? 'auto',
       connect_timeout_seconds: 5,
-      ...opts.smtpUpstream?.({ op, dovecot }),
-    };
+      ...override?.({ op, dovecot: d }),
+    });
+    const smtpUpstream = upstreamOn(
+      { starttls: dovecot.submissionPort, implicit: dovecot.submissionsPort },
+      opts.smtpUpstream,
+    );
+    const pop3Upstream = upstreamOn(
+      { starttls: dovecot.pop3Port, implicit: dovecot.pop3sPort },
+      opts.pop3Upstream,
+    );
     const yaml = `
 data_dir: ${JSON.stringify(dir)}
 log: { level: ${opts.logLevel ?? 'debug'}, format: json }
@@ -127,6 +145,8 @@ listeners:
   - { name: plain, address: 127.0.0.1, port: 0, tls: none, allow_cleartext_login: true, allow_from: [127.0.0.1/32] }
   - { name: submission, protocol: smtp, address: 127.0.0.1, port: 0, tls: starttls }
   - { name: submissions, protocol: smtp, address: 127.0.0.1, port: 0, tls: implicit }
+  - { name: pop3, protocol: pop3, address: 127.0.0.1, port: 0, tls: starttls }
+  - { name: pop3s, protocol: pop3, address: 127.0.0.1, port: 0, tls: implicit }
 admin: { address: 127.0.0.1, port: 0, public_url: "https://proxy.example.test" }
 providers:
   local:
@@ -145,6 +165,7 @@ providers:
       connect_timeout_seconds: 5
     upstreams:
       smtp: ${JSON.stringify(smtpUpstream)}
+      pop3: ${JSON.stringify(pop3Upstream)}
 ${opts.configYaml?.({ op, dovecot }) ?? ''}
 `;
     const { config } = parseConfig(yaml, join(dir, 'config.yaml'), {});
@@ -158,7 +179,6 @@ ${opts.configYaml?.({ op, dovecot }) ?? ''}
     const log = createLogger({ level: config.log.level, format: 'json', destination: logSink });
     const metrics = createMetrics();
     const app = await startProxy(config, { log, metrics, version: 'test' });
-    const d = dovecot;
     const secrets = new Set<string>([op.client.secret, op.introspection.secret]);
     if (config.encryption.key) secrets.add(config.encryption.key.split(':')[1]!);
     const accountIds: number[] = [];
@@ -176,6 +196,8 @@ ${opts.configYaml?.({ op, dovecot }) ?? ''}
         plain: app.addresses.plain!.port,
         submission: app.addresses.submission!.port,
         submissions: app.addresses.submissions!.port,
+        pop3: app.addresses.pop3!.port,
+        pop3s: app.addresses.pop3s!.port,
         admin: app.adminAddress.port,
       },
       sink,
