@@ -28,7 +28,7 @@ const REPLIES: Record<FailureReason, ImapReply> = {
   },
   scope_missing: {
     code: 'AUTHORIZATIONFAILED',
-    text: 'The mailbox was connected without permission for this protocol; reconnect the mailbox',
+    text: 'The mailbox was connected without permission for this protocol',
   },
   mailbox_in_use: { code: 'INUSE', text: 'Mailbox in use by another session; try again later' },
   protocol_error: { code: 'UNAVAILABLE', text: 'Mail server protocol error' },

@@ -28,7 +28,7 @@ const REPLIES: Record<FailureReason, Pop3Reply> = {
   },
   scope_missing: {
     code: 'AUTH',
-    text: 'The mailbox was connected without permission for POP3; reconnect the mailbox',
+    text: 'The mailbox was connected without permission for POP3',
   },
   mailbox_in_use: { code: 'IN-USE', text: 'Mailbox in use by another session; try again later' },
   protocol_error: { code: 'SYS/TEMP', text: 'Mail server protocol error; try again later' },

@@ -178,7 +178,7 @@ describe('what a POP3 client is told when a login fails, row by row (real OP and
       await setStoredToken(scoped, a, null);
       assert.equal(
         await login(scoped, a.login, a.password),
-        '-ERR [AUTH] The mailbox was connected without permission for POP3; reconnect the mailbox. ' +
+        '-ERR [AUTH] The mailbox was connected without permission for POP3. ' +
           `Reconnect the mailbox at ${CONNECT} to allow this (pop3.read)`,
       );
       assert.equal(await logins(scoped, 'scope_missing'), 1);

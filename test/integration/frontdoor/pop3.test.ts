@@ -367,7 +367,7 @@ describe('login failures', () => {
       [
         'scope_missing',
         'Reconnect the mailbox at https://proxy.example/connect',
-        '-ERR [AUTH] The mailbox was connected without permission for POP3; reconnect the mailbox. Reconnect the mailbox at https://proxy.example/connect',
+        '-ERR [AUTH] The mailbox was connected without permission for POP3. Reconnect the mailbox at https://proxy.example/connect',
       ],
       ['no_grant', '', '-ERR [AUTH] Mailbox not connected yet; contact your administrator'],
       ['account_disabled', '', '-ERR [AUTH] Account disabled; contact your administrator'],
