@@ -1,4 +1,5 @@
 import { type Auth, BenchConn, type Target } from './imap.js';
+import { benchMessage, type SmtpAuth, SmtpConn } from './smtp.js';
 
 /**
  * Load generator process (forked by run.ts, IPC in and out): runs one job and replies with
@@ -11,6 +12,17 @@ export type Job =
   | { kind: 'logins'; target: Target; auth: Auth; concurrency: number; durationMs: number; maxCount: number }
   | { kind: 'storm'; target: Target; auth: Auth; count: number }
   | { kind: 'hold'; target: Target; auths: Auth[]; open: number }
+  | { kind: 'submit'; target: Target; auth: SmtpAuth; size: number; repeat: number }
+  | { kind: 'smtpAuths'; legs: Array<{ target: Target; auth: SmtpAuth }>; count: number }
+  | {
+      kind: 'submissions';
+      target: Target;
+      auth: SmtpAuth;
+      size: number;
+      concurrency: number;
+      durationMs: number;
+      maxCount: number;
+    }
   | { kind: 'close' };
 
 const INFLIGHT = 64;
@@ -91,6 +103,86 @@ async function stormJob(j: Extract<Job, { kind: 'storm' }>) {
   return { count: latenciesMs.length, errors, firstError, latenciesMs };
 }
 
+/** One session, `repeat` transactions of one message: DATA-to-250 seconds of each. */
+async function submitJob(j: Extract<Job, { kind: 'submit' }>) {
+  const message = benchMessage(j.size, 0);
+  const c = await SmtpConn.open(j.target);
+  try {
+    await c.ehlo();
+    await c.auth(j.auth);
+    const seconds: number[] = [];
+    for (let i = 0; i < j.repeat; i++) seconds.push((await c.send(message)) / 1000);
+    await c.quit();
+    return { bytes: message.length, seconds };
+  } finally {
+    c.destroy();
+  }
+}
+
+/**
+ * Sequential sessions, `count` per leg, the legs taking turns so that all of them see the same
+ * load on a shared machine: the time from sending AUTH to the 235, nothing else.
+ */
+async function smtpAuthsJob(j: Extract<Job, { kind: 'smtpAuths' }>) {
+  const res = j.legs.map(() => ({
+    count: 0,
+    errors: 0,
+    firstError: undefined as string | undefined,
+    latenciesMs: [] as number[],
+  }));
+  for (let i = 0; i < j.count; i++) {
+    for (const [k, leg] of j.legs.entries()) {
+      const r = res[k]!;
+      let c: SmtpConn | undefined;
+      try {
+        c = await SmtpConn.open(leg.target);
+        await c.ehlo();
+        const t0 = performance.now();
+        await c.auth(leg.auth);
+        r.latenciesMs.push(performance.now() - t0);
+        r.count++;
+        await c.quit();
+      } catch (err) {
+        r.errors++;
+        r.firstError ??= (err as Error).message;
+      } finally {
+        c?.destroy();
+      }
+    }
+  }
+  return res;
+}
+
+/** Whole submissions (connect … QUIT) from `concurrency` lanes until the deadline or `maxCount`. */
+async function submissionsJob(j: Extract<Job, { kind: 'submissions' }>) {
+  const message = benchMessage(j.size, 1);
+  let count = 0;
+  let errors = 0;
+  let firstError: string | undefined;
+  const t0 = performance.now();
+  const deadline = t0 + j.durationMs;
+  const lane = async () => {
+    while (performance.now() < deadline && count + errors < j.maxCount) {
+      let c: SmtpConn | undefined;
+      try {
+        c = await SmtpConn.open(j.target);
+        await c.ehlo();
+        await c.auth(j.auth);
+        await c.send(message);
+        await c.quit();
+        count++;
+      } catch (err) {
+        errors++;
+        firstError ??= (err as Error).message;
+      } finally {
+        c?.destroy();
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: j.concurrency }, lane));
+  return { count, errors, firstError, elapsed: (performance.now() - t0) / 1000 };
+}
+
 const held: BenchConn[] = [];
 
 async function holdJob(j: Extract<Job, { kind: 'hold' }>) {
@@ -128,6 +220,12 @@ async function run(job: Job): Promise<unknown> {
       return stormJob(job);
     case 'hold':
       return holdJob(job);
+    case 'submit':
+      return submitJob(job);
+    case 'smtpAuths':
+      return smtpAuthsJob(job);
+    case 'submissions':
+      return submissionsJob(job);
     case 'close':
       for (const c of held) c.destroy();
       setImmediate(() => process.exit(0));

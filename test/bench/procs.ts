@@ -2,6 +2,7 @@ import { type ChildProcess, fork, spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { createConnection } from 'node:net';
 import { join } from 'node:path';
+import { ensureSelfSigned } from '../../src/net/selfsigned.js';
 import type { Job } from './loadgen.js';
 
 /** Child processes of the benchmark: load generators, fake upstreams, haproxy. All stopped by PID. */
@@ -91,16 +92,38 @@ export async function startFakeProc(): Promise<FakeProc> {
   };
 }
 
-/** haproxy in TCP mode (the ideal splice) in front of `targets`, or undefined when not installed. */
+export interface HaproxyRoute {
+  name: string;
+  listen: number;
+  target: number;
+  /** Terminate the client's TLS (haproxy's own self-signed certificate), as the proxy's TLS listeners do. */
+  clientTls?: boolean;
+  /** Originate verified TLS to the target, as the proxy does upstream. */
+  upstreamCaFile?: string;
+}
+
+/**
+ * haproxy in TCP mode (the ideal splice) in front of `targets`, or undefined when not installed.
+ * With clientTls and upstreamCaFile it does the proxy's crypto work: TLS in, verified TLS out.
+ */
 export async function startHaproxy(
   dir: string,
-  routes: Array<{ name: string; listen: number; target: number }>,
+  routes: HaproxyRoute[],
 ): Promise<{ stop(): Promise<void> } | undefined> {
   const cfg = join(dir, 'haproxy.cfg');
+  let pem = '';
+  if (routes.some((r) => r.clientTls)) {
+    const pair = await ensureSelfSigned(join(dir, 'haproxy-tls'), { name: 'haproxy' });
+    pem = join(dir, 'haproxy-tls', 'haproxy.pem');
+    writeFileSync(pem, readFileSync(pair.certFile) + readFileSync(pair.keyFile).toString(), { mode: 0o600 });
+  }
+  const bind = (r: HaproxyRoute) => `127.0.0.1:${r.listen}${r.clientTls ? ` ssl crt ${pem}` : ''}`;
+  const server = (r: HaproxyRoute) =>
+    `127.0.0.1:${r.target}${r.upstreamCaFile ? ` ssl verify required ca-file ${r.upstreamCaFile} sni str(localhost) verifyhost localhost` : ''}`;
   writeFileSync(
     cfg,
     `global\n  maxconn 5000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n${routes
-      .map((r) => `listen ${r.name}\n  bind 127.0.0.1:${r.listen}\n  server s1 127.0.0.1:${r.target}\n`)
+      .map((r) => `listen ${r.name}\n  bind ${bind(r)}\n  server s1 ${server(r)}\n`)
       .join('')}`,
   );
   const child = spawn('haproxy', ['-f', cfg, '-db'], { stdio: ['ignore', 'ignore', 'pipe'] });

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { generateKeyLine } from '../../src/store/crypto.js';
 import { type Dovecot, startDovecot } from '../helpers/dovecot.js';
 import { startOP, type TestOP } from '../helpers/op.js';
+import { startSmtpSink } from '../helpers/smtp-sink.js';
 import { type Auth, BenchConn } from './imap.js';
 import {
   type Generator,
@@ -15,9 +16,11 @@ import {
   treeRss,
 } from './procs.js';
 import { freePort, seedAccounts, startProxyProcess, writeProxyConfig } from './setup.js';
+import type { SmtpAuth } from './smtp.js';
 
 /**
- * `npm run bench [-- --quick] [-- --out FILE] [-- --only throughput,latency,rate,storm,concurrency]`:
+ * `npm run bench [-- --quick] [-- --out FILE] [-- --only throughput,latency,rate,storm,concurrency,
+ * smtp-throughput,smtp-latency,smtp-rate]`:
  * proxy vs direct (and haproxy TCP) in one run. The proxy runs as `node dist/cli.js serve`; load
  * comes from forked generator processes. BENCH_PROXY_NODE_ARGS (space-separated) is passed to the
  * proxy's node, e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof` to profile one scenario.
@@ -37,10 +40,32 @@ const SIZES = { big: QUICK ? 4 << 20 : 32 << 20, small: 4096, smallCount: QUICK 
 const LOGIN_N = QUICK ? 40 : 300;
 const RATE_MS = QUICK ? 1000 : 3000;
 const STORM = QUICK ? 200 : 1000;
+const SMTP = {
+  big: QUICK ? 2 << 20 : 10 << 20,
+  repeats: QUICK ? 2 : 5,
+  auths: QUICK ? 15 : 300,
+  warmups: QUICK ? 5 : 20,
+  small: 2048,
+  rateMs: QUICK ? 1000 : 4000,
+};
 
-const SCENARIOS = ['throughput', 'latency', 'rate', 'storm', 'concurrency'] as const;
+const SCENARIOS = [
+  'throughput',
+  'latency',
+  'rate',
+  'storm',
+  'concurrency',
+  'smtp-throughput',
+  'smtp-latency',
+  'smtp-rate',
+] as const;
 type Scenario = (typeof SCENARIOS)[number];
 const ONLY = args.includes('--only') ? (args[args.indexOf('--only') + 1] ?? '').split(',') : [...SCENARIOS];
+const unknown = ONLY.filter((s) => !(SCENARIOS as readonly string[]).includes(s));
+if (unknown.length) {
+  process.stderr.write(`unknown scenario(s) ${unknown.join(', ')}; known: ${SCENARIOS.join(', ')}\n`);
+  process.exit(2);
+}
 const wants = (s: Scenario) => ONLY.includes(s);
 const pct = (xs: number[], p: number) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -62,9 +87,13 @@ interface Ctx {
   user: string;
   token: string;
   password: string;
-  proxy: { plain: number; imaps: number };
+  proxy: { plain: number; imaps: number; submissions: number };
   proxyPid: number;
-  haproxy?: { plain: number; imaps: number };
+  haproxy?: { plain: number; imaps: number; submissions: number };
+  /** Dovecot's plain-password user: the direct, non-OAuth SMTP baseline. */
+  direct: SmtpAuth;
+  /** One generator process runs the SMTP jobs one after another (a fork per job costs seconds under load). */
+  smtpGen: Generator;
 }
 
 async function seedMail(d: Dovecot, user: string, token: string): Promise<void> {
@@ -117,7 +146,7 @@ async function throughput(c: Ctx) {
   const proxyAuth: Auth = { kind: 'login', user: 'bench', pass: c.password };
   const direct: Auth = { kind: 'xoauth2', user: c.user, token: c.token };
   for (const [name, mailbox, fetch] of [
-    ['32 MB message', 'big', '1'],
+    [`${SIZES.big >> 20} MB message`, 'big', '1'],
     [`${SIZES.smallCount} × 4 KB messages`, 'small', '1:*'],
   ] as const) {
     for (const leg of ['plain', 'tls'] as const) {
@@ -237,6 +266,119 @@ async function loginRate(c: Ctx) {
     });
   }
   return rows;
+}
+
+type SubmitResult = { bytes: number; seconds: number[] };
+
+async function submitMBps(c: Ctx, port: number, auth: SmtpAuth): Promise<number> {
+  const r = await c.smtpGen.run<SubmitResult>({
+    kind: 'submit',
+    target: { port, tls: true },
+    auth,
+    size: SMTP.big,
+    repeat: SMTP.repeats,
+  });
+  // Best of the repeats, as for FETCH.
+  return r2(r.bytes / Math.min(...r.seconds) / 1e6);
+}
+
+/** The proxy's SMTP login: the account's app password, no OAuth on the client side. */
+const proxySmtpAuth = (c: Ctx): SmtpAuth => ({ user: 'bench', pass: c.password });
+
+async function smtpThroughput(c: Ctx) {
+  log(`smtp throughput ${SMTP.big >> 20} MB`);
+  const cpu0 = treeCpuSeconds(c.proxyPid);
+  const proxy = await submitMBps(c, c.proxy.submissions, proxySmtpAuth(c));
+  const cpuMsPerMB = r3(((treeCpuSeconds(c.proxyPid) - cpu0) * 1000) / ((SMTP.big * SMTP.repeats) / 1e6));
+  const direct = await submitMBps(c, c.dovecot.submissionsPort, c.direct);
+  const hap = c.haproxy ? await submitMBps(c, c.haproxy.submissions, c.direct) : undefined;
+  return [
+    {
+      scenario: `SMTP DATA ${SMTP.big >> 20} MB message, client leg TLS, upstream TLS`,
+      clientLeg: 'tls' as const,
+      proxyMBps: proxy,
+      proxyCpuMsPerMB: cpuMsPerMB,
+      directMBps: direct,
+      ratio: r2(proxy / direct),
+      ...(hap !== undefined ? { haproxyMBps: hap, haproxyRatio: r2(hap / direct) } : {}),
+      target: 0.9,
+    },
+  ];
+}
+
+/** A leg without a single success has no figure to report: the run fails instead of printing NaN. */
+function noneSucceeded(what: string, ...legs: Array<{ count: number; firstError?: string }>): void {
+  const bad = legs.find((l) => l.count === 0);
+  if (bad) throw new Error(`${what}: no session succeeded (${bad.firstError ?? 'no error recorded'})`);
+}
+
+type SmtpAuthsResult = { count: number; errors: number; firstError?: string; latenciesMs: number[] };
+
+async function smtpAuthLatency(c: Ctx) {
+  log('smtp AUTH latency');
+  const proxy = { target: { port: c.proxy.submissions, tls: true }, auth: proxySmtpAuth(c) };
+  const dovecot = { port: c.dovecot.submissionsPort, tls: true };
+  // A warm-up pass fills the proxy's credential and token caches (the target is about warm caches).
+  await c.smtpGen.run<SmtpAuthsResult[]>({ kind: 'smtpAuths', legs: [proxy], count: SMTP.warmups });
+  const [p, d, dx] = (await c.smtpGen.run<SmtpAuthsResult[]>({
+    kind: 'smtpAuths',
+    count: SMTP.auths,
+    legs: [
+      proxy,
+      { target: dovecot, auth: c.direct },
+      // The proxy's upstream AUTH is XOAUTH2, which Dovecot checks by introspection at the OAuth server.
+      { target: dovecot, auth: { user: c.user, token: c.token } },
+    ],
+  })) as [SmtpAuthsResult, SmtpAuthsResult, SmtpAuthsResult];
+  noneSucceeded('SMTP AUTH latency', p, d, dx);
+  return {
+    scenario: 'SMTP AUTH PLAIN → 235, client leg TLS',
+    n: p.count,
+    errors: p.errors + d.errors + dx.errors,
+    ...(p.firstError || d.firstError || dx.firstError
+      ? { firstError: p.firstError ?? d.firstError ?? dx.firstError }
+      : {}),
+    proxyP50ms: r2(pct(p.latenciesMs, 50)),
+    proxyP99ms: r2(pct(p.latenciesMs, 99)),
+    directP50ms: r2(pct(d.latenciesMs, 50)),
+    directP99ms: r2(pct(d.latenciesMs, 99)),
+    addedP50ms: r2(pct(p.latenciesMs, 50) - pct(d.latenciesMs, 50)),
+    directXoauth2P50ms: r2(pct(dx.latenciesMs, 50)),
+    addedP50msVsDirectXoauth2: r2(pct(p.latenciesMs, 50) - pct(dx.latenciesMs, 50)),
+    targetAddedP50ms: 2,
+  };
+}
+
+type SubmissionsResult = { count: number; errors: number; firstError?: string; elapsed: number };
+
+async function smtpRate(c: Ctx) {
+  const concurrency = 8;
+  log(`smtp submissions/s c=${concurrency}`);
+  const job = (port: number, auth: SmtpAuth) =>
+    c.smtpGen.run<SubmissionsResult>({
+      kind: 'submissions',
+      target: { port, tls: true },
+      auth,
+      size: SMTP.small,
+      concurrency,
+      durationMs: SMTP.rateMs,
+      maxCount: 100_000,
+    });
+  const p = await job(c.proxy.submissions, proxySmtpAuth(c));
+  const d = await job(c.dovecot.submissionsPort, c.direct);
+  noneSucceeded('SMTP submission rate', p, d);
+  const pr = p.count / p.elapsed;
+  const dr = d.count / d.elapsed;
+  return {
+    scenario: `SMTP submissions (connect, EHLO, AUTH, MAIL, RCPT, DATA ${SMTP.small >> 10} KB, QUIT), client leg TLS`,
+    concurrency,
+    proxyPerSec: r2(pr),
+    directPerSec: r2(dr),
+    ratio: r2(pr / dr),
+    errors: p.errors + d.errors,
+    ...(p.firstError || d.firstError ? { firstError: p.firstError ?? d.firstError } : {}),
+    target: 0.8,
+  };
 }
 
 async function lagP99(adminPort: number): Promise<number> {
@@ -406,33 +548,54 @@ function table(res: Results): string {
   out.push(
     `Machine: ${res.machine.cpus}× ${res.machine.cpuModel}, ${res.machine.memGB} GB RAM, Linux ${res.machine.kernel}, Node ${res.machine.node}${res.quick ? ' (--quick)' : ''}`,
   );
-  out.push(
-    '',
+  // A table only for the scenarios that ran (--only).
+  const section = (head: string, rule: string, rows: string[]) => {
+    if (rows.length) out.push('', head, rule, ...rows);
+  };
+  section(
     '| throughput | proxy MB/s | direct MB/s | ratio | target | direct TLS MB/s (ratio) | haproxy MB/s | proxy CPU ms/MB |',
     '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+    [...res.throughput, ...res.smtpThroughput].map(
+      (t) =>
+        `| ${t.scenario} | ${t.proxyMBps} | ${t.directMBps} | ${t.ratio} | ≥ ${t.target} | ${'directTlsMBps' in t ? `${t.directTlsMBps} (${t.ratioVsDirectTls})` : '—'} | ${t.haproxyMBps ?? 'n/a'} | ${t.proxyCpuMsPerMB} |`,
+    ),
   );
-  for (const t of res.throughput)
-    out.push(
-      `| ${t.scenario} | ${t.proxyMBps} | ${t.directMBps} | ${t.ratio} | ≥ ${t.target} | ${t.directTlsMBps === undefined ? '—' : `${t.directTlsMBps} (${t.ratioVsDirectTls})`} | ${t.haproxyMBps ?? 'n/a'} | ${t.proxyCpuMsPerMB} |`,
-    );
-  out.push(
-    '',
+  section(
     '| login latency (warm caches) | proxy p50 / p99 ms | direct XOAUTH2 p50 / p99 ms | added p50 ms | target | direct TLS p50 ms (added) |',
     '| --- | ---: | ---: | ---: | ---: | ---: |',
+    res.loginLatency.map(
+      (l) =>
+        `| ${l.scenario} | ${l.proxyP50ms} / ${l.proxyP99ms} | ${l.directP50ms} / ${l.directP99ms} | ${l.addedP50ms} | ≤ 2 | ${l.directTlsP50ms === undefined ? '—' : `${l.directTlsP50ms} (${l.addedP50msVsDirectTls})`} |`,
+    ),
   );
-  for (const l of res.loginLatency)
-    out.push(
-      `| ${l.scenario} | ${l.proxyP50ms} / ${l.proxyP99ms} | ${l.directP50ms} / ${l.directP99ms} | ${l.addedP50ms} | ≤ 2 | ${l.directTlsP50ms === undefined ? '—' : `${l.directTlsP50ms} (${l.addedP50msVsDirectTls})`} |`,
-    );
-  out.push(
-    '',
+  section(
     '| login rate (cleartext client leg), concurrency | proxy /s | direct /s | ratio | target | direct TLS /s (ratio) |',
     '| ---: | ---: | ---: | ---: | ---: | ---: |',
+    res.loginRate.map(
+      (r) =>
+        `| ${r.concurrency} | ${r.proxyPerSec} | ${r.directPerSec} | ${r.ratio} | ≥ 0.8 | ${r.directTlsPerSec} (${r.ratioVsDirectTls}) |`,
+    ),
   );
-  for (const r of res.loginRate)
-    out.push(
-      `| ${r.concurrency} | ${r.proxyPerSec} | ${r.directPerSec} | ${r.ratio} | ≥ 0.8 | ${r.directTlsPerSec} (${r.ratioVsDirectTls}) |`,
-    );
+  const sa = res.smtpAuthLatency;
+  section(
+    '| SMTP AUTH latency (warm caches) | proxy p50 / p99 ms | direct PLAIN p50 / p99 ms | added p50 ms | target | direct XOAUTH2 p50 ms (added) | errors |',
+    '| --- | ---: | ---: | ---: | ---: | ---: | ---: |',
+    sa
+      ? [
+          `| ${sa.scenario} | ${sa.proxyP50ms} / ${sa.proxyP99ms} | ${sa.directP50ms} / ${sa.directP99ms} | ${sa.addedP50ms} | ≤ ${sa.targetAddedP50ms} | ${sa.directXoauth2P50ms} (${sa.addedP50msVsDirectXoauth2}) | ${sa.errors} |`,
+        ]
+      : [],
+  );
+  const sr = res.smtpRate;
+  section(
+    '| SMTP submission rate | concurrency | proxy /s | direct TLS /s | ratio | target | errors |',
+    '| --- | ---: | ---: | ---: | ---: | ---: | ---: |',
+    sr
+      ? [
+          `| ${sr.scenario} | ${sr.concurrency} | ${sr.proxyPerSec} | ${sr.directPerSec} | ${sr.ratio} | ≥ ${sr.target} | ${sr.errors} |`,
+        ]
+      : [],
+  );
   const cc = res.concurrency;
   if (cc) {
     out.push(
@@ -469,6 +632,9 @@ type Results = {
   loginRate: Awaited<ReturnType<typeof loginRate>>;
   concurrency: Awaited<ReturnType<typeof concurrency>> | undefined;
   refreshStorm: Awaited<ReturnType<typeof refreshStorm>> | undefined;
+  smtpThroughput: Awaited<ReturnType<typeof smtpThroughput>>;
+  smtpAuthLatency: Awaited<ReturnType<typeof smtpAuthLatency>> | undefined;
+  smtpRate: Awaited<ReturnType<typeof smtpRate>> | undefined;
 };
 
 async function main(): Promise<void> {
@@ -477,16 +643,32 @@ async function main(): Promise<void> {
   const introspection = new URL(op.introspection.url);
   introspection.username = op.introspection.id;
   introspection.password = op.introspection.secret;
-  const dovecot = await startDovecot({ introspectionUrl: introspection.toString() });
+  // Dovecot submission relays every accepted message to the sink, which stores it before its 250.
+  const sink = await startSmtpSink();
+  const direct: SmtpAuth = { user: 'direct@example.com', pass: 'direct-bench-password' };
+  const dovecot = await startDovecot({
+    introspectionUrl: introspection.toString(),
+    users: [{ name: direct.user, password: direct.pass }],
+    relayPort: sink.port,
+  });
   const dir = mkdtempSync(join(tmpdir(), 'iop-bench-'));
+  const smtpGen = startGenerator();
   let haproxy: Awaited<ReturnType<typeof startHaproxy>>;
   let proxy: Awaited<ReturnType<typeof startProxyProcess>> | undefined;
   try {
     const user = 'bench@example.com';
     const grant = await op.mintGrant(user);
-    log('seeding mail');
-    await seedMail(dovecot, user, grant.access_token);
-    const ports = { plain: await freePort(), imaps: await freePort(), admin: await freePort() };
+    // Only the FETCH rows read mail: the other scenarios skip the seeding.
+    if (wants('throughput')) {
+      log('seeding mail');
+      await seedMail(dovecot, user, grant.access_token);
+    }
+    const ports = {
+      plain: await freePort(),
+      imaps: await freePort(),
+      submissions: await freePort(),
+      admin: await freePort(),
+    };
     const configFile = writeProxyConfig({
       dir,
       workers: 1,
@@ -497,6 +679,10 @@ async function main(): Promise<void> {
       clientId: op.client.id,
       clientSecret: op.client.secret,
       upstream: { port: dovecot.imapsPort, caFile: dovecot.caFile },
+      smtp: {
+        listenPort: ports.submissions,
+        upstream: { port: dovecot.submissionsPort, caFile: dovecot.caFile },
+      },
       encryptionKey: generateKeyLine('k1'),
     });
     const pw = await seedAccounts(configFile, [
@@ -509,10 +695,19 @@ async function main(): Promise<void> {
       },
     ]);
     proxy = await startProxyProcess(configFile, PROXY);
-    const hp = { plain: await freePort(), imaps: await freePort() };
+    // haproxy does the proxy's crypto work: the same client leg, verified TLS to the upstream.
+    const hp = { plain: await freePort(), imaps: await freePort(), submissions: await freePort() };
+    const upstreamCaFile = dovecot.caFile;
     haproxy = await startHaproxy(dir, [
-      { name: 'plain', listen: hp.plain, target: dovecot.imapPort },
-      { name: 'imaps', listen: hp.imaps, target: dovecot.imapsPort },
+      { name: 'plain', listen: hp.plain, target: dovecot.imapsPort, upstreamCaFile },
+      { name: 'imaps', listen: hp.imaps, target: dovecot.imapsPort, clientTls: true, upstreamCaFile },
+      {
+        name: 'submissions',
+        listen: hp.submissions,
+        target: dovecot.submissionsPort,
+        clientTls: true,
+        upstreamCaFile,
+      },
     ]);
     const ctx: Ctx = {
       dir,
@@ -524,10 +719,15 @@ async function main(): Promise<void> {
       proxy: ports,
       proxyPid: proxy.pid,
       ...(haproxy ? { haproxy: hp } : {}),
+      direct,
+      smtpGen,
     };
     const tp = wants('throughput') ? await throughput(ctx) : [];
     const ll = wants('latency') ? await loginLatency(ctx) : [];
     const lr = wants('rate') ? await loginRate(ctx) : [];
+    const stp = wants('smtp-throughput') ? await smtpThroughput(ctx) : [];
+    const sal = wants('smtp-latency') ? await smtpAuthLatency(ctx) : undefined;
+    const sr = wants('smtp-rate') ? await smtpRate(ctx) : undefined;
     await proxy.stop(30_000);
     proxy = undefined;
     await haproxy?.stop();
@@ -550,13 +750,18 @@ async function main(): Promise<void> {
       loginRate: lr,
       concurrency: conc,
       refreshStorm: storm,
+      smtpThroughput: stp,
+      smtpAuthLatency: sal,
+      smtpRate: sr,
     };
     writeFileSync(OUT, `${JSON.stringify(res, null, 2)}\n`);
     process.stdout.write(`${table(res)}\n\nwrote ${OUT}\n`);
   } finally {
     await proxy?.stop(10_000);
     await haproxy?.stop();
+    await smtpGen.stop();
     await dovecot.stop();
+    await sink.stop();
     await op.close();
     rmSync(dir, { recursive: true, force: true });
   }

@@ -22,6 +22,8 @@ export interface ProxyConfigSpec {
   clientId: string;
   clientSecret: string;
   upstream: { port: number; caFile: string };
+  /** An SMTP submission listener (implicit TLS) and the upstream submission server behind it. */
+  smtp?: { listenPort: number; upstream: { port: number; caFile: string } };
   encryptionKey: string;
 }
 
@@ -36,7 +38,7 @@ encryption: { key: "${s.encryptionKey}" }
 listeners:
   - { name: plain, address: 127.0.0.1, port: ${s.plainPort}, tls: none, allow_cleartext_login: true, allow_from: [127.0.0.1/32] }
   - { name: imaps, address: 127.0.0.1, port: ${s.imapsPort}, tls: implicit }
-limits: { max_connections: 100000, max_sessions_per_account: 100000, login_timeout_seconds: 120 }
+${s.smtp ? `  - { name: submissions, protocol: smtp, address: 127.0.0.1, port: ${s.smtp.listenPort}, tls: implicit }\n` : ''}limits: { max_connections: 100000, max_sessions_per_account: 100000, login_timeout_seconds: 120 }
 admin: { address: 127.0.0.1, port: ${s.adminPort} }
 providers:
   local:
@@ -54,7 +56,20 @@ providers:
       mechanism: xoauth2
       connect_timeout_seconds: 30
       auth_timeout_seconds: 60
-`,
+${
+  s.smtp
+    ? `    upstreams:
+      smtp:
+        host: 127.0.0.1
+        port: ${s.smtp.upstream.port}
+        tls: implicit
+        ca_file: ${JSON.stringify(s.smtp.upstream.caFile)}
+        mechanism: xoauth2
+        connect_timeout_seconds: 30
+        auth_timeout_seconds: 60
+`
+    : ''
+}`,
   );
   return file;
 }
