@@ -113,12 +113,7 @@ export async function runCell(env: Interop, cell: Cell, timeoutMs = 60_000): Pro
       timeoutMs,
     });
     const proxyLines = linesFor(stack.logs(), login);
-    const observedLogin =
-      proxyLines
-        .map((l) => l.parsed)
-        .filter((p) => p?.msg === 'login ok')
-        .map((p) => String(p?.mechanism))
-        .join(', ') || '—';
+    const observedLogin = loggedMechanisms(proxyLines);
     const observedUpstream = observedLogin === '—' ? '—' : await upstreamSuccesses(stack);
     const expected = cell.client.storesLf ? lf(seeded) : seeded;
     const got = run.message && cell.client.normalize ? cell.client.normalize(run.message) : run.message;
@@ -158,7 +153,8 @@ export async function runCell(env: Interop, cell: Cell, timeoutMs = 60_000): Pro
   }
 }
 
-function lf(b: Buffer): Buffer {
+/** CRLF → LF, as clients that store mail in mbox or Maildir files write it. */
+export function lf(b: Buffer): Buffer {
   return Buffer.from(b.toString('latin1').replaceAll('\r\n', '\n'), 'latin1');
 }
 
@@ -181,6 +177,17 @@ export function linesFor(logs: string, login: string): LogLine[] {
     });
   const cids = new Set(all.filter((l) => l.parsed?.account === login).map((l) => l.parsed?.cid));
   return all.filter((l) => l.parsed?.account === login || (l.parsed?.cid && cids.has(l.parsed.cid)));
+}
+
+/** How the client logged in, as the proxy's `login ok` lines (or another `msg`) say; '—' when none. */
+export function loggedMechanisms(lines: LogLine[], msg = 'login ok'): string {
+  return (
+    lines
+      .map((l) => l.parsed)
+      .filter((p) => p?.msg === msg)
+      .map((p) => String(p?.mechanism))
+      .join(', ') || '—'
+  );
 }
 
 async function upstreamSuccesses(stack: Stack): Promise<string> {

@@ -6,8 +6,8 @@ import { redact } from '../helpers/clients/redact.js';
 import type { SmtpClientDriver, SmtpTransport, SmtpWay } from '../helpers/clients/smtp/index.js';
 import { until } from '../helpers/deadline.js';
 import type { SinkMessage } from '../helpers/smtp-sink.js';
-import { type Stack, startStack } from '../helpers/stack.js';
-import { linesFor } from './harness.js';
+import { type Stack, startStack, type TestAccount } from '../helpers/stack.js';
+import { type LogLine, linesFor, loggedMechanisms } from './harness.js';
 
 /**
  * One proxy stack (oidc-provider ← Dovecot submission → recording sink) driven by real SMTP
@@ -90,12 +90,17 @@ export function onWire(text: string): Buffer {
 
 /** Length of the leading `Received:` header (with its folded lines), or -1 when data does not start with one. */
 export function receivedHeaderLength(data: Buffer): number {
-  if (!data.subarray(0, 9).equals(Buffer.from('Received:'))) return -1;
+  return leadingFieldLength(data, 'Received');
+}
+
+/** Length of the header field `name` (with its folded lines) that data starts with, or -1 when it does not. */
+export function leadingFieldLength(data: Buffer, name: string, eol = '\r\n'): number {
+  if (!data.subarray(0, name.length + 1).equals(Buffer.from(`${name}:`))) return -1;
   let at = 0;
   for (;;) {
-    const eol = data.indexOf('\r\n', at);
-    if (eol === -1) return -1;
-    at = eol + 2;
+    const end = data.indexOf(eol, at);
+    if (end === -1) return -1;
+    at = end + eol.length;
     if (data[at] !== 0x20 && data[at] !== 0x09) return at;
   }
 }
@@ -131,10 +136,42 @@ export function initialResponseIn(transcript: string): string {
 }
 
 /** A readable slice of a long trace: the dialogue before DATA and the end, never the megabyte in between. */
-function compact(text: string): string {
+export function compact(text: string): string {
   const lines = text.split('\n').map((l) => (l.length > 300 ? `${l.slice(0, 300)}… (${l.length} chars)` : l));
   if (lines.length <= 260) return lines.join('\n');
   return [...lines.slice(0, 200), `… ${lines.length - 240} lines left out …`, ...lines.slice(-40)].join('\n');
+}
+
+/** What one client run left behind, redacted: its own trace, the proxy's lines for its account, how it logged in. */
+export interface SeenRun {
+  login: string;
+  secrets: string[];
+  transcript: string;
+  proxyLines: LogLine[];
+  observedLogin: string;
+}
+
+export function observeRun(stack: Stack, acct: TestAccount, rawTranscript: string): SeenRun {
+  const { login } = acct;
+  const secrets = [acct.password, acct.refreshToken ?? '', acct.accessToken ?? ''];
+  const proxyLines = linesFor(stack.logs(), login);
+  return {
+    login,
+    secrets,
+    transcript: redact(rawTranscript, login, secrets),
+    proxyLines,
+    observedLogin: loggedMechanisms(proxyLines),
+  };
+}
+
+/** A failed cell's report (what went wrong, the client's trace, the proxy's log), redacted; undefined when nothing did. */
+export function cellFailure(name: string, problems: string[], seen: SeenRun): string | undefined {
+  if (problems.length === 0) return undefined;
+  return redact(
+    `${name} failed: ${problems.join('; ')}\n--- client transcript ---\n${compact(seen.transcript)}\n--- proxy log ---\n${seen.proxyLines.map((l) => l.raw).join('\n')}`,
+    seen.login,
+    seen.secrets,
+  );
 }
 
 let seq = 0;
@@ -186,15 +223,8 @@ export async function runSmtpCell(stack: Stack, cell: SmtpCell, timeoutMs = 45_0
       workDir,
       timeoutMs,
     });
-    const secrets = [acct.password, acct.refreshToken ?? '', acct.accessToken ?? ''];
-    const transcript = redact(run.transcript, login, secrets);
-    const proxyLines = linesFor(stack.logs(), login);
-    const observedLogin =
-      proxyLines
-        .map((l) => l.parsed)
-        .filter((p) => p?.msg === 'login ok')
-        .map((p) => String(p?.mechanism))
-        .join(', ') || '—';
+    const seen = observeRun(stack, acct, run.transcript);
+    const { transcript, observedLogin } = seen;
     const problems: string[] = [];
     if (run.error) problems.push(run.error);
     if (observedLogin === '—') problems.push('the proxy logged no successful login for this account');
@@ -210,14 +240,7 @@ export async function runSmtpCell(stack: Stack, cell: SmtpCell, timeoutMs = 45_0
       ? checkDelivery({ cell, from, to, subject, content, ...(attachment ? { attachment } : {}) }, got)
       : undefined;
     problems.push(...(checked?.problems ?? []));
-    const failure =
-      problems.length === 0
-        ? undefined
-        : redact(
-            `${smtpCellName(cell)} failed: ${problems.join('; ')}\n--- client transcript ---\n${compact(transcript)}\n--- proxy log ---\n${proxyLines.map((l) => l.raw).join('\n')}`,
-            login,
-            secrets,
-          );
+    const failure = cellFailure(smtpCellName(cell), problems, seen);
     return {
       cell,
       pass: problems.length === 0,
@@ -287,7 +310,7 @@ export function checkDelivery(e: Expected, got: SinkMessage): { compared: string
   return { compared: 'body after its own headers', problems };
 }
 
-function differs(got: Buffer, want: Buffer): string {
+export function differs(got: Buffer, want: Buffer): string {
   let i = 0;
   while (i < got.length && i < want.length && got[i] === want[i]) i++;
   const around = (b: Buffer) => JSON.stringify(b.subarray(Math.max(0, i - 30), i + 30).toString('latin1'));
