@@ -11,7 +11,8 @@ const USAGE = `imap-oauth-proxy — lets password-only IMAP clients reach OAuth2
 Usage: imap-oauth-proxy [--config FILE] <command> [options]   (--config may also follow the command)
 
 Commands:
-  serve                 run the proxy (listeners, admin HTTP)
+  serve                 run the proxy (listeners, admin HTTP); SIGHUP reloads it
+  reload                tell the running proxy to re-read its config and certificates
   check-config          validate the config file; exit 0, or 1 listing every problem
   config-schema         print the config JSON Schema (for editors); --markdown: the reference table
   account …             manage accounts and app passwords   (account --help)
@@ -51,6 +52,7 @@ export function takeConfigFlag(args: string[]): { file: string; rest: string[] }
 
 const COMMANDS = new Set([
   'serve',
+  'reload',
   'check-config',
   'config-schema',
   'account',
@@ -128,6 +130,18 @@ export async function main(argv: string[]): Promise<number> {
         if (rest.length > 0) throw new UsageError(`serve: unexpected argument ${rest[0]}`);
         const { runServe } = await import('./commands/serve.js');
         return await runServe(file);
+      }
+      case 'reload': {
+        const { file, rest } = takeConfigFlag(args);
+        if (rest.includes('--help')) {
+          out(
+            'Usage: imap-oauth-proxy reload [--config FILE]\nAsks the running proxy (POST /reload on its admin port, needs admin.admin_password)\nto re-read the config and certificates without dropping sessions; SIGHUP does the same.',
+          );
+          return 0;
+        }
+        if (rest.length > 0) throw new UsageError(`reload: unexpected argument ${rest[0]}`);
+        const { runReload } = await import('./commands/reload.js');
+        return await runReload(file, { out, err });
       }
       case 'account':
       case 'grant':

@@ -37,8 +37,19 @@ export interface LogOptions {
   destination?: NodeJS.WritableStream;
 }
 
+/** Child loggers of each root, so a reload's new level reaches the loggers components already hold. */
+const families = new WeakMap<Logger, Set<WeakRef<Logger>>>();
+
 export function createLogger(opts: LogOptions = {}): Logger {
+  const children = new Set<WeakRef<Logger>>();
+  const forget = new FinalizationRegistry<WeakRef<Logger>>((ref) => children.delete(ref));
   const options: LoggerOptions = {
+    // Inherited by every child: each one is remembered (weakly) for setLogLevel.
+    onChild: (child) => {
+      const ref = new WeakRef(child);
+      children.add(ref);
+      forget.register(child, ref);
+    },
     level: opts.level ?? process.env.LOG_LEVEL ?? 'info',
     base: { name: 'imap-oauth-proxy' },
     redact: { paths: REDACT_PATHS, censor: '[Redacted]' },
@@ -47,11 +58,22 @@ export function createLogger(opts: LogOptions = {}): Logger {
   const format = opts.format ?? 'auto';
   const pretty =
     format === 'pretty' || (format === 'auto' && !opts.destination && process.stdout.isTTY === true);
-  if (pretty) {
-    return pino({ ...options, transport: { target: 'pino-pretty', options: { colorize: true } } });
+  const root = pretty
+    ? pino({ ...options, transport: { target: 'pino-pretty', options: { colorize: true } } })
+    : opts.destination
+      ? pino(options, opts.destination as pino.DestinationStream)
+      : pino(options);
+  families.set(root, children);
+  return root;
+}
+
+/** Sets the level of a root logger and of every child made from it that still exists. */
+export function setLogLevel(root: Logger, level: string): void {
+  root.level = level;
+  for (const ref of families.get(root) ?? []) {
+    const child = ref.deref();
+    if (child) child.level = level;
   }
-  if (opts.destination) return pino(options, opts.destination as pino.DestinationStream);
-  return pino(options);
 }
 
 /** A logger that drops everything (library defaults, tests that do not inspect logs). */

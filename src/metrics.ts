@@ -24,6 +24,18 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
       labelNames: ['protocol', 'listener', 'tls'] as const,
       registers: r,
     }),
+    configReloads: new Counter({
+      name: `${P}config_reloads_total`,
+      help: 'Config reloads (SIGHUP, POST /reload) by result: success, invalid (refused, the old config keeps running), failed (partly applied)',
+      labelNames: ['result'] as const,
+      registers: r,
+    }),
+    certificateReloads: new Counter({
+      name: `${P}certificate_reloads_total`,
+      help: 'Listener certificates re-read because their files changed on disk, by listener and result',
+      labelNames: ['listener', 'result'] as const,
+      registers: r,
+    }),
     tlsConnections: new Counter({
       name: `${P}tls_connections_total`,
       help: 'Client TLS handshakes completed (implicit TLS or STARTTLS), by protocol, listener and negotiated TLS version: shows which devices still use old TLS',

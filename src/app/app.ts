@@ -1,5 +1,4 @@
 import type { AddressInfo } from 'node:net';
-import { join } from 'node:path';
 import { StoreCredentialChecker } from '../accounts/credentials.js';
 import { LoginLimiter } from '../accounts/limiter.js';
 import { AdminAuthLimiter } from '../admin/auth-limiter.js';
@@ -13,15 +12,11 @@ import { LoginRunner } from '../core/login-runner.js';
 import { LoginPipeline } from '../core/pipeline.js';
 import { startSessionRecheck, watchConsentLoss } from '../core/revocation.js';
 import { SessionRegistry } from '../core/sessions.js';
-import { targetKey, type UpstreamTarget } from '../core/upstream.js';
 import { messageOf } from '../errors.js';
-import type { Logger } from '../log.js';
+import { type Logger, setLogLevel } from '../log.js';
 import { createMetrics, type Metrics } from '../metrics.js';
 import { sessionLimitsFromConfig } from '../net/limits.js';
-import { createListener, type Listener } from '../net/listener.js';
 import { WarmPool } from '../net/pool.js';
-import { ensureSelfSigned } from '../net/selfsigned.js';
-import { listenerPems, type TlsPems } from '../net/tls.js';
 import { OAuthTokenBroker } from '../oauth/broker.js';
 import { createJwtBearerHandler } from '../oauth/jwt-bearer.js';
 import { createProviderRegistry } from '../oauth/provider.js';
@@ -29,6 +24,7 @@ import { PROTOCOLS } from '../protocols/index.js';
 import { Keyring } from '../store/crypto.js';
 import { openStore } from '../store/index.js';
 import type { GrantStore } from '../store/types.js';
+import { ListenerSet } from './listeners.js';
 
 export interface ProxyApp {
   readonly config: Config;
@@ -41,15 +37,33 @@ export interface ProxyApp {
   readonly adminAddress: AddressInfo;
   /** Bound address of the separate self-service server (admin.connect_port), if configured. */
   readonly connectAddress: AddressInfo | undefined;
+  /**
+   * Applies a new config without dropping a session: log level, listeners (added, removed,
+   * changed, certificates re-read), providers, limits, limiter and token settings. Settings
+   * that need a restart are named in the result and keep their old values.
+   */
+  reload(next: Config): Promise<ReloadResult>;
+  /** Stops accepting, says goodbye before login, drains spliced sessions (default: limits.shutdown_drain_seconds). */
   close(opts?: { drainMs?: number }): Promise<void>;
 }
+
+export interface ReloadResult {
+  /** `failed`: applied except what `problems` names. */
+  readonly result: 'success' | 'failed';
+  readonly problems: readonly string[];
+  /** Top-level settings that changed but take effect only after a restart. */
+  readonly restartNeeded: readonly string[];
+}
+
+/** Settings a running process cannot change: the store, keys, workers, the admin servers. */
+const RESTART_KEYS = ['data_dir', 'store', 'encryption', 'workers', 'admin'] as const;
 
 export interface StartOptions {
   log: Logger;
   metrics?: Metrics;
   version?: string;
   /** Extra admin routes (besides the onboarding pages, which are always added). */
-  routes?: (deps: { store: GrantStore; config: Config }) => Route[];
+  routes?: (deps: { store: GrantStore; config: Config; authLimiter: AdminAuthLimiter }) => Route[];
 }
 
 /** Builds and starts everything `serve` runs: store, broker, upstream, listeners, admin HTTP. */
@@ -83,17 +97,22 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
   const upstreamLog = log.child({ component: 'upstream' });
   // One warm pool per protocol the listeners speak, around that protocol's upstream connector.
   const pools = new Map<Protocol, WarmPool>();
-  for (const protocol of new Set(config.listeners.map((l) => l.protocol))) {
-    const inner = PROTOCOLS[protocol].upstreamConnector({ metrics, log: upstreamLog.child({ protocol }) });
-    pools.set(
-      protocol,
-      new WarmPool(inner, {
-        log: upstreamLog,
-        size: config.limits.warm_upstream_connections,
-        idleMs: Math.round(config.limits.warm_upstream_idle_seconds * 1000),
-      }),
-    );
-  }
+  const ensurePools = () => {
+    const bounds = {
+      size: config.limits.warm_upstream_connections,
+      idleMs: Math.round(config.limits.warm_upstream_idle_seconds * 1000),
+    };
+    for (const protocol of new Set(config.listeners.map((l) => l.protocol))) {
+      const existing = pools.get(protocol);
+      if (existing) {
+        existing.configure(bounds);
+        continue;
+      }
+      const inner = PROTOCOLS[protocol].upstreamConnector({ metrics, log: upstreamLog.child({ protocol }) });
+      pools.set(protocol, new WarmPool(inner, { log: upstreamLog, ...bounds }));
+    }
+  };
+  ensurePools();
   const closePools = () => {
     for (const p of pools.values()) p.close();
   };
@@ -107,35 +126,15 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
     capabilities,
     publicUrl: config.admin.public_url,
   });
-  const limits = sessionLimitsFromConfig(config.limits);
-  const runner = new LoginRunner({ handler: pipeline, metrics, timeoutMs: limits.loginTimeoutMs });
+  const loginTimeoutMs = () => sessionLimitsFromConfig(config.limits).loginTimeoutMs;
+  const runner = new LoginRunner({ handler: pipeline, metrics, timeoutMs: loginTimeoutMs() });
 
-  const listeners: Listener[] = [];
-  const addresses: Record<string, AddressInfo> = {};
+  const listeners = new ListenerSet({ config, runner, metrics, log, capabilities });
+  const addresses = listeners.addresses;
   let admin: AdminServer | undefined;
   let connect: AdminServer | undefined;
   try {
-    const fallback = await fallbackCertificate(config, log);
-    for (const lc of config.listeners) {
-      const tls: TlsPems | undefined = lc.tls === 'none' ? undefined : await listenerPems(lc, fallback);
-      const listener = createListener(lc, {
-        ...(tls ? { tls } : {}),
-        protocol: lc.protocol,
-        createSession: PROTOCOLS[lc.protocol].frontDoor(lc, {
-          runner,
-          limits: config.limits,
-          metrics,
-          upstreamCapabilities: () =>
-            upstreamTargets(config, lc.protocol).map((t) => capabilities.get(lc.protocol, t)),
-        }),
-        limits,
-        metrics,
-        log,
-        maxConnections: config.limits.max_connections,
-      });
-      addresses[lc.name] = await listener.listen();
-      listeners.push(listener);
-    }
+    await listeners.start(config);
     learnUpstreams(config, pools, capabilities, upstreamLog);
     // One lockout per client address for /status and /metrics credentials together.
     const authLimiter = AdminAuthLimiter.fromConfig(config.limiter, metrics);
@@ -150,7 +149,7 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
           authLimiter,
           log: log.child({ component: 'onboarding' }),
         }),
-        ...(opts.routes?.({ store, config }) ?? []),
+        ...(opts.routes?.({ store, config, authLimiter }) ?? []),
       ],
       config.admin.connect_port !== undefined,
     );
@@ -165,7 +164,7 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
         {
           name: 'listeners',
           check: async () => {
-            if (listeners.length !== config.listeners.length) throw new Error('not all listeners are bound');
+            if (listeners.size !== config.listeners.length) throw new Error('not all listeners are bound');
           },
         },
       ],
@@ -186,12 +185,37 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
 
     const adminServer = admin;
     const connectServer = connect;
-    const stopRecheck = startSessionRecheck({
-      registry: sessions,
-      store,
-      intervalMs: Math.round(config.limits.session_recheck_seconds * 1000),
-      log: log.child({ component: 'sessions' }),
-    });
+    const recheck = () =>
+      startSessionRecheck({
+        registry: sessions,
+        store,
+        intervalMs: Math.round(config.limits.session_recheck_seconds * 1000),
+        log: log.child({ component: 'sessions' }),
+      });
+    let stopRecheck = recheck();
+    const reload = async (next: Config): Promise<ReloadResult> => {
+      const restartNeeded = RESTART_KEYS.filter((k) => JSON.stringify(config[k]) !== JSON.stringify(next[k]));
+      const recheckBefore = config.limits.session_recheck_seconds;
+      setLogLevel(log, next.log.level);
+      config.log = next.log;
+      // Mutated in place: the limiter, broker and pipeline hold these very objects and read them per use.
+      Object.assign(config.limits, next.limits);
+      Object.assign(config.limiter, next.limiter);
+      Object.assign(config.tokens, next.tokens);
+      config.providers = next.providers;
+      providers.update(next.providers);
+      pipeline.providersChanged();
+      runner.setTimeoutMs(loginTimeoutMs());
+      config.listeners = next.listeners;
+      ensurePools();
+      const problems = await listeners.reload(config);
+      if (config.limits.session_recheck_seconds !== recheckBefore) {
+        stopRecheck();
+        stopRecheck = recheck();
+      }
+      learnUpstreams(config, pools, capabilities, upstreamLog);
+      return { result: problems.length === 0 ? 'success' : 'failed', problems, restartNeeded };
+    };
     return {
       config,
       store,
@@ -201,11 +225,12 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
       addresses,
       adminAddress,
       connectAddress,
+      reload,
       async close(closeOpts) {
         metrics.grantSource.count = undefined;
         stopRecheck();
         closePools();
-        await Promise.all(listeners.map((l) => l.close(closeOpts)));
+        await listeners.close(closeOpts?.drainMs ?? Math.round(config.limits.shutdown_drain_seconds * 1000));
         await adminServer.close();
         await connectServer?.close();
         await store.close();
@@ -213,44 +238,12 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
     };
   } catch (err) {
     closePools();
-    await Promise.allSettled(listeners.map((l) => l.close({ drainMs: 0 })));
+    await listeners.close(0).catch(() => {});
     await admin?.close().catch(() => {});
     await connect?.close().catch(() => {});
     await store.close();
     throw err;
   }
-}
-
-/** The generated self-signed pair, made only when some TLS listener has no certificate of its own. */
-async function fallbackCertificate(
-  config: Config,
-  log: Logger,
-): Promise<() => { certFile: string; keyFile: string }> {
-  const needs = config.listeners.some((l) => l.tls !== 'none' && !l.cert_file);
-  if (!needs) {
-    return () => {
-      throw new Error('no fallback certificate');
-    };
-  }
-  const pair = await ensureSelfSigned(join(config.data_dir, 'tls'), { name: 'selfsigned' });
-  log.warn(
-    { certFile: pair.certFile, created: pair.created },
-    pair.created
-      ? '*** GENERATED A SELF-SIGNED CERTIFICATE for listeners without cert_file: clients will warn; configure cert_file/key_file for production ***'
-      : '*** USING THE SELF-SIGNED CERTIFICATE for listeners without cert_file: configure cert_file/key_file for production ***',
-  );
-  return () => pair;
-}
-
-/** Each provider's upstream server for a protocol (per-account overrides are not listed). */
-function upstreamTargets(config: Config, protocol: Protocol): UpstreamTarget[] {
-  const out = new Map<string, UpstreamTarget>();
-  for (const p of Object.values(config.providers)) {
-    if (!p.upstreams?.[protocol]?.host) continue;
-    const t = upstreamFor(p, protocol);
-    out.set(targetKey(t), t);
-  }
-  return [...out.values()];
 }
 
 /**

@@ -4,6 +4,7 @@ import { AggregatorRegistry } from 'prom-client';
 import { AdminAuthLimiter } from '../admin/auth-limiter.js';
 import { mergeExpositions } from '../admin/cluster-metrics.js';
 import { onboardingRoutes, splitConnectRoutes } from '../admin/onboarding/routes.js';
+import { reloadRoute } from '../admin/reload.js';
 import { AdminServer, metricsGate, send } from '../admin/server.js';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../log.js';
@@ -11,7 +12,8 @@ import { createMetrics } from '../metrics.js';
 import { createProviderRegistry } from '../oauth/provider.js';
 import { Keyring } from '../store/crypto.js';
 import { openStore } from '../store/index.js';
-import { type ProxyApp, startProxy } from './app.js';
+import { type ProxyApp, type ReloadResult, startProxy } from './app.js';
+import { fileReloader, type ReloadOutcome } from './reload.js';
 
 /**
  * Multi-worker mode: the primary forks N workers that each run the whole proxy (startProxy)
@@ -26,10 +28,14 @@ import { type ProxyApp, startProxy } from './app.js';
  */
 
 const READY = 'imap-oauth-proxy:ready';
+const RELOAD = 'imap-oauth-proxy:reload';
+const RELOADED = 'imap-oauth-proxy:reloaded';
+/** A worker that has not answered a reload in this time counts as failed. */
+const RELOAD_TIMEOUT_MS = 30_000;
 /** A worker that exits before it is ready fails the start; later crashes are re-forked after this delay. */
 const RESTART_DELAY_MS = 1000;
-/** How long workers get to drain on SIGTERM before they are killed. */
-const STOP_TIMEOUT_MS = 40_000;
+/** Beyond a worker's drain window, how long it gets to stop before it is killed. */
+const STOP_GRACE_MS = 30_000;
 
 /** `workers: N | 'auto'` → a process count ('auto' = one per CPU). */
 export function resolveWorkers(setting: number | 'auto'): number {
@@ -48,8 +54,7 @@ export async function startWorker(config: Config, opts: { log: Logger; version: 
   AggregatorRegistry.setRegistries([metrics.registry]);
   // The constructor installs the IPC listener that answers the primary's metric requests.
   new AggregatorRegistry();
-  const workerConfig: Config = { ...config, admin: { ...config.admin, address: '127.0.0.1', port: 0 } };
-  const app = await startProxy(workerConfig, {
+  const app = await startProxy(workerConfig(config), {
     log: opts.log.child({ worker: id }),
     metrics,
     version: opts.version,
@@ -58,10 +63,23 @@ export async function startWorker(config: Config, opts: { log: Logger; version: 
   return app;
 }
 
+/** A worker's config: its own admin server is private (127.0.0.1, any port); the primary serves the real one. */
+export function workerConfig(config: Config): Config {
+  return { ...config, admin: { ...config.admin, address: '127.0.0.1', port: 0 } };
+}
+
+/** In a worker: runs `reload` when the primary asks, and answers with the outcome. */
+export function onReloadRequest(reload: () => Promise<ReloadOutcome>): void {
+  process.on('message', (m: unknown) => {
+    if ((m as { type?: unknown } | null)?.type !== RELOAD) return;
+    void reload().then((outcome) => process.send?.({ type: RELOADED, outcome }));
+  });
+}
+
 /** In the primary: forks the workers, serves admin HTTP, stops everything on SIGTERM/SIGINT. */
 export async function runPrimary(
   config: Config,
-  opts: { log: Logger; workers: number; version: string },
+  opts: { log: Logger; workers: number; version: string; configFile: string },
 ): Promise<number> {
   const log = opts.log.child({ component: 'cluster' });
   // Migrate (and create a key file if configured) once, before workers race for it. The store
@@ -101,7 +119,10 @@ export async function runPrimary(
       alive.map(
         (w) =>
           new Promise<void>((resolve) => {
-            const kill = setTimeout(() => w.process.kill('SIGKILL'), STOP_TIMEOUT_MS);
+            const kill = setTimeout(
+              () => w.process.kill('SIGKILL'),
+              config.limits.shutdown_drain_seconds * 1000 + STOP_GRACE_MS,
+            );
             w.once('exit', () => {
               clearTimeout(kill);
               resolve();
@@ -140,6 +161,16 @@ export async function runPrimary(
       { address: l.address, port: l.port, family: l.address.includes(':') ? 'IPv6' : 'IPv4' },
     ]),
   );
+  // The primary validates the file once; each worker then re-reads it and switches (its own metrics count it).
+  const reloadAll = fileReloader({
+    file: opts.configFile,
+    log,
+    // The primary counts only refused files; each worker counts what it applied (series carry `worker`).
+    count: (result) => {
+      if (result === 'invalid') own.configReloads.inc({ result });
+    },
+    apply: () => askWorkers(log),
+  });
   const pages = splitConnectRoutes(
     onboardingRoutes({
       store,
@@ -171,10 +202,14 @@ export async function runPrimary(
         path: '/metrics',
         handler: async (req, res) => {
           if (!metricsGate(req, res, token, authLimiter)) return;
-          const mine = await own.registry.getSingleMetricAsString('imap_proxy_limiter_actions_total');
+          const mine = [
+            await own.registry.getSingleMetricAsString('imap_proxy_limiter_actions_total'),
+            await own.registry.getSingleMetricAsString('imap_proxy_config_reloads_total'),
+          ].join('\n');
           send(res, 200, mergeExpositions(await aggregator.clusterMetrics(), mine), aggregator.contentType);
         },
       },
+      reloadRoute({ config, authLimiter, reload: reloadAll }),
       ...pages,
     ],
   });
@@ -200,9 +235,39 @@ export async function runPrimary(
     };
     process.on('SIGTERM', stop);
     process.on('SIGINT', stop);
+    process.on('SIGHUP', () => void reloadAll());
   });
   await admin.close();
   await store.close();
   log.info('stopped');
   return 0;
+}
+
+/** Sends every live worker the reload request and combines their answers. */
+async function askWorkers(log: Logger): Promise<ReloadResult> {
+  const alive = Object.values(cluster.workers ?? {}).filter((w): w is Worker => !!w && !w.isDead());
+  const answers = await Promise.all(
+    alive.map(
+      (w) =>
+        new Promise<ReloadOutcome>((resolve) => {
+          const timer = setTimeout(() => {
+            w.off('message', onMessage);
+            resolve({ result: 'failed', problems: [`worker ${w.id} did not answer`], restartNeeded: [] });
+          }, RELOAD_TIMEOUT_MS);
+          const onMessage = (m: unknown) => {
+            const msg = m as { type?: unknown; outcome?: ReloadOutcome } | null;
+            if (msg?.type !== RELOADED || !msg.outcome) return;
+            clearTimeout(timer);
+            w.off('message', onMessage);
+            resolve(msg.outcome);
+          };
+          w.on('message', onMessage);
+          w.send({ type: RELOAD });
+        }),
+    ),
+  );
+  const problems = [...new Set(answers.flatMap((a) => a.problems))];
+  const restartNeeded = [...new Set(answers.flatMap((a) => a.restartNeeded))];
+  log.info({ workers: answers.length, problems: problems.length }, 'workers reloaded');
+  return { result: problems.length === 0 ? 'success' : 'failed', problems, restartNeeded };
 }

@@ -1,10 +1,19 @@
+import { reloadRoute } from '../admin/reload.js';
 import { startProxy } from '../app/app.js';
-import { isClusterWorker, resolveWorkers, runPrimary, startWorker } from '../app/cluster.js';
+import {
+  isClusterWorker,
+  onReloadRequest,
+  resolveWorkers,
+  runPrimary,
+  startWorker,
+  workerConfig,
+} from '../app/cluster.js';
+import { fileReloader, type ReloadOutcome } from '../app/reload.js';
 import { version } from '../cli.js';
 import { loadConfig } from '../config/load.js';
 import { createLogger } from '../log.js';
 
-/** `imap-oauth-proxy serve`: runs until SIGTERM/SIGINT, then drains and exits 0. */
+/** `imap-oauth-proxy serve`: runs until SIGTERM/SIGINT, then drains and exits 0; SIGHUP reloads. */
 export async function runServe(configFile: string): Promise<number> {
   const { config } = loadConfig(configFile);
   const log = createLogger({ level: config.log.level, format: config.log.format });
@@ -16,13 +25,36 @@ export async function runServe(configFile: string): Promise<number> {
       'starting imap-oauth-proxy',
     );
   if (!worker && workers > 1) {
-    const code = await runPrimary(config, { log, workers, version: version() });
+    const code = await runPrimary(config, { log, workers, version: version(), configFile });
     log.flush();
     return code;
   }
+  // Bound once the app runs; POST /reload before that answers like a refused reload.
+  let reload: (() => Promise<ReloadOutcome>) | undefined;
+  const notYet = async (): Promise<ReloadOutcome> => ({
+    result: 'failed',
+    problems: ['the proxy is still starting'],
+    restartNeeded: [],
+  });
   const app = worker
     ? await startWorker(config, { log, version: version() })
-    : await startProxy(config, { log, version: version() });
+    : await startProxy(config, {
+        log,
+        version: version(),
+        routes: ({ config: c, authLimiter }) => [
+          reloadRoute({ config: c, authLimiter, reload: () => (reload ?? notYet)() }),
+        ],
+      });
+  reload = fileReloader({
+    file: configFile,
+    log,
+    count: (result) => app.metrics.configReloads.inc({ result }),
+    apply: (next) => app.reload(worker ? workerConfig(next) : next),
+  });
+  const reloadNow = reload;
+  // SIGHUP (systemctl reload, kill -HUP): re-read the config and certificates, drop no session.
+  if (!worker) process.on('SIGHUP', () => void reloadNow());
+  else onReloadRequest(reloadNow);
   if (!worker) log.info('ready');
   await new Promise<void>((resolve) => {
     let stopping = false;

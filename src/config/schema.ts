@@ -238,6 +238,14 @@ export const configSchema = z
         warm_upstream_idle_seconds: seconds(30).describe(
           'A pre-dialled upstream connection unused this long is closed',
         ),
+        shutdown_drain_seconds: z
+          .number()
+          .min(0)
+          .max(3600)
+          .default(10)
+          .describe(
+            'On SIGTERM: how long spliced sessions may go on before they are closed (clients still logging in are told goodbye at once)',
+          ),
         session_recheck_seconds: seconds(30).describe(
           'How often live sessions are checked against the store: sessions of accounts disabled or removed, or whose grant was revoked or needs consent, are closed',
         ),

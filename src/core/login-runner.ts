@@ -46,7 +46,16 @@ export type LoginVerdict =
  * the splice. Protocol-neutral: the front door only writes replies.
  */
 export class LoginRunner {
-  constructor(private readonly opts: LoginRunnerOptions) {}
+  private timeoutMs: number;
+
+  constructor(private readonly opts: LoginRunnerOptions) {
+    this.timeoutMs = opts.timeoutMs;
+  }
+
+  /** A reload's new login timeout, for logins that start from now on. */
+  setTimeoutMs(ms: number): void {
+    this.timeoutMs = ms;
+  }
 
   /** Counts a login the front door decided itself (e.g. `privacy_required`). */
   count(protocol: ProtocolName, result: LoginResult, seconds: number): void {
@@ -71,7 +80,7 @@ export class LoginRunner {
         late = true;
         abort.abort(new Error('login timeout'));
         resolve({ ok: false, reason: 'timeout' });
-      }, this.opts.timeoutMs);
+      }, this.timeoutMs);
     });
     const call = this.call(req, abort.signal).then((o) => {
       if (late) discard(o);

@@ -41,6 +41,11 @@ export class LoginPipeline implements LoginHandler {
     this.sessions = deps.sessions;
   }
 
+  /** The config's providers changed (a reload): forget the upstream settings resolved from them. */
+  providersChanged(): void {
+    this.targets.clear();
+  }
+
   async login(req: LoginRequest, signal: AbortSignal): Promise<LoginOutcome> {
     const { log } = req.client;
     const cred = await this.deps.credentials.verify(req.login, req.password, req.client.address);

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { type AddressInfo, createServer, type Server, type Socket } from 'node:net';
+import { type AddressInfo, type BlockList, createServer, type Server, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { type SecureContext, TLSSocket } from 'node:tls';
 import type { ListenerConfig } from '../config/schema.js';
@@ -49,8 +49,7 @@ export function newConnectionId(): string {
 export interface ListenerDeps {
   /** Resolved certificate and key PEMs (from the listener's files or a generated pair). */
   readonly tls?: TlsPems;
-  /** The protocol's front door (metric label `protocol`). */
-  readonly protocol: string;
+  /** The protocol's front door (the listener's `protocol` labels its metrics). */
   readonly createSession: SessionFactory;
   readonly limits: SessionLimits;
   readonly metrics: Metrics;
@@ -59,9 +58,21 @@ export interface ListenerDeps {
   readonly maxConnections?: number;
 }
 
+/** What a reload may change on a listener that keeps its address and port. */
+export type ListenerUpdate = Pick<ListenerDeps, 'tls' | 'createSession' | 'limits' | 'maxConnections'> & {
+  readonly cfg: ListenerConfig;
+};
+
 export interface Listener {
   readonly name: string;
   listen(): Promise<AddressInfo>;
+  /**
+   * New settings for connections accepted from now on (TLS mode and certificate, limits,
+   * allow lists, the protocol's front door); sessions already open keep theirs.
+   */
+  update(next: ListenerUpdate): void;
+  /** Stops accepting; sessions already open run on until they end (a listener removed by a reload). */
+  stopAccepting(): Promise<void>;
   /**
    * Stops accepting, ends pre-auth sessions with `* BYE`, waits up to `drainMs` for spliced
    * sessions to finish on their own, then destroys what is left.
@@ -71,18 +82,41 @@ export interface Listener {
   readonly connections: number;
 }
 
-const SHUTDOWN_DRAIN_MS = 10_000;
+export const SHUTDOWN_DRAIN_MS = 10_000;
 
-export function createListener(cfg: ListenerConfig, deps: ListenerDeps): Listener {
-  const { limits, metrics } = deps;
+/** Everything a connection is accepted with; swapped whole by a reload. */
+interface Settings {
+  readonly cfg: ListenerConfig;
+  readonly limits: SessionLimits;
+  readonly createSession: SessionFactory;
+  readonly secureContext: SecureContext | undefined;
+  /** Present exactly when the listener speaks implicit TLS, so the TLS path always has its context. */
+  readonly implicitTls: SecureContext | undefined;
+  readonly trusted: BlockList | undefined;
+  readonly allowed: BlockList | undefined;
+}
+
+function settingsFor(cfg: ListenerConfig, deps: Omit<ListenerUpdate, 'cfg'>): Settings {
   let secureContext: SecureContext | undefined;
   if (cfg.tls !== 'none') {
     if (!deps.tls)
       throw new ConfigError(`listener "${cfg.name}": tls ${cfg.tls} needs a certificate and key`);
     secureContext = serverTlsContext(deps.tls, cfg.min_tls_version);
   }
-  const trusted = cfg.proxy_protocol ? trustList(cfg.proxy_protocol.trusted) : undefined;
-  const allowed = cfg.allow_from ? trustList(cfg.allow_from) : undefined;
+  return {
+    cfg,
+    limits: deps.limits,
+    createSession: deps.createSession,
+    secureContext,
+    implicitTls: cfg.tls === 'implicit' ? secureContext : undefined,
+    trusted: cfg.proxy_protocol ? trustList(cfg.proxy_protocol.trusted) : undefined,
+    allowed: cfg.allow_from ? trustList(cfg.allow_from) : undefined,
+  };
+}
+
+export function createListener(cfg: ListenerConfig, deps: ListenerDeps): Listener {
+  const { metrics } = deps;
+  let now = settingsFor(cfg, deps);
   const sockets = new Set<Socket>();
   /** Sockets past their preamble, with their session (absent while PROXY/TLS preamble runs). */
   const sessions = new Map<Socket, FrontDoorSession>();
@@ -90,64 +124,62 @@ export function createListener(cfg: ListenerConfig, deps: ListenerDeps): Listene
   if (deps.maxConnections !== undefined) server.maxConnections = deps.maxConnections;
   const log = deps.log.child({ listener: cfg.name });
 
-  const refuse = (raw: Socket, reason: RejectReason) => {
-    metrics.preauthRejections.inc({ protocol: deps.protocol, reason });
+  const refuse = (set: Settings, raw: Socket, reason: RejectReason) => {
+    metrics.preauthRejections.inc({ protocol: set.cfg.protocol, reason });
     log.info({ reason, client: plainAddress(raw.remoteAddress ?? '') }, 'connection refused before login');
     raw.destroy();
   };
 
-  const startSession = (sock: Socket | TLSSocket, source: ProxySource | null, raw: Socket) => {
+  const startSession = (set: Settings, sock: Socket | TLSSocket, source: ProxySource | null, raw: Socket) => {
     const cid = newConnectionId();
     const address = source?.address ?? plainAddress(raw.remoteAddress ?? '');
     const port = source?.port ?? raw.remotePort ?? 0;
-    const session = deps.createSession(
+    const session = set.createSession(
       sock,
-      { cid, address, port, secure: cfg.tls === 'implicit' },
-      { secureContext, log: log.child({ cid, client: address }) },
+      { cid, address, port, secure: set.cfg.tls === 'implicit' },
+      { secureContext: set.secureContext, log: log.child({ cid, client: address }) },
     );
     sessions.set(raw, session);
     void session.done.then(() => sessions.delete(raw));
     session.start();
   };
 
-  // Present exactly when this listener speaks implicit TLS, so the TLS path always has its context.
-  const implicitTls = cfg.tls === 'implicit' ? secureContext : undefined;
-
   /** Implicit TLS: handshake first (bounded by the idle limit), then the protocol's session. */
-  const startTls = (raw: Socket, source: ProxySource | null, context: SecureContext) => {
-    const timer = setTimeout(() => refuse(raw, 'idle_timeout'), limits.preauthIdleMs);
+  const startTls = (set: Settings, raw: Socket, source: ProxySource | null, context: SecureContext) => {
+    const timer = setTimeout(() => refuse(set, raw, 'idle_timeout'), set.limits.preauthIdleMs);
     raw.once('close', () => clearTimeout(timer));
     const tls = new TLSSocket(raw, { isServer: true, secureContext: context });
     tls.once('secure', () => {
       clearTimeout(timer);
       tls.removeAllListeners('error');
       metrics.tlsConnections.inc({
-        protocol: deps.protocol,
+        protocol: set.cfg.protocol,
         listener: cfg.name,
         version: tls.getProtocol() ?? 'unknown',
       });
-      startSession(tls, source, raw);
+      startSession(set, tls, source, raw);
     });
     tls.on('error', (err) => {
       clearTimeout(timer);
       log.debug({ err: { message: err.message } }, 'TLS handshake failed');
-      refuse(raw, 'tls_handshake');
+      refuse(set, raw, 'tls_handshake');
     });
   };
 
-  const afterPreamble = (raw: Socket, source: ProxySource | null) => {
+  const afterPreamble = (set: Settings, raw: Socket, source: ProxySource | null) => {
     // The real client (from the PROXY header when there is one) must be on the listener's allow list.
-    if (allowed && !isTrusted(allowed, source?.address ?? raw.remoteAddress ?? '')) {
-      return refuse(raw, 'not_allowed');
+    if (set.allowed && !isTrusted(set.allowed, source?.address ?? raw.remoteAddress ?? '')) {
+      return refuse(set, raw, 'not_allowed');
     }
-    if (implicitTls) startTls(raw, source, implicitTls);
-    else startSession(raw, source, raw);
+    if (set.implicitTls) startTls(set, raw, source, set.implicitTls);
+    else startSession(set, raw, source, raw);
   };
 
   /** Reads the PROXY header a trusted peer must send, then hands the rest on unread. */
-  const readProxyHeader = (raw: Socket) => {
+  const readProxyHeader = (set: Settings, raw: Socket) => {
     let buf = Buffer.alloc(0);
-    const timer = setTimeout(() => refuse(raw, 'idle_timeout'), limits.preauthIdleMs);
+    const { limits } = set;
+    const timer = setTimeout(() => refuse(set, raw, 'idle_timeout'), limits.preauthIdleMs);
     raw.once('close', () => clearTimeout(timer));
     const onData = (chunk: Buffer) => {
       buf = Buffer.concat([buf, chunk]);
@@ -155,21 +187,21 @@ export function createListener(cfg: ListenerConfig, deps: ListenerDeps): Listene
       if (r.kind === 'incomplete' && buf.length <= limits.proxyHeaderBytes) return;
       raw.off('data', onData);
       clearTimeout(timer);
-      if (r.kind !== 'header') return refuse(raw, 'proxy_header_invalid');
+      if (r.kind !== 'header') return refuse(set, raw, 'proxy_header_invalid');
       raw.pause();
       if (buf.length > r.length) raw.unshift(buf.subarray(r.length));
-      afterPreamble(raw, r.source);
+      afterPreamble(set, raw, r.source);
     };
     raw.on('data', onData);
   };
 
   /** Implicit TLS from an untrusted peer on a PROXY listener: a header instead of a ClientHello is refused. */
-  const sniffThenTls = (raw: Socket, context: SecureContext) => {
+  const sniffThenTls = (set: Settings, raw: Socket, context: SecureContext) => {
     raw.once('data', (chunk: Buffer) => {
       raw.pause();
-      if (startsLikeProxyHeader(chunk)) return refuse(raw, 'proxy_header_untrusted');
+      if (startsLikeProxyHeader(chunk)) return refuse(set, raw, 'proxy_header_untrusted');
       raw.unshift(chunk);
-      startTls(raw, null, context);
+      startTls(set, raw, null, context);
     });
   };
 
@@ -177,10 +209,12 @@ export function createListener(cfg: ListenerConfig, deps: ListenerDeps): Listene
     sockets.add(raw);
     raw.once('close', () => sockets.delete(raw));
     raw.on('error', () => {});
-    metrics.connections.inc({ protocol: deps.protocol, listener: cfg.name, tls: cfg.tls });
-    if (trusted && isTrusted(trusted, raw.remoteAddress ?? '')) readProxyHeader(raw);
-    else if (trusted && implicitTls) sniffThenTls(raw, implicitTls);
-    else afterPreamble(raw, null);
+    // One connection runs on the settings it was accepted with, even if a reload swaps them meanwhile.
+    const set = now;
+    metrics.connections.inc({ protocol: set.cfg.protocol, listener: cfg.name, tls: set.cfg.tls });
+    if (set.trusted && isTrusted(set.trusted, raw.remoteAddress ?? '')) readProxyHeader(set, raw);
+    else if (set.trusted && set.implicitTls) sniffThenTls(set, raw, set.implicitTls);
+    else afterPreamble(set, raw, null);
   });
 
   return {
@@ -200,6 +234,18 @@ export function createListener(cfg: ListenerConfig, deps: ListenerDeps): Listene
             reject(new Error(`listener "${cfg.name}": no TCP address`));
           else resolve(address);
         });
+      }),
+    update: (next) => {
+      now = settingsFor(next.cfg, next);
+      if (next.maxConnections !== undefined) server.maxConnections = next.maxConnections;
+      log.info({ tls: next.cfg.tls }, 'listener settings reloaded');
+    },
+    stopAccepting: () =>
+      new Promise<void>((resolve) => {
+        if (!server.listening) return resolve();
+        server.close(() => resolve());
+        // Resolve once the port is released; open sessions keep the server's close callback pending.
+        setImmediate(resolve);
       }),
     close: async (opts = {}) => {
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));

@@ -84,8 +84,8 @@ export interface WarmPoolOptions {
 export class WarmPool implements UpstreamConnector {
   private readonly slots = new Map<string, Slot>();
   private readonly log: Logger;
-  private readonly size: number;
-  private readonly idleMs: number;
+  private size: number;
+  private idleMs: number;
   private readonly maxTotal: number;
   /** Idle plus dialling, over all targets. */
   private pooled = 0;
@@ -141,6 +141,21 @@ export class WarmPool implements UpstreamConnector {
   /** Idle connections per target key (for tests and debugging). */
   idleCount(target: UpstreamTarget): number {
     return this.slots.get(targetKey(target))?.idle.length ?? 0;
+  }
+
+  /** New bounds from a reload: connections beyond the new size are closed now, later ones idle out by the new time. */
+  configure(opts: { size: number; idleMs: number }): void {
+    this.size = opts.size;
+    this.idleMs = opts.idleMs;
+    for (const slot of this.slots.values()) {
+      while (slot.idle.length > this.size) {
+        const i = slot.idle.shift();
+        if (!i) break;
+        this.pooled--;
+        this.drop(i);
+      }
+      this.forgetIfEmpty(slot);
+    }
   }
 
   /** Closes every idle connection; later connects go straight to the inner connector. */

@@ -31,11 +31,20 @@ export interface OAuthProvider {
 export interface ProviderRegistry {
   /** Throws ConfigError for a provider name that is not configured. */
   get(name: string): OAuthProvider;
+  /** A reload's providers: a provider whose settings changed is built afresh (discovery again). */
+  update(providers: Record<string, ProviderConfig>): void;
 }
 
-export function createProviderRegistry(providers: Record<string, ProviderConfig>): ProviderRegistry {
+export function createProviderRegistry(initial: Record<string, ProviderConfig>): ProviderRegistry {
   const made = new Map<string, OAuthProvider>();
+  let providers = initial;
   return {
+    update(next) {
+      for (const [name, p] of made) {
+        if (JSON.stringify(next[name]) !== JSON.stringify(p.config)) made.delete(name);
+      }
+      providers = next;
+    },
     get(name) {
       let p = made.get(name);
       if (!p) {

@@ -18,7 +18,7 @@ export interface StatusRow {
 }
 
 /** Basic auth against admin.admin_password in constant time; refused outright when unset. */
-function authorized(
+export function adminAuthorized(
   req: IncomingMessage,
   res: ServerResponse,
   password: string | undefined,
@@ -71,7 +71,7 @@ const when = (ms: number | null) =>
 /** /status: what admins would otherwise grep logs for. `?format=json` for scripts. */
 export function statusHandler(deps: { store: GrantStore; config: Config; authLimiter?: AdminAuthLimiter }) {
   return async (req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> => {
-    if (!authorized(req, res, deps.config.admin.admin_password, deps.authLimiter)) return;
+    if (!adminAuthorized(req, res, deps.config.admin.admin_password, deps.authLimiter)) return;
     const rows = await statusRows(deps.store);
     if (url.searchParams.get('format') === 'json') {
       res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });

@@ -194,7 +194,6 @@ export async function startFrontdoor(
   };
   fd.listener = createListener(lc, {
     tls: cfg.tls === 'none' ? undefined : { cert, key },
-    protocol: lc.protocol,
     createSession:
       lc.protocol === 'smtp'
         ? smtpFrontDoor(lc, {
