@@ -32,14 +32,23 @@ interface Slot {
  */
 class PooledConnection implements UpstreamConnection {
   private retried: boolean;
+  private refilled = false;
   constructor(
     private current: UpstreamConnection,
     private readonly pool: WarmPool,
     private readonly slot: Slot,
     private readonly dialFresh: () => Promise<UpstreamConnection>,
     warm: boolean,
+    /** Dials replacements; run once this login's exchange is over, so their TLS handshakes do not slow it. */
+    private readonly refill: () => void,
   ) {
     this.retried = !warm;
+  }
+
+  private refillOnce(): void {
+    if (this.refilled) return;
+    this.refilled = true;
+    this.refill();
   }
   get capabilities(): readonly string[] {
     return this.current.capabilities;
@@ -55,14 +64,18 @@ class PooledConnection implements UpstreamConnection {
       this.retried = true;
       this.current.destroy();
       this.current = await this.dialFresh();
-      return this.current.authenticate(user, accessToken);
+      return await this.current.authenticate(user, accessToken);
+    } finally {
+      this.refillOnce();
     }
   }
   destroy(): void {
     this.current.destroy();
+    this.refillOnce();
   }
   recycle(): void {
     this.pool.giveBack(this.slot, this.current);
+    this.refillOnce();
   }
 }
 
@@ -116,16 +129,15 @@ export class WarmPool implements UpstreamConnector {
       this.slots.set(key, slot);
     }
     const fresh = () => this.inner.connect(target, labels, signal);
+    const refill = () => this.refill(slot, target, labels);
     const warm = this.take(slot);
     if (warm) {
       this.warmHits++;
-      this.refill(slot, target, labels);
-      return new PooledConnection(warm, this, slot, fresh, true);
+      return new PooledConnection(warm, this, slot, fresh, true, refill);
     }
     // Warm up only behind a dial that worked: a down upstream sees no extra background dials.
     const conn = await fresh();
-    this.refill(slot, target, labels);
-    return new PooledConnection(conn, this, slot, fresh, false);
+    return new PooledConnection(conn, this, slot, fresh, false, refill);
   }
 
   /** An unused connection back into its slot, if it is still good and there is room. */

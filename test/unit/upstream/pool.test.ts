@@ -89,29 +89,49 @@ async function connect(pool: WarmPool, t: UpstreamTarget, l = labels): Promise<U
   return c;
 }
 const isWarm = (c: UpstreamConnection) => warmth.get(c) === true;
+/** A whole login: the pool refills once the login's exchange is over, never during it. */
+async function login(pool: WarmPool, t: UpstreamTarget, l = labels): Promise<UpstreamConnection> {
+  const c = await connect(pool, t, l);
+  await c.authenticate('someone', 't');
+  return c;
+}
 /** One event-loop turn: lets the pool's background dials (resolved promises) land. */
 const turn = () => new Promise<void>((r) => setImmediate(r));
 
-test('first login dials directly and warms the pool; the next login gets a pre-dialled connection', async (t) => {
+test('first login dials directly and warms the pool once it is over; the next login gets a pre-dialled connection', async (t) => {
   const f = fakeConnector();
   const pool = new WarmPool(f.connector, { size: 2 });
   t.after(() => pool.close());
   const first = await connect(pool, target(), labels);
   assert.equal(isWarm(first), false, 'nothing was warm yet');
   await turn();
+  assert.equal(
+    f.made.length,
+    1,
+    'no background dial while the login runs (its TLS handshakes would slow it)',
+  );
+  await first.authenticate('alice', 't');
+  await turn();
   assert.equal(pool.idleCount(target()), 2);
   const second = await connect(pool, target(), labels);
   assert.equal(isWarm(second), true);
-  assert.equal(f.made.length, 4, 'one direct dial, two warm ones, one top-up for the one taken');
   await turn();
-  assert.equal(pool.idleCount(target()), 2, 'topped up again after the take');
+  assert.equal(
+    f.made.length,
+    3,
+    'one direct dial, two warm ones; the one taken is replaced only after its login',
+  );
+  await second.authenticate('bob', 't');
+  await turn();
+  assert.equal(f.made.length, 4);
+  assert.equal(pool.idleCount(target()), 2, 'topped up again after the login');
 });
 
 test('no cross-account reuse: a connection handed out is never handed out again', async (t) => {
   const f = fakeConnector();
   const pool = new WarmPool(f.connector, { size: 2 });
   t.after(() => pool.close());
-  await connect(pool, target(), labels);
+  await login(pool, target(), labels);
   await turn();
   const users = ['alice', 'bob', 'carol', 'dave', 'erin'];
   for (const user of users) {
@@ -120,7 +140,14 @@ test('no cross-account reuse: a connection handed out is never handed out again'
     await c.authenticate(user, 't');
     await turn();
   }
-  assert.deepEqual(f.made.flatMap((m) => m.users).sort(), users, 'each login authenticated exactly once');
+  assert.deepEqual(
+    f.made
+      .flatMap((m) => m.users)
+      .filter((u) => u !== 'someone')
+      .sort(),
+    users,
+    'each login authenticated exactly once',
+  );
   for (const m of f.made)
     assert.ok(m.users.length <= 1, `connection ${m.id} authenticated ${m.users.join(',')}`);
 });
@@ -129,7 +156,7 @@ test('a stale warm connection (closed by the server while idle) is dropped, not 
   const f = fakeConnector();
   const pool = new WarmPool(f.connector, { size: 2 });
   t.after(() => pool.close());
-  await connect(pool, target(), labels);
+  await login(pool, target(), labels);
   await turn();
   const [w1, w2] = f.made.slice(1);
   assert.ok(w1 && w2);
@@ -145,7 +172,7 @@ test('bounded: concurrent logins never grow the pool past its size', async (t) =
   const f = fakeConnector();
   const pool = new WarmPool(f.connector, { size: 3 });
   t.after(() => pool.close());
-  await Promise.all(Array.from({ length: 20 }, () => connect(pool, target(), labels)));
+  await Promise.all(Array.from({ length: 20 }, () => login(pool, target(), labels)));
   await turn();
   assert.equal(pool.idleCount(target()), 3);
   assert.equal(f.made.length, 23, '20 direct dials plus exactly 3 warm ones');
@@ -155,7 +182,7 @@ test('bounded over all targets: many per-account upstreams never exceed maxTotal
   const f = fakeConnector();
   const pool = new WarmPool(f.connector, { size: 2, maxTotal: 3 });
   t.after(() => pool.close());
-  for (const port of [1001, 1002, 1003, 1004]) await connect(pool, target(port), labels);
+  for (const port of [1001, 1002, 1003, 1004]) await login(pool, target(port), labels);
   await turn();
   const idle = [1001, 1002, 1003, 1004].reduce((n, port) => n + pool.idleCount(target(port)), 0);
   assert.equal(idle, 3);
@@ -166,7 +193,7 @@ test('targets are pooled separately; size 0 turns the pool off', async (t) => {
   const f = fakeConnector();
   const pool = new WarmPool(f.connector, { size: 1 });
   t.after(() => pool.close());
-  await connect(pool, target(993), labels);
+  await login(pool, target(993), labels);
   await turn();
   const other = await connect(pool, target(1993), labels);
   assert.equal(isWarm(other), false, 'a connection to another upstream is never used');
@@ -182,7 +209,7 @@ test('an unused warm connection is closed after idleMs and not replaced without 
   const f = fakeConnector();
   const pool = new WarmPool(f.connector, { size: 1, idleMs: 20 });
   t.after(() => pool.close());
-  await connect(pool, target(), labels);
+  await login(pool, target(), labels);
   await turn();
   const warm = f.made[1];
   assert.ok(warm);
@@ -204,12 +231,12 @@ test('a down upstream gets no background dials; a failing refill backs off', asy
   assert.equal(pool.idleCount(target()), 0);
   // Login dial 2 works, its two refills (3, 4) fail: no refill again during the back-off.
   f.failWhen((call) => call > 2);
-  await connect(pool, target(), labels);
+  await login(pool, target(), labels);
   await turn();
   assert.equal(pool.idleCount(target()), 0);
   f.failWhen(() => false);
   const before = f.made.length;
-  await connect(pool, target(), labels);
+  await login(pool, target(), labels);
   await turn();
   assert.equal(f.made.length, before + 1, 'only the login dial itself, no refill during back-off');
 });
@@ -217,7 +244,7 @@ test('a down upstream gets no background dials; a failing refill backs off', asy
 test('close() closes idle connections and later connects bypass the pool', async () => {
   const f = fakeConnector();
   const pool = new WarmPool(f.connector, { size: 2 });
-  await connect(pool, target(), labels);
+  await login(pool, target(), labels);
   await turn();
   pool.close();
   const idle = f.made.slice(1);
@@ -232,7 +259,7 @@ async function oneWarm(t: { after: (fn: () => void) => void }) {
   const f = fakeConnector();
   const pool = new WarmPool(f.connector, { size: 1 });
   t.after(() => pool.close());
-  await connect(pool, target());
+  await login(pool, target());
   await turn();
   const [, warm] = f.made;
   assert.ok(warm);
@@ -250,7 +277,7 @@ test('a warm connection the server closed while it waited: one fresh dial inside
   assert.ok(f.made.length > made, 'a fresh dial replaced it');
   assert.deepEqual(
     f.made.flatMap((m) => m.users),
-    ['alice'],
+    ['someone', 'alice'],
   );
 });
 
@@ -263,26 +290,33 @@ test('a server answer on a warm connection is not retried on a fresh dial', asyn
   const made = f.made.length;
   await assert.rejects(c.authenticate('alice', 't'), { detail: 'temporary' });
   await turn();
-  assert.equal(f.made.length, made, 'no extra dial');
+  assert.equal(f.made.length, made + 1, 'no retry dial, only the refill of the one taken');
+  assert.deepEqual(
+    f.made.flatMap((m) => m.users),
+    ['someone'],
+    'the refused login was not tried again elsewhere',
+  );
 });
 
 test('a connection its login never used (the token failed) goes back into the pool', async (t) => {
   const f = fakeConnector();
   const pool = new WarmPool(f.connector, { size: 2 });
   t.after(() => pool.close());
-  await connect(pool, target());
+  await login(pool, target());
   await turn();
   assert.equal(pool.idleCount(target()), 2);
   const c = await connect(pool, target());
   await turn();
-  assert.equal(pool.idleCount(target()), 2, 'topped up after the take');
+  assert.equal(pool.idleCount(target()), 1, 'not replaced while its login runs');
   const made = f.made.length;
   c.recycle();
-  assert.equal(pool.idleCount(target()), 2, 'the pool stays bounded: the surplus one is closed');
+  await turn();
+  assert.equal(pool.idleCount(target()), 2, 'given back: the pool is full again');
+  assert.equal(f.made.length, made, 'so nothing is dialled');
   const d = await connect(pool, target());
   assert.equal(isWarm(d), true);
-  await turn();
   d.recycle();
-  assert.equal(pool.idleCount(target()), 2, 'given back into the free place');
-  assert.equal(f.made.length, made + 1, 'one refill after the second take, nothing more');
+  await turn();
+  assert.equal(pool.idleCount(target()), 2, 'the pool stays bounded');
+  assert.equal(f.made.length, made, 'still nothing dialled');
 });
