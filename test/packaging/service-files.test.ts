@@ -35,7 +35,8 @@ function sourceMs(file: string, name: string): number {
   return Number(m[1]!.replaceAll('_', ''));
 }
 const DRAIN_S = sourceMs('src/net/listener.ts', 'SHUTDOWN_DRAIN_MS') / 1000;
-const WORKER_STOP_S = sourceMs('src/app/cluster.ts', 'STOP_TIMEOUT_MS') / 1000;
+// The primary kills a worker that has not stopped within its drain plus this grace.
+const WORKER_STOP_S = DRAIN_S + sourceMs('src/app/cluster.ts', 'STOP_GRACE_MS') / 1000;
 
 function run(cmd: string, args: string[]): { status: number | null; stdout: string; stderr: string } {
   const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: TOOL_MS });
@@ -126,7 +127,7 @@ describe('systemd unit', () => {
     assert.equal(one(unit, 'Service', 'Restart'), 'on-failure');
     const restartSec = seconds(one(unit, 'Service', 'RestartSec'));
     assert.ok(restartSec >= 1 && restartSec <= 30, `RestartSec ${restartSec}s`);
-    // SIGHUP is a clean exit to systemd: without this a reload that ends the process leaves it down.
+    // A SIGHUP before serve handles it (start-up) is a clean exit to systemd: this brings it back.
     assert.equal(one(unit, 'Service', 'RestartForceExitStatus'), 'SIGHUP');
     assert.equal(one(unit, 'Service', 'KillMode'), 'mixed', 'SIGTERM to the main process, which drains');
     const stop = seconds(one(unit, 'Service', 'TimeoutStopSec'));
