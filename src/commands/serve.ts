@@ -72,8 +72,9 @@ export async function runServe(configFile: string): Promise<number> {
         resolve();
       });
     };
-    process.once('SIGTERM', stop);
-    process.once('SIGINT', stop);
+    // `on`, not `once`: a second signal during the drain must reach `stop` (exit now), not Node's default.
+    process.on('SIGTERM', stop);
+    process.on('SIGINT', stop);
     // A worker whose primary is gone stops too.
     if (worker) process.once('disconnect', () => stop('disconnect'));
   });
