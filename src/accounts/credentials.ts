@@ -81,7 +81,16 @@ export class StoreCredentialChecker implements CredentialChecker {
   async verify(login: string, password: string, clientAddress: string): Promise<CredentialResult> {
     const decision = this.#limiter?.check(login, clientAddress);
     if (decision?.action === 'refuse') return { ok: false, reason: 'limited' };
-    if (decision?.action === 'delay') await sleep(decision.delayMs);
+    this.#limiter?.begin(clientAddress);
+    try {
+      if (decision?.action === 'delay') await sleep(decision.delayMs);
+      return await this.#verifyAllowed(login, password, clientAddress);
+    } finally {
+      this.#limiter?.end(clientAddress);
+    }
+  }
+
+  async #verifyAllowed(login: string, password: string, clientAddress: string): Promise<CredentialResult> {
 
     const key = this.cacheKey(login, password);
     const account = await this.#store.getAccountByLogin(login);

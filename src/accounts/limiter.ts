@@ -48,6 +48,8 @@ export class LoginLimiter {
   readonly #pair: LRUCache<string, Entry>;
   readonly #address: LRUCache<string, Entry>;
   readonly #user: LRUCache<string, Entry>;
+  /** Password checks running now per address: a burst of parallel guesses counts before it fails. */
+  readonly #running = new Map<string, number>();
 
   constructor(cfg: Config['limiter'], opts: LimiterOptions = {}) {
     this.#cfg = cfg;
@@ -85,7 +87,8 @@ export class LoginLimiter {
     const user = normalizeLogin(login);
     const { free_failures: free, max_failures: max } = this.#cfg;
     const pair = this.#count(this.#pair, `${user}\0${address}`);
-    const addr = this.#count(this.#address, address);
+    // Checks still running count as failures-to-be, so 100 parallel guesses cannot all get a check.
+    const addr = this.#count(this.#address, address) + (this.#running.get(address) ?? 0);
     const global = this.#count(this.#user, user);
     let d: LimiterDecision = { action: 'allow', delayMs: 0 };
     if (pair >= max || (global >= max * USER_FACTOR && pair > 0)) d = { action: 'refuse', scope: 'user' };
@@ -104,6 +107,25 @@ export class LoginLimiter {
       this.#metrics?.limiter.inc({ scope: d.scope, action: d.action === 'delay' ? 'delayed' : 'refused' });
     }
     return d;
+  }
+
+  /** A password check for `address` starts (call `end` when it is over, whatever the outcome). */
+  begin(address: string): void {
+    this.#running.set(address, (this.#running.get(address) ?? 0) + 1);
+  }
+
+  end(address: string): void {
+    const n = (this.#running.get(address) ?? 0) - 1;
+    if (n > 0) this.#running.set(address, n);
+    else this.#running.delete(address);
+  }
+
+  /**
+   * The address has failed so often that every login from it is refused: its connections can
+   * be closed at accept, before a TLS handshake or a password check costs anything.
+   */
+  addressLocked(address: string): boolean {
+    return this.#count(this.#address, address) >= this.#cfg.max_failures * ADDRESS_FACTOR;
   }
 
   #bump(cache: LRUCache<string, Entry>, key: string): void {

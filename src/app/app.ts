@@ -20,6 +20,7 @@ import { WarmPool } from '../net/pool.js';
 import { OAuthTokenBroker } from '../oauth/broker.js';
 import { createJwtBearerHandler } from '../oauth/jwt-bearer.js';
 import { createProviderRegistry } from '../oauth/provider.js';
+import { PreauthGate } from '../net/gate.js';
 import { PROTOCOLS } from '../protocols/index.js';
 import { Keyring } from '../store/crypto.js';
 import { openStore } from '../store/index.js';
@@ -76,9 +77,10 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
   const store = await openStore(config, keyring, log);
   await store.migrate();
 
+  const limiter = new LoginLimiter(config.limiter, { metrics });
   const credentials = new StoreCredentialChecker({
     store,
-    limiter: new LoginLimiter(config.limiter, { metrics }),
+    limiter,
     cacheSeconds: config.tokens.credential_cache_seconds,
     log: log.child({ component: 'credentials' }),
   });
@@ -129,7 +131,20 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
   const loginTimeoutMs = () => sessionLimitsFromConfig(config.limits).loginTimeoutMs;
   const runner = new LoginRunner({ handler: pipeline, metrics, timeoutMs: loginTimeoutMs() });
 
-  const listeners = new ListenerSet({ config, runner, metrics, log, capabilities });
+  const gateLimits = () => ({
+    perAddress: config.limits.preauth_per_address,
+    total: config.limits.preauth_total,
+  });
+  const gate = new PreauthGate(gateLimits());
+  const listeners = new ListenerSet({
+    config,
+    runner,
+    metrics,
+    log,
+    capabilities,
+    gate,
+    refuseAddress: (address) => limiter.addressLocked(address),
+  });
   const addresses = listeners.addresses;
   let admin: AdminServer | undefined;
   let connect: AdminServer | undefined;
@@ -206,6 +221,7 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
       providers.update(next.providers);
       pipeline.providersChanged();
       runner.setTimeoutMs(loginTimeoutMs());
+      gate.configure(gateLimits());
       config.listeners = next.listeners;
       ensurePools();
       const problems = await listeners.reload(config);

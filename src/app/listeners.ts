@@ -9,6 +9,7 @@ import { targetKey, type UpstreamTarget } from '../core/upstream.js';
 import { messageOf } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
+import type { PreauthGate } from '../net/gate.js';
 import { sessionLimitsFromConfig } from '../net/limits.js';
 import { createListener, type Listener, type ListenerUpdate } from '../net/listener.js';
 import { ensureSelfSigned } from '../net/selfsigned.js';
@@ -31,6 +32,8 @@ export interface ListenerSetDeps {
   readonly metrics: Metrics;
   readonly log: Logger;
   readonly capabilities: UpstreamCapabilities;
+  readonly gate: PreauthGate;
+  readonly refuseAddress: (address: string) => boolean;
 }
 
 /**
@@ -150,9 +153,11 @@ export class ListenerSet {
         metrics,
         upstreamCapabilities: () =>
           upstreamTargets(this.deps.config, lc.protocol).map((t) => capabilities.get(lc.protocol, t)),
+        gate: this.deps.gate,
       }),
       limits: sessionLimitsFromConfig(config.limits),
       maxConnections: config.limits.max_connections,
+      refuseAddress: this.deps.refuseAddress,
     };
   }
 

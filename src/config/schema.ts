@@ -211,6 +211,21 @@ export const configSchema = z
             'Failed logins on one connection before it is closed (the limiter still counts across connections)',
           ),
         preauth_idle_seconds: seconds(60).describe('Idle time allowed before login'),
+        preauth_lifetime_seconds: seconds(120).describe(
+          'Longest a connection may stay connected without logging in, however many commands it sends',
+        ),
+        preauth_per_address: z
+          .number()
+          .int()
+          .min(1)
+          .default(50)
+          .describe('Connections not yet logged in from one client address (per process), then told goodbye at once'),
+        preauth_total: z
+          .number()
+          .int()
+          .min(1)
+          .default(2000)
+          .describe('Connections not yet logged in over all addresses (per process), then told goodbye at once'),
         login_timeout_seconds: seconds(30).describe(
           'Longest a login (token + upstream) may take before NO [UNAVAILABLE]',
         ),

@@ -17,6 +17,8 @@ export interface SessionLimits {
   readonly greetingDelayMs: number;
   /** Largest PROXY protocol header accepted (v1 is at most 107 bytes, v2 is 16 + length). */
   readonly proxyHeaderBytes: number;
+  /** Longest a connection may stay connected without logging in, however busy (0 = no bound). */
+  readonly preauthLifetimeMs: number;
 }
 
 export const DEFAULT_SESSION_LIMITS: SessionLimits = {
@@ -27,6 +29,7 @@ export const DEFAULT_SESSION_LIMITS: SessionLimits = {
   loginTimeoutMs: 30_000,
   greetingDelayMs: 0,
   proxyHeaderBytes: 536,
+  preauthLifetimeMs: 120_000,
 };
 
 export function sessionLimitsFromConfig(cfg: Config['limits']): SessionLimits {
@@ -37,6 +40,7 @@ export function sessionLimitsFromConfig(cfg: Config['limits']): SessionLimits {
     failedLogins: cfg.failed_logins_per_connection,
     preauthIdleMs: Math.round(cfg.preauth_idle_seconds * 1000),
     loginTimeoutMs: Math.round(cfg.login_timeout_seconds * 1000),
+    preauthLifetimeMs: Math.round(cfg.preauth_lifetime_seconds * 1000),
   };
 }
 
@@ -57,6 +61,10 @@ export const REJECT_REASONS = [
   'proxy_header_invalid',
   'tls_handshake',
   'not_allowed',
+  'address_locked',
+  'too_many_from_address',
+  'too_many_unauthenticated',
+  'preauth_lifetime',
   'shutdown',
 ] as const;
 export type RejectReason = (typeof REJECT_REASONS)[number];

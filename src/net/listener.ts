@@ -56,10 +56,18 @@ export interface ListenerDeps {
   readonly log: Logger;
   /** Refuse connections beyond this many open sockets on this listener. */
   readonly maxConnections?: number;
+  /**
+   * An address every login from which would be refused anyway (the limiter locked it): its
+   * connections are closed at once, before a TLS handshake or a password check costs anything.
+   */
+  readonly refuseAddress?: (address: string) => boolean;
 }
 
 /** What a reload may change on a listener that keeps its address and port. */
-export type ListenerUpdate = Pick<ListenerDeps, 'tls' | 'createSession' | 'limits' | 'maxConnections'> & {
+export type ListenerUpdate = Pick<
+  ListenerDeps,
+  'tls' | 'createSession' | 'limits' | 'maxConnections' | 'refuseAddress'
+> & {
   readonly cfg: ListenerConfig;
 };
 
@@ -94,6 +102,7 @@ interface Settings {
   readonly implicitTls: SecureContext | undefined;
   readonly trusted: BlockList | undefined;
   readonly allowed: BlockList | undefined;
+  readonly refuseAddress: ((address: string) => boolean) | undefined;
 }
 
 function settingsFor(cfg: ListenerConfig, deps: Omit<ListenerUpdate, 'cfg'>): Settings {
@@ -111,6 +120,7 @@ function settingsFor(cfg: ListenerConfig, deps: Omit<ListenerUpdate, 'cfg'>): Se
     implicitTls: cfg.tls === 'implicit' ? secureContext : undefined,
     trusted: cfg.proxy_protocol ? trustList(cfg.proxy_protocol.trusted) : undefined,
     allowed: cfg.allow_from ? trustList(cfg.allow_from) : undefined,
+    refuseAddress: deps.refuseAddress,
   };
 }
 
@@ -168,9 +178,9 @@ export function createListener(cfg: ListenerConfig, deps: ListenerDeps): Listene
 
   const afterPreamble = (set: Settings, raw: Socket, source: ProxySource | null) => {
     // The real client (from the PROXY header when there is one) must be on the listener's allow list.
-    if (set.allowed && !isTrusted(set.allowed, source?.address ?? raw.remoteAddress ?? '')) {
-      return refuse(set, raw, 'not_allowed');
-    }
+    const address = plainAddress(source?.address ?? raw.remoteAddress ?? '');
+    if (set.allowed && !isTrusted(set.allowed, address)) return refuse(set, raw, 'not_allowed');
+    if (set.refuseAddress?.(address)) return refuse(set, raw, 'address_locked');
     if (set.implicitTls) startTls(set, raw, source, set.implicitTls);
     else startSession(set, raw, source, raw);
   };

@@ -6,6 +6,7 @@ import type { ClientInfo, LoginMechanism, LoginRequest, ProtocolName } from '../
 import type { FailureReason, LoginResult } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
+import type { PreauthGate } from './gate.js';
 import { failStream, type RejectReason, type SessionLimits } from './limits.js';
 import type { FrontDoorSession, Peer } from './listener.js';
 import { startsLikeProxyHeader } from './proxyproto.js';
@@ -27,6 +28,8 @@ export interface PreauthOptions {
   readonly runner: LoginRunner;
   readonly limits: SessionLimits;
   readonly metrics: Metrics;
+  /** Bounds connections not yet logged in, per address and in total (absent: unbounded). */
+  readonly gate?: PreauthGate | undefined;
 }
 
 /** How a protocol words the outcome of one login. */
@@ -65,6 +68,9 @@ export abstract class PreauthBase implements FrontDoorSession {
   private failedLogins = 0;
   private idleTimer: NodeJS.Timeout | undefined;
   private greetTimer: NodeJS.Timeout | undefined;
+  private lifetimeTimer: NodeJS.Timeout | undefined;
+  /** Holds a place in the gate until it logs in or closes. */
+  private admitted = false;
   private loginAbort: AbortController | undefined;
   private firstChunk = true;
   private endReason = 'client_closed';
@@ -129,6 +135,16 @@ export abstract class PreauthBase implements FrontDoorSession {
     // The listener may have paused the socket while reading a PROXY header.
     this.socket.resume();
     this.armIdle();
+    const place = this.base.gate?.admit(this.peer.address) ?? 'ok';
+    if (place !== 'ok') {
+      this.reject(place);
+      return;
+    }
+    this.admitted = this.base.gate !== undefined;
+    if (this.base.limits.preauthLifetimeMs > 0) {
+      // However busy: a connection that sends a NOOP now and then may not hold a place for ever.
+      this.lifetimeTimer = setTimeout(() => this.reject('preauth_lifetime'), this.base.limits.preauthLifetimeMs);
+    }
     if (this.base.limits.greetingDelayMs > 0) {
       this.greetTimer = setTimeout(() => this.greet(), this.base.limits.greetingDelayMs);
     } else {
@@ -361,6 +377,7 @@ export abstract class PreauthBase implements FrontDoorSession {
       return;
     }
     this.log.info({ mechanism }, 'login ok');
+    this.leaveGate();
     this.setState('spliced');
     this.phase = 'spliced';
     this.sessionGauge('preauth').dec();
@@ -405,11 +422,20 @@ export abstract class PreauthBase implements FrontDoorSession {
     this.setState('closed');
     clearTimeout(this.idleTimer);
     clearTimeout(this.greetTimer);
+    this.leaveGate();
     if (wasLogin) this.loginAbort?.abort(new Error('client disconnected'));
     this.detach(this.socket);
     this.socket.on('error', () => {});
     failStream(this.socket);
     this.finish(reason);
+  }
+
+  /** Gives back the place in the gate, once: the connection logged in or closed. */
+  private leaveGate(): void {
+    clearTimeout(this.lifetimeTimer);
+    if (!this.admitted) return;
+    this.admitted = false;
+    this.base.gate?.release(this.peer.address);
   }
 
   private finishedOnce = false;

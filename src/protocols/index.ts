@@ -3,6 +3,7 @@ import type { LoginRunner } from '../core/login-runner.js';
 import type { UpstreamConnector } from '../core/upstream.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
+import type { PreauthGate } from '../net/gate.js';
 import type { SessionFactory } from '../net/listener.js';
 import { createUpstreamConnector, imapFrontDoor, limitsFromConfig } from './imap/index.js';
 import { createPop3UpstreamConnector, pop3FrontDoor, pop3LimitsFromConfig } from './pop3/index.js';
@@ -21,6 +22,8 @@ export interface ProtocolModule {
       metrics: Metrics;
       /** What each upstream server of this protocol advertised when last contacted (undefined: not yet). */
       upstreamCapabilities: () => ReadonlyArray<readonly string[] | undefined>;
+      /** Bounds connections not yet logged in (shared by every listener of the process). */
+      gate?: PreauthGate;
     },
   ): SessionFactory;
   /** Dials and authenticates the protocol's upstream server. */

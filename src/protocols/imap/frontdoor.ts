@@ -29,6 +29,9 @@ type SaslNext = (tag: string, line: Buffer) => void | Promise<void>;
 const SASL_CANCEL = Buffer.from('*');
 
 const CLOSE_TEXTS: Partial<Record<RejectReason, string>> = {
+  too_many_from_address: 'Too many connections from your address; try again later',
+  too_many_unauthenticated: 'Too many connections; try again later',
+  preauth_lifetime: 'Took too long to log in',
   shutdown: 'Server shutting down',
   idle_timeout: 'Autologout; idle too long',
   too_many_commands: 'Too many commands before login',

@@ -33,6 +33,9 @@ type SaslNext = (line: Buffer) => void | Promise<void>;
 const SASL_CANCEL = '*';
 
 const CLOSE_TEXTS: Partial<Record<RejectReason, string>> = {
+  too_many_from_address: 'Too many connections from your address; try again later',
+  too_many_unauthenticated: 'Too many connections; try again later',
+  preauth_lifetime: 'Took too long to log in',
   shutdown: 'Server shutting down, try again later',
   idle_timeout: 'Autologout; idle too long',
   too_many_commands: 'Too many commands before login',
@@ -57,6 +60,15 @@ function argumentText(verb: string, raw: Buffer): string | null {
     return null;
   }
 }
+
+/** Closing reasons that are about load or time, not the client's words: RFC 3206 SYS/TEMP. */
+const TEMPORARY: ReadonlySet<RejectReason> = new Set([
+  'shutdown',
+  'idle_timeout',
+  'too_many_from_address',
+  'too_many_unauthenticated',
+  'preauth_lifetime',
+]);
 
 /** Commands known before login; anything else is refused and counted as bad (RFC 1939 §4). */
 type Handler = (s: Pop3Session, args: string) => void | Promise<void>;
@@ -109,7 +121,7 @@ export class Pop3Session extends PreauthBase {
   }
 
   protected goodbye(reason: RejectReason, text: string): string {
-    return err(reason === 'shutdown' || reason === 'idle_timeout' ? 'SYS/TEMP' : undefined, text);
+    return err(TEMPORARY.has(reason) ? 'SYS/TEMP' : undefined, text);
   }
 
   /** RFC 2595 §4: what was said before TLS is forgotten. */

@@ -2,6 +2,7 @@ import type { Config, ListenerConfig } from '../../config/schema.js';
 import type { LoginRunner } from '../../core/login-runner.js';
 import type { Metrics } from '../../metrics.js';
 import { sessionLimitsFromConfig } from '../../net/limits.js';
+import type { PreauthGate } from '../../net/gate.js';
 import type { SessionFactory } from '../../net/listener.js';
 import { sharedCapabilities } from './capabilities.js';
 import { type Pop3Limits, Pop3Session } from './frontdoor.js';
@@ -21,6 +22,7 @@ export function pop3FrontDoor(
     metrics: Metrics;
     /** What each upstream reachable from this listener advertised in CAPA (undefined: not contacted yet). */
     upstreamCapabilities: () => ReadonlyArray<readonly string[] | undefined>;
+    gate?: PreauthGate | undefined;
   },
 ): SessionFactory {
   return (socket, peer, ctx) =>
@@ -35,6 +37,7 @@ export function pop3FrontDoor(
         runner: deps.runner,
         limits: deps.limits,
         metrics: deps.metrics,
+        gate: deps.gate,
         capabilities: () => sharedCapabilities(deps.upstreamCapabilities()),
       },
       ctx.log,

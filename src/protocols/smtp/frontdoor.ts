@@ -36,6 +36,9 @@ type SaslNext = (line: Buffer) => void | Promise<void>;
 const SASL_CANCEL = '*';
 
 const CLOSE_TEXTS: Partial<Record<RejectReason, string>> = {
+  too_many_from_address: 'Too many connections from your address; try again later',
+  too_many_unauthenticated: 'Too many connections; try again later',
+  preauth_lifetime: 'Took too long to log in',
   shutdown: 'Server shutting down, try again later',
   idle_timeout: 'Idle too long, closing connection',
   too_many_commands: 'Too many commands before authentication',

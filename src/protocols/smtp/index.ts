@@ -3,6 +3,7 @@ import type { Config, ListenerConfig } from '../../config/schema.js';
 import type { LoginRunner } from '../../core/login-runner.js';
 import type { Metrics } from '../../metrics.js';
 import { sessionLimitsFromConfig } from '../../net/limits.js';
+import type { PreauthGate } from '../../net/gate.js';
 import type { SessionFactory } from '../../net/listener.js';
 import { sharedExtensions } from './extensions.js';
 import { type SmtpLimits, SmtpSession } from './frontdoor.js';
@@ -22,6 +23,7 @@ export function smtpFrontDoor(
     metrics: Metrics;
     /** What each upstream reachable from this listener advertised (undefined: not contacted yet). */
     upstreamCapabilities: () => ReadonlyArray<readonly string[] | undefined>;
+    gate?: PreauthGate | undefined;
   },
 ): SessionFactory {
   const serverName = cfg.server_name ?? hostname();
@@ -38,6 +40,7 @@ export function smtpFrontDoor(
         runner: deps.runner,
         limits: deps.limits,
         metrics: deps.metrics,
+        gate: deps.gate,
         extensions: () => sharedExtensions(deps.upstreamCapabilities()),
       },
       ctx.log,

@@ -9,6 +9,7 @@ import { LoginRunner } from '../../../src/core/login-runner.js';
 import type { LoginOutcome, LoginRequest } from '../../../src/core/types.js';
 import { silentLogger } from '../../../src/log.js';
 import { createMetrics, type Metrics } from '../../../src/metrics.js';
+import type { PreauthGate } from '../../../src/net/gate.js';
 import { createListener, type Listener } from '../../../src/net/listener.js';
 import { ensureSelfSigned } from '../../../src/net/selfsigned.js';
 import { imapFrontDoor } from '../../../src/protocols/imap/index.js';
@@ -130,6 +131,10 @@ export async function startFrontdoor(
     smtpUpstreams?: ReadonlyArray<readonly string[] | undefined>;
     /** POP3: what each upstream behind the listener said to CAPA (undefined: not contacted yet). */
     pop3Upstreams?: ReadonlyArray<readonly string[] | undefined>;
+    /** Bounds connections not yet logged in (the app shares one per process). */
+    gate?: PreauthGate;
+    /** Addresses the limiter locked: closed at accept. */
+    refuseAddress?: (address: string) => boolean;
   } = {},
 ): Promise<Frontdoor> {
   const upstream = new EchoUpstream(opts.upstream);
@@ -201,6 +206,7 @@ export async function startFrontdoor(
             limits,
             metrics,
             upstreamCapabilities: () => opts.smtpUpstreams ?? [SMTP_UPSTREAM_CAPS],
+            gate: opts.gate,
           })
         : lc.protocol === 'pop3'
           ? pop3FrontDoor(lc, {
@@ -208,11 +214,13 @@ export async function startFrontdoor(
               limits,
               metrics,
               upstreamCapabilities: () => opts.pop3Upstreams ?? [POP3_UPSTREAM_CAPS],
+              gate: opts.gate,
             })
-          : imapFrontDoor(lc, { runner, limits, metrics }),
+          : imapFrontDoor(lc, { runner, limits, metrics, gate: opts.gate }),
     limits,
     metrics,
     log: silentLogger,
+    ...(opts.refuseAddress ? { refuseAddress: opts.refuseAddress } : {}),
   });
   fd.port = (await fd.listener.listen()).port;
   return fd;

@@ -145,4 +145,29 @@ describe('StoreCredentialChecker', () => {
     const real = await c.verify('alice', password, '198.51.100.10');
     assert.equal(real.ok, true);
   });
+
+  test('password spraying in parallel from one address: checks in flight count, so the work stays capped', async () => {
+    const limiter = new LoginLimiter({
+      free_failures: 3,
+      max_failures: 5,
+      window_seconds: 900,
+      max_delay_ms: 0,
+      max_entries: 1000,
+    });
+    const counted = counting(store);
+    const c = new StoreCredentialChecker({ store: counted.store, cacheSeconds: 60, limiter });
+    const sprayer = '203.0.113.99';
+    // 100 wrong passwords at once over 50 user names: without in-flight counting all 100 get a scrypt check.
+    const results = await Promise.all(
+      Array.from({ length: 100 }, (_, i) => c.verify(i % 2 ? `nobody${i}` : 'alice', `spray-${i}`, sprayer)),
+    );
+    const checked = results.filter((r) => !r.ok && r.reason === 'bad_credentials').length;
+    const refused = results.filter((r) => !r.ok && r.reason === 'limited').length;
+    assert.equal(checked + refused, 100);
+    assert.ok(checked <= 15, `at most the address threshold (15) was checked, got ${checked}`);
+    assert.ok(counted.lists() <= 15, 'no more password lists read than checks allowed');
+    assert.equal(limiter.addressLocked(sprayer), true, 'the address is locked: its connections close at accept');
+    assert.equal(limiter.addressLocked('198.51.100.10'), false);
+    assert.equal((await c.verify('alice', password, '198.51.100.10')).ok, true, 'the real user still logs in');
+  });
 });
