@@ -24,6 +24,18 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
       labelNames: ['protocol', 'listener', 'tls'] as const,
       registers: r,
     }),
+    breakerState: new Gauge({
+      name: `${P}provider_breaker_state`,
+      help: 'Token endpoint circuit breaker per provider: 0 closed (requests go out), 1 half-open (one probe out), 2 open (refreshes fail at once)',
+      labelNames: ['provider'] as const,
+      registers: r,
+    }),
+    breakerTransitions: new Counter({
+      name: `${P}provider_breaker_transitions_total`,
+      help: 'Token endpoint circuit breaker state changes per provider, by the state entered',
+      labelNames: ['provider', 'to'] as const,
+      registers: r,
+    }),
     configReloads: new Counter({
       name: `${P}config_reloads_total`,
       help: 'Config reloads (SIGHUP, POST /reload) by result: success, invalid (refused, the old config keeps running), failed (partly applied)',
