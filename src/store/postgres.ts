@@ -73,6 +73,9 @@ export class PostgresGrantStore implements GrantStore, KeyRotatable {
   readonly #where: string;
   readonly #mutex = new KeyedMutex<number>();
   #closed = false;
+  /** withGrantLock calls holding or waiting for a lock: close() waits for them. */
+  #lockers = 0;
+  #lockersDone: (() => void) | undefined;
 
   private constructor(pool: pg.Pool, where: string, keyring: Keyring, log: Logger) {
     this.#pool = pool;
@@ -111,7 +114,7 @@ export class PostgresGrantStore implements GrantStore, KeyRotatable {
   }
 
   /** Runs fn in one transaction on one pooled connection; commits on resolve, rolls back on throw. */
-  async #tx<T>(fn: (c: pg.PoolClient) => Promise<T>, setup: string[] = []): Promise<T> {
+  async #tx<T>(fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
     const c = await this.#pool.connect();
     // A checked-out client has no pool error listener: without this, a connection lost while a
     // refresh is in flight would be an unhandled 'error' event and end the process.
@@ -121,7 +124,6 @@ export class PostgresGrantStore implements GrantStore, KeyRotatable {
     let broken = false;
     try {
       await c.query('BEGIN');
-      for (const s of setup) await c.query(s);
       const out = await fn(c);
       await c.query('COMMIT');
       return out;
@@ -172,10 +174,16 @@ export class PostgresGrantStore implements GrantStore, KeyRotatable {
     await this.#pool.query('SELECT 1');
   }
 
+  /** Lock waiters fail with "grant store is closing"; holders finish (and commit) before the pool ends. */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    if (this.#lockers > 0) await new Promise<void>((r) => (this.#lockersDone = r));
     await this.#pool.end();
+  }
+
+  #checkOpen(): void {
+    if (this.#closed) throw new Error('grant store is closing');
   }
 
   // ---- accounts ------------------------------------------------------------------------
@@ -435,13 +443,18 @@ export class PostgresGrantStore implements GrantStore, KeyRotatable {
    * One transaction holding the grant row's lock for the whole of `fn` (including the refresh's
    * network call): another instance's SELECT … FOR UPDATE waits, then reads the committed fresh
    * token. The process mutex queues this process's own callers so they hold one pooled
-   * connection between them, not one each. A holder that dies frees the lock with its session.
+   * connection between them, not one each. A holder that dies frees the lock with its session
+   * (the server ends it when the socket closes). `tx.commitRefreshToken` commits the rotated
+   * token at once and takes the row lock again.
    */
   async withGrantLock<T>(accountId: number, fn: (tx: GrantTx) => Promise<T>): Promise<T> {
-    return this.#mutex.run(accountId, () =>
-      this.#tx(
-        async (c) => {
-          await c.query('SELECT 1 FROM grants WHERE account_id = $1 FOR UPDATE', [accountId]);
+    this.#checkOpen();
+    this.#lockers++;
+    try {
+      return await this.#mutex.run(accountId, () => {
+        this.#checkOpen();
+        return this.#tx(async (c) => {
+          await this.#lockRow(c, accountId, false);
           const tx: GrantTx = {
             get: () => this.#readGrant(c, accountId),
             update: async (patch: GrantPatch) => {
@@ -450,15 +463,34 @@ export class PostgresGrantStore implements GrantStore, KeyRotatable {
               const { accountId: _a, updatedAt: _u, ...base } = cur;
               await this.#writeGrant(c, accountId, { ...base, ...patch });
             },
+            // Committed at once (the old token is spent at the server), then the row is locked again.
+            commitRefreshToken: async (refreshToken: string) => {
+              await c.query(
+                'UPDATE grants SET refresh_token_enc = $1, updated_at = $2 WHERE account_id = $3',
+                [
+                  encryptField(this.#keyring, accountId, 'refresh_token', refreshToken),
+                  Date.now(),
+                  accountId,
+                ],
+              );
+              await c.query('COMMIT');
+              await this.#lockRow(c, accountId, true);
+            },
           };
           return fn(tx);
-        },
-        [
-          `SET LOCAL lock_timeout = '${LOCK_WAIT}'`,
-          `SET LOCAL idle_in_transaction_session_timeout = '${LOCK_HOLD}'`,
-        ],
-      ),
-    );
+        });
+      });
+    } finally {
+      if (--this.#lockers === 0) this.#lockersDone?.();
+    }
+  }
+
+  /** Row lock with bounded wait and hold; `begin` opens the transaction it lives in. */
+  async #lockRow(c: pg.PoolClient, accountId: number, begin: boolean): Promise<void> {
+    if (begin) await c.query('BEGIN');
+    await c.query(`SET LOCAL lock_timeout = '${LOCK_WAIT}'`);
+    await c.query(`SET LOCAL idle_in_transaction_session_timeout = '${LOCK_HOLD}'`);
+    await c.query('SELECT 1 FROM grants WHERE account_id = $1 FOR UPDATE', [accountId]);
   }
 
   async countGrantsByStatus(): Promise<Record<GrantStatus, number>> {

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { chmodSync, closeSync, existsSync, mkdirSync, openSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import { ConfigError, messageOf } from '../errors.js';
@@ -38,32 +39,64 @@ import type {
   RotationResult,
 } from './types.js';
 
-const LOCK_LEASE_MS = 120_000;
+/** A holder renews its lease every LOCK_RENEW_MS; a holder on another host that stops renewing loses it. */
+const LOCK_LEASE_MS = 15_000;
+const LOCK_RENEW_MS = 5_000;
 const LOCK_WAIT_MS = 60_000;
+const HOST = hostname();
+/** Lease owners of this process's open stores: another owner naming this pid is a previous process. */
+const LIVE_OWNERS = new Set<string>();
+
+/** Whether the lease owner `host:pid:uuid` can no longer be running (checked only on this host). */
+function ownerIsGone(owner: string): boolean {
+  const [host, pidText, id] = owner.split(':');
+  const pid = Number(pidText);
+  if (host !== HOST || !Number.isInteger(pid) || pid <= 0 || id === undefined) return false;
+  if (pid === process.pid) return !LIVE_OWNERS.has(owner);
+  try {
+    process.kill(pid, 0);
+    return false;
+  } catch (err) {
+    // EPERM: the pid is alive under another user.
+    return (err as NodeJS.ErrnoException).code === 'ESRCH';
+  }
+}
 
 /**
  * GrantStore on better-sqlite3 (WAL, busy_timeout, versioned migrations). Calls are
  * synchronous underneath and wrapped in promises to keep the interface shared with PostgreSQL.
  */
 export class SqliteGrantStore implements GrantStore, KeyRotatable {
-  readonly #db: Database.Database;
+  readonly #database: Database.Database;
   readonly #keyring: Keyring;
   readonly #log: Logger;
   readonly #mutex = new KeyedMutex<number>();
-  readonly #owner = randomUUID();
+  readonly #owner = `${HOST}:${process.pid}:${randomUUID()}`;
+  /** withGrantLock calls holding or waiting for a lock: close() waits for them. */
+  #lockers = 0;
+  #lockersDone: (() => void) | undefined;
+  #closing = false;
   /** Prepared statements by SQL text: logins run the same few queries, so prepare each once. */
   readonly #statements = new Map<string, Database.Statement>();
 
   private constructor(db: Database.Database, keyring: Keyring, log: Logger) {
-    this.#db = db;
+    this.#database = db;
+    LIVE_OWNERS.add(this.#owner);
     this.#keyring = keyring;
     this.#log = log;
   }
 
+  /** The connection; after close() a clear error instead of better-sqlite3's "not open". */
+  get #db(): Database.Database {
+    if (!this.#database.open) throw new Error('grant store is closed');
+    return this.#database;
+  }
+
   #sql(sql: string): Database.Statement {
+    const db = this.#db;
     let st = this.#statements.get(sql);
     if (!st) {
-      st = this.#db.prepare(sql);
+      st = db.prepare(sql);
       this.#statements.set(sql, st);
     }
     return st;
@@ -119,8 +152,16 @@ export class SqliteGrantStore implements GrantStore, KeyRotatable {
     this.#sql('SELECT 1').get();
   }
 
+  /** Lock waiters fail with "grant store is closing"; holders finish (and commit) before the DB closes. */
   async close(): Promise<void> {
-    if (this.#db.open) this.#db.close();
+    this.#closing = true;
+    if (this.#lockers > 0) await new Promise<void>((r) => (this.#lockersDone = r));
+    LIVE_OWNERS.delete(this.#owner);
+    if (this.#database.open) this.#database.close();
+  }
+
+  #checkOpen(): void {
+    if (this.#closing) throw new Error('grant store is closing');
   }
 
   // ---- accounts ------------------------------------------------------------------------
@@ -357,44 +398,78 @@ export class SqliteGrantStore implements GrantStore, KeyRotatable {
    * A SQLite write transaction cannot stay open across the network call a refresh makes: one
    * connection serves every request of this process (their statements would join it) and
    * other processes would stall in busy_timeout. So the lock is a process mutex plus a lease
-   * row (`grant_locks`, taken and released in short BEGIN IMMEDIATE transactions, expiring if
-   * its holder dies), and `tx.update` writes are buffered and committed in one BEGIN IMMEDIATE
-   * transaction when `fn` resolves — or dropped when it throws. `tx.get` reads the committed
+   * row (`grant_locks`, taken and released in short BEGIN IMMEDIATE transactions, renewed while
+   * held; a waiter takes it over once it expires or, on this host, once the holder's pid is
+   * gone), and `tx.update` writes are buffered and committed in one BEGIN IMMEDIATE
+   * transaction when `fn` resolves — or dropped when it throws; `tx.commitRefreshToken`
+   * writes at once. `tx.get` reads the committed
    * row merged with this holder's pending writes, so a waiter sees the winner's fresh token.
    */
   async withGrantLock<T>(accountId: number, fn: (tx: GrantTx) => Promise<T>): Promise<T> {
-    return this.#mutex.run(accountId, async () => {
-      await this.#acquireLease(accountId);
-      let pending: GrantPatch | null = null;
-      const tx: GrantTx = {
-        get: async () => {
-          const g = this.#readGrant(accountId);
-          return g && pending ? { ...g, ...pending } : g;
-        },
-        update: async (patch) => {
-          pending = { ...(pending ?? {}), ...patch };
-        },
-      };
+    this.#checkOpen();
+    this.#lockers++;
+    try {
+      return await this.#mutex.run(accountId, () => this.#locked(accountId, fn));
+    } finally {
+      if (--this.#lockers === 0) this.#lockersDone?.();
+    }
+  }
+
+  async #locked<T>(accountId: number, fn: (tx: GrantTx) => Promise<T>): Promise<T> {
+    this.#checkOpen();
+    await this.#acquireLease(accountId);
+    // Renewed while held, so a live holder keeps a short lease and a dead one loses it soon.
+    const renew = setInterval(() => {
       try {
-        const result = await fn(tx);
-        this.#db
-          .transaction(() => {
-            const patch = pending as GrantPatch | null;
-            if (patch) {
-              const cur = this.#readGrant(accountId);
-              if (!cur) throw new Error(`grant for account ${accountId} vanished during update`);
-              const { accountId: _a, updatedAt: _u, ...base } = cur;
-              this.#writeGrant(accountId, { ...base, ...patch });
-            }
-            this.#releaseLeaseSync(accountId);
-          })
-          .immediate();
-        return result;
+        this.#sql('UPDATE grant_locks SET expires_at = ? WHERE account_id = ? AND owner = ?').run(
+          Date.now() + LOCK_LEASE_MS,
+          accountId,
+          this.#owner,
+        );
       } catch (err) {
-        this.#releaseLeaseSync(accountId);
-        throw err;
+        this.#log.warn({ accountId, err: messageOf(err) }, 'grant lease renewal failed');
       }
-    });
+    }, LOCK_RENEW_MS);
+    renew.unref();
+    let pending: GrantPatch | null = null;
+    const tx: GrantTx = {
+      get: async () => {
+        const g = this.#readGrant(accountId);
+        return g && pending ? { ...g, ...pending } : g;
+      },
+      update: async (patch) => {
+        pending = { ...(pending ?? {}), ...patch };
+      },
+      // One synchronous autocommit UPDATE: durable before the caller's next statement runs.
+      commitRefreshToken: (refreshToken) => {
+        this.#sql('UPDATE grants SET refresh_token_enc = ?, updated_at = ? WHERE account_id = ?').run(
+          encryptField(this.#keyring, accountId, 'refresh_token', refreshToken),
+          Date.now(),
+          accountId,
+        );
+      },
+    };
+    try {
+      const result = await fn(tx);
+      this.#db
+        .transaction(() => {
+          const patch = pending as GrantPatch | null;
+          if (patch) {
+            const cur = this.#readGrant(accountId);
+            if (!cur) throw new Error(`grant for account ${accountId} vanished during update`);
+            const { accountId: _a, updatedAt: _u, ...base } = cur;
+            this.#writeGrant(accountId, { ...base, ...patch });
+          }
+          this.#releaseLeaseSync(accountId);
+        })
+        .immediate();
+      return result;
+    } catch (err) {
+      this.#releaseLeaseSync(accountId);
+      throw err;
+    } finally {
+      clearInterval(renew);
+    }
   }
 
   async #acquireLease(accountId: number): Promise<void> {
@@ -407,7 +482,11 @@ export class SqliteGrantStore implements GrantStore, KeyRotatable {
           const row = this.#sql('SELECT owner, expires_at FROM grant_locks WHERE account_id = ?').get(
             accountId,
           ) as Row | undefined;
-          if (row && Number(row.expires_at) > now && row.owner !== this.#owner) return false;
+          const owner = row ? String(row.owner) : undefined;
+          if (row && owner !== this.#owner && Number(row.expires_at) > now) {
+            if (!ownerIsGone(owner as string)) return false;
+            this.#log.warn({ accountId }, 'grant lease of a process that is gone taken over');
+          }
           this.#sql(
             'INSERT INTO grant_locks (account_id, owner, expires_at) VALUES (?, ?, ?) ON CONFLICT (account_id) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at',
           ).run(accountId, this.#owner, now + LOCK_LEASE_MS);
@@ -419,6 +498,7 @@ export class SqliteGrantStore implements GrantStore, KeyRotatable {
         throw new Error(`timed out waiting for the grant lock of account ${accountId}`);
       // Another process holds the lease: poll with backoff rather than block the event loop.
       await new Promise((r) => setTimeout(r, wait));
+      this.#checkOpen();
       wait = Math.min(wait * 2, 250);
     }
   }

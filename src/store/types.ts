@@ -83,6 +83,12 @@ export interface AccountState {
 export interface GrantTx {
   get(): Promise<GrantRecord | null>;
   update(patch: GrantPatch): Promise<void>;
+  /**
+   * Makes a rotated refresh token durable at once, ahead of the pending writes: the server has
+   * already consumed the old one, so a crash before the end of the lock must not lose it.
+   * Synchronous where the store allows (SQLite); it keeps the lock.
+   */
+  commitRefreshToken?(refreshToken: string): void | Promise<void>;
 }
 
 export interface GrantStore extends KeyRotatable {
