@@ -1,6 +1,6 @@
 import { LRUCache } from 'lru-cache';
 import type { Config } from '../config/schema.js';
-import { ProxyError } from '../errors.js';
+import { messageOf, ProxyError } from '../errors.js';
 import { type Logger, silentLogger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import type { AccountRecord, GrantRecord, GrantStore, GrantTx } from '../store/types.js';
@@ -175,9 +175,7 @@ export class OAuthTokenBroker implements TokenBroker {
     const outcome =
       ctx.handler.per !== 'grant'
         ? await this.#fetchShared(key, ctx, stale, now)
-        : await this.#o.store.withGrantLock(ctx.account.id, (tx) =>
-            this.#refreshLocked(tx, key, ctx, stale, now),
-          );
+        : await this.#o.store.withGrantLock(ctx.account.id, (tx) => this.#refreshLocked(tx, key, ctx, stale));
 
     switch (outcome.type) {
       case 'ok':
@@ -198,8 +196,9 @@ export class OAuthTokenBroker implements TokenBroker {
     key: string,
     ctx: FetchContext,
     stale: Cached | undefined,
-    now: number,
   ): Promise<LockOutcome> {
+    // The lock may have taken long: judge the stored token by the time now.
+    const now = this.#now();
     const grant = await tx.get();
     if (!grant) return { type: 'no_grant' };
     if (grant.status === 'needs_consent' || !grant.refreshToken) return { type: 'needs_consent' };
@@ -215,7 +214,22 @@ export class OAuthTokenBroker implements TokenBroker {
     ) {
       return { type: 'ok', value: stored, fetched: false };
     }
-    const got = await this.#call(ctx, grant, now);
+    let committed: string | undefined;
+    const commit = tx.commitRefreshToken?.bind(tx);
+    const onRotated = commit
+      ? async (refreshToken: string) => {
+          try {
+            await commit(refreshToken);
+            committed = refreshToken;
+          } catch (err) {
+            this.#log.error(
+              { accountId: ctx.account.id, err: messageOf(err) },
+              'rotated refresh token not saved at once; saving it with the access token',
+            );
+          }
+        }
+      : undefined;
+    const got = await this.#call(ctx, grant, now, onRotated);
     if ('failure' in got) {
       const { failure } = got;
       if (failure.result === 'invalid_grant') {
@@ -227,7 +241,11 @@ export class OAuthTokenBroker implements TokenBroker {
       return { type: 'failed', failure, fallback };
     }
     const t = got.tokens;
-    // Persisted (rotated refresh token and new access token together) before anyone uses it.
+    if (committed !== undefined && (await tx.get())?.refreshToken !== committed) {
+      // Another instance refreshed after our early commit (PostgreSQL re-locks): its tokens are newer.
+      return { type: 'ok', value: this.#toCached(t, grant.scope), fetched: true };
+    }
+    // Persisted (the access token with the rotated refresh token) before anyone uses it.
     await tx.update({
       accessToken: t.accessToken,
       accessTokenExpiresAt: t.expiresAt,
@@ -264,12 +282,20 @@ export class OAuthTokenBroker implements TokenBroker {
     ctx: FetchContext,
     grant: GrantRecord,
     now: number,
+    onRotated?: (refreshToken: string) => Promise<void>,
   ): Promise<{ tokens: TokenSet } | { failure: RefreshFailure }> {
     const provider = this.#o.providers.get(ctx.account.provider);
     const labels = { provider: provider.name };
     const started = performance.now();
     try {
-      const tokens = await ctx.handler.fetchToken({ account: ctx.account, grant, provider, now });
+      const tokens = await ctx.handler.fetchToken({
+        account: ctx.account,
+        grant,
+        provider,
+        now,
+        clock: this.#now,
+        onRotated,
+      });
       this.#o.metrics?.tokenRefreshes.inc({ ...labels, result: 'success' });
       if (tokens.expiresAt - tokens.issuedAt < SHORT_LIFETIME_FACTOR * this.#minValidity) {
         this.#o.metrics?.shortLivedTokens.inc(labels);
@@ -280,7 +306,7 @@ export class OAuthTokenBroker implements TokenBroker {
       );
       return { tokens };
     } catch (err) {
-      const failure = classifyTokenError(err, now);
+      const failure = classifyTokenError(err, this.#now());
       this.#o.metrics?.tokenRefreshes.inc({ ...labels, result: failure.result });
       this.#log.warn(
         {

@@ -1,4 +1,10 @@
-import { clientCredentialsGrant, refreshTokenGrant, type TokenEndpointResponse } from 'openid-client';
+import { AsyncLocalStorage } from 'node:async_hooks';
+import {
+  type CustomFetch,
+  clientCredentialsGrant,
+  refreshTokenGrant,
+  type TokenEndpointResponse,
+} from 'openid-client';
 import type { AccountRecord, GrantKind, GrantRecord } from '../store/types.js';
 import { withHttpTrace } from './http-trace.js';
 import type { OAuthProvider } from './provider.js';
@@ -20,6 +26,13 @@ export interface GrantContext {
   grant: GrantRecord;
   provider: OAuthProvider;
   now: number;
+  /** Reads the clock when the token response arrives (the token's lifetime starts there). */
+  clock?: () => number;
+  /**
+   * Called with a rotated refresh token as soon as the token response arrives, before
+   * openid-client parses or validates it: the server has already spent the old one.
+   */
+  onRotated?: (refreshToken: string) => void | Promise<void>;
 }
 
 /**
@@ -54,31 +67,77 @@ export function toTokenSet(res: TokenEndpointResponse, now: number): TokenSet {
   };
 }
 
+/** What the token request of one fetchToken call is watched for (see rotationCapture). */
+interface TokenWatch {
+  sent?: string;
+  clock: () => number;
+  onRotated?: (refreshToken: string) => void | Promise<void>;
+  receivedAt?: number;
+}
+
+const watches = new AsyncLocalStorage<TokenWatch>();
+
+/** Runs one token request under a watch; the token's lifetime counts from its response's arrival. */
+async function watched(
+  ctx: GrantContext,
+  sent: string | undefined,
+  request: () => Promise<TokenEndpointResponse>,
+): Promise<TokenSet> {
+  const watch: TokenWatch = { sent, clock: ctx.clock ?? Date.now, onRotated: ctx.onRotated };
+  const { result } = await withHttpTrace(() =>
+    watches.run(watch, async () => {
+      const res = await request();
+      return toTokenSet(res, watch.receivedAt ?? watch.clock());
+    }),
+  );
+  return result;
+}
+
+/**
+ * openid-client customFetch wrapper: notes when a watched response arrived and hands a rotated
+ * refresh token to `onRotated` before returning the response to openid-client (which may still
+ * validate, fetch keys or fail) — the window in which a crash loses a spent grant.
+ */
+export function rotationCapture(inner: CustomFetch): CustomFetch {
+  return async (url, options) => {
+    const res = await inner(url, options);
+    const watch = watches.getStore();
+    if (!watch) return res;
+    watch.receivedAt = watch.clock();
+    if (!res.ok || !watch.onRotated) return res;
+    let rotated: unknown;
+    try {
+      rotated = (JSON.parse(await res.clone().text()) as { refresh_token?: unknown } | null)?.refresh_token;
+    } catch {
+      return res; // Not JSON: openid-client reports it.
+    }
+    if (typeof rotated === 'string' && rotated !== '' && rotated !== watch.sent) {
+      await watch.onRotated(rotated);
+    }
+    return res;
+  };
+}
+
 export const refreshTokenHandler: GrantHandler = {
   kind: 'refresh_token',
   per: 'grant',
-  async fetchToken({ grant, provider, now }) {
-    if (!grant.refreshToken) throw new Error('grant has no refresh token');
-    const refreshToken = grant.refreshToken;
-    const { result } = await withHttpTrace(async () =>
-      toTokenSet(await refreshTokenGrant(await provider.configuration(), refreshToken), now),
+  async fetchToken(ctx) {
+    const refreshToken = ctx.grant.refreshToken;
+    if (!refreshToken) throw new Error('grant has no refresh token');
+    return watched(ctx, refreshToken, async () =>
+      refreshTokenGrant(await ctx.provider.configuration(), refreshToken),
     );
-    return result;
   },
 };
 
 export const clientCredentialsHandler: GrantHandler = {
   kind: 'client_credentials',
   per: 'provider',
-  async fetchToken({ provider, now }) {
-    const scope = provider.config.app_only_scope;
-    const { result } = await withHttpTrace(async () =>
-      toTokenSet(
-        await clientCredentialsGrant(await provider.configuration(), scope ? { scope } : undefined),
-        now,
-      ),
+  async fetchToken(ctx) {
+    const scope = ctx.provider.config.app_only_scope;
+    return watched(ctx, undefined, async () =>
+      clientCredentialsGrant(await ctx.provider.configuration(), scope ? { scope } : undefined),
     );
-    return result;
   },
 };
 

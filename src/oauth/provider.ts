@@ -13,9 +13,13 @@ import {
 } from 'openid-client';
 import type { ProviderConfig } from '../config/schema.js';
 import { ConfigError, messageOf } from '../errors.js';
+import { rotationCapture } from './grants.js';
 import { tracingFetch } from './http-trace.js';
 import { readServiceAccount } from './service-account.js';
 import { parsePrivateKey, type SigningKey, signJwt, thumbprintToX5t, toSigningKey } from './signing-key.js';
+
+/** Every provider request: traced, and a rotated refresh token handed over the moment it arrives. */
+const tokenFetch = rotationCapture(tracingFetch);
 
 const CLIENT_ASSERTION_TYPE = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer';
 const ASSERTION_LIFETIME_S = 60;
@@ -151,7 +155,7 @@ async function build(config: ProviderConfig, clientAuth: ClientAuth): Promise<Co
     return discovery(new URL(config.issuer), clientId, undefined, clientAuth, {
       execute: insecure ? [allowInsecureRequests] : [],
       timeout: config.timeout_seconds,
-      [customFetch]: tracingFetch,
+      [customFetch]: tokenFetch,
     });
   }
   const tokenEndpoint = config.token_endpoint as string;
@@ -164,7 +168,7 @@ async function build(config: ProviderConfig, clientAuth: ClientAuth): Promise<Co
   };
   const c = new Configuration(server, clientId, undefined, clientAuth);
   c.timeout = config.timeout_seconds;
-  c[customFetch] = tracingFetch;
+  c[customFetch] = tokenFetch;
   if (insecure) allowInsecureRequests(c);
   return c;
 }
