@@ -5,7 +5,7 @@ import {
   type UpstreamConnector,
   type UpstreamTarget,
 } from '../core/upstream.js';
-import { isConnectionFailure, messageOf } from '../errors.js';
+import { isConnectionFailure, isProxyError, messageOf } from '../errors.js';
 import type { Logger } from '../log.js';
 import { silentLogger } from '../log.js';
 import { DIAL_LIMITS } from './limits.js';
@@ -60,6 +60,8 @@ class PooledConnection implements UpstreamConnection {
     try {
       return await this.current.authenticate(user, accessToken);
     } catch (err) {
+      // An upstream that stopped answering: the other connections waiting for it are no better.
+      if (isProxyError(err) && err.reason === 'timeout') this.pool.purge(this.slot);
       if (this.retried || !isConnectionFailure(err)) throw err;
       this.retried = true;
       this.current.destroy();
@@ -148,6 +150,20 @@ export class WarmPool implements UpstreamConnector {
     }
     if (this.slots.get(slot.key) !== slot) this.slots.set(slot.key, slot);
     this.park(slot, conn);
+  }
+
+  /**
+   * Drops every idle connection to a target that just timed out (it froze: they would too) and
+   * dials no replacement for a while; logins meanwhile dial fresh and meet the connect timeout.
+   */
+  purge(slot: Slot): void {
+    for (const i of slot.idle.splice(0)) {
+      this.pooled--;
+      this.drop(i);
+    }
+    // The slot stays (empty) so its back-off holds; slots are bounded by the upstream targets.
+    slot.backoffUntil = Date.now() + REFILL_BACKOFF_MS;
+    this.log.warn('upstream timed out: its pre-dialled connections are dropped');
   }
 
   /** Idle connections per target key (for tests and debugging). */

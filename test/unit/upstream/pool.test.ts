@@ -320,3 +320,30 @@ test('a connection its login never used (the token failed) goes back into the po
   assert.equal(pool.idleCount(target()), 2, 'the pool stays bounded');
   assert.equal(f.made.length, made, 'still nothing dialled');
 });
+
+test('a warm connection whose upstream froze (AUTH timed out): the others waiting for it are dropped, no refill for a while', async (t) => {
+  const f = fakeConnector();
+  const pool = new WarmPool(f.connector, { size: 2 });
+  t.after(() => pool.close());
+  await login(pool, target());
+  await turn();
+  assert.equal(pool.idleCount(target()), 2);
+  const c = await connect(pool, target());
+  assert.equal(isWarm(c), true);
+  const frozen = f.made.find((m) => !m.destroyed && m.users.length === 0 && pool.idleCount(target()) > 0);
+  assert.ok(frozen);
+  for (const m of f.made) {
+    m.authenticate = async () => {
+      throw new ProxyError('timeout', 'no answer', { detail: 'response_timeout' });
+    };
+  }
+  await assert.rejects(c.authenticate('alice', 't'), { reason: 'timeout' });
+  await turn();
+  assert.equal(pool.idleCount(target()), 0, 'the other pre-dialled connection is not handed out');
+  const made = f.made.length;
+  const next = await connect(pool, target());
+  assert.equal(isWarm(next), false, 'the next login dials fresh');
+  next.destroy();
+  await turn();
+  assert.equal(f.made.length, made + 1, 'and no background refill during the back-off');
+});
