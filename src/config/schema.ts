@@ -25,8 +25,8 @@ export const upstreamSchema = z
       .enum(['xoauth2', 'oauthbearer', 'auto'])
       .default('auto')
       .describe('SASL mechanism; auto prefers XOAUTH2 when advertised'),
-    connect_timeout_seconds: seconds(10).describe('TCP + TLS + greeting'),
-    auth_timeout_seconds: seconds(20).describe('AUTHENTICATE (IMAP) or AUTH (SMTP) exchange'),
+    connect_timeout_seconds: seconds(5).describe('TCP + TLS + greeting (+ STARTTLS and capabilities)'),
+    auth_timeout_seconds: seconds(10).describe('The SASL exchange (IMAP AUTHENTICATE, SMTP and POP3 AUTH)'),
     ehlo_name: z
       .string()
       .regex(
@@ -144,6 +144,41 @@ export const listenerSchema = z
       .object({ trusted: z.array(z.string().min(1)).min(1).describe('CIDRs allowed to send a PROXY header') })
       .strict()
       .optional(),
+  })
+  .strict();
+
+export const WEBHOOK_FORMATS = ['json', 'slack', 'teams', 'ntfy'] as const;
+export const NOTIFY_EVENTS = ['grant.needs_consent', 'grant.recovered'] as const;
+
+export const webhookSchema = z
+  .object({
+    name: z
+      .string()
+      .regex(/^[a-z0-9_-]{1,32}$/, 'use 1-32 of a-z 0-9 _ -')
+      .describe('Webhook name (logs; the URL is never logged, it may hold a token)'),
+    url: z
+      .string()
+      .url()
+      .refine((u) => /^https?:\/\//i.test(u), 'an http:// or https:// URL')
+      .describe('Where events are POSTed; or url_file, or ${ENV}'),
+    format: z
+      .enum(WEBHOOK_FORMATS)
+      .default('json')
+      .describe('Body shape: json (generic), slack ({text}), teams (Adaptive Card), ntfy (plain text + Title)'),
+    secret: z
+      .string()
+      .min(16)
+      .optional()
+      .describe('HMAC-SHA256 key: X-Signature: sha256=<hex> over "<X-Signature-Timestamp>.<body>"; or secret_file, or ${ENV}'),
+    events: z
+      .array(z.enum(NOTIFY_EVENTS))
+      .min(1)
+      .default([...NOTIFY_EVENTS])
+      .describe('Events sent to this webhook'),
+    headers: z
+      .record(z.string().regex(/^[A-Za-z0-9-]{1,64}$/), z.string())
+      .optional()
+      .describe('Extra request headers (e.g. Authorization for ntfy); never logged'),
   })
   .strict();
 
@@ -338,6 +373,53 @@ export const configSchema = z
       .strict()
       .prefault({}),
     providers: z.record(z.string().regex(/^[a-z0-9_-]{1,32}$/), providerSchema),
+    keepalive: z
+      .object({
+        enabled: z
+          .boolean()
+          .default(true)
+          .describe('Refresh idle refresh-token grants so the provider does not expire them (Microsoft: 90 days unused)'),
+        idle_days: z
+          .number()
+          .positive()
+          .default(14)
+          .describe('A grant not refreshed for this long is refreshed by the proxy'),
+        per_minute: z
+          .number()
+          .int()
+          .min(1)
+          .max(600)
+          .default(10)
+          .describe('Most keepalive refreshes per minute (per process running them), spaced with jitter'),
+        scan_minutes: seconds(60).describe('How often the store is scanned for idle grants'),
+      })
+      .strict()
+      .prefault({})
+      .describe('Keepalive refreshes of idle grants (multi-worker: run by one worker)'),
+    notifications: z
+      .object({
+        webhooks: z.array(webhookSchema).default([]).describe('Receivers of grant events'),
+        queue_size: z
+          .number()
+          .int()
+          .min(1)
+          .max(100000)
+          .default(1000)
+          .describe('Events waiting per webhook; past it new events are dropped and counted'),
+        timeout_seconds: seconds(10).describe('One delivery attempt, connect to response'),
+        max_attempts: z
+          .number()
+          .int()
+          .min(1)
+          .max(20)
+          .default(6)
+          .describe('Delivery attempts per event and webhook (5xx, 429, timeouts and network errors are retried)'),
+        retry_initial_seconds: seconds(2).describe('First retry delay; doubled each time (jittered, at most 5 minutes)'),
+        max_retry_seconds: seconds(900).describe('An event not delivered this long after it was queued is given up'),
+      })
+      .strict()
+      .prefault({})
+      .describe('Webhooks told when a grant needs consent and when it recovers'),
     admin: z
       .object({
         address: z.string().default('127.0.0.1').describe('Admin HTTP bind address'),
@@ -383,6 +465,15 @@ export type Config = z.infer<typeof configSchema>;
 export type ListenerConfig = z.infer<typeof listenerSchema>;
 export type ProviderConfig = z.infer<typeof providerSchema>;
 export type UpstreamConfig = z.infer<typeof upstreamSchema>;
+export type WebhookConfig = z.infer<typeof webhookSchema>;
+export type NotifyEvent = (typeof NOTIFY_EVENTS)[number];
 
 /** Keys whose value may instead be read from a file named by `<key>_file`. */
-export const FILE_SECRET_KEYS = ['client_secret', 'postgres_url', 'metrics_bearer_token', 'admin_password'];
+export const FILE_SECRET_KEYS = [
+  'client_secret',
+  'postgres_url',
+  'metrics_bearer_token',
+  'admin_password',
+  'secret',
+  'url',
+];
