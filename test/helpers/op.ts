@@ -29,14 +29,31 @@ export interface TestOP {
   introspect(token: string): Promise<Record<string, unknown>>;
   /** While down, token endpoint requests get their connection reset; the process keeps running. */
   setDown(down: boolean): void;
+  /**
+   * Every refresh-token rotation so far (with `recordRotations`): when the OP spent the old
+   * token and when the response carrying the new one was fully written to the socket.
+   */
+  rotations(): readonly Rotation[];
   close(): Promise<void>;
+}
+
+export interface Rotation {
+  sub: string;
+  consumedAt: number;
+  /** Set once the token response has been handed to the kernel. */
+  finishedAt?: number;
 }
 
 export interface StartOPOptions {
   /** Access token (and client-credentials token) lifetime in seconds; default 3600. */
   accessTokenTtl?: number;
-  /** Issue a new refresh token on every refresh (default true). */
+  /**
+   * Issue a new refresh token on every refresh (default true). With it comes RFC 9700 reuse
+   * detection: presenting a spent refresh token again revokes the whole grant.
+   */
   refreshTokenRotation?: boolean;
+  /** Record each rotation's timing (see TestOP.rotations). */
+  recordRotations?: boolean;
   /** Enable RFC 8628 device authorization for the proxy's client. */
   deviceFlow?: boolean;
   /** Enable the client_credentials grant for the proxy's client. */
@@ -169,6 +186,23 @@ export async function startOP(opts: StartOPOptions = {}): Promise<TestOP> {
     },
   });
   const handle = provider.callback();
+  const rotations: Rotation[] = [];
+  if (opts.recordRotations) {
+    provider.on('refresh_token.consumed', (...args: unknown[]) => {
+      const token = args[0] as { accountId: string };
+      rotations.push({ sub: token.accountId, consumedAt: Date.now() });
+    });
+    provider.on('grant.success', (...args: unknown[]) => {
+      const ctx = args[0] as {
+        oidc: { params: { grant_type?: string }; entities: { Account?: { accountId: string } } };
+        res: ServerResponse;
+      };
+      const sub = ctx.oidc.entities.Account?.accountId;
+      if (ctx.oidc.params.grant_type !== 'refresh_token' || sub === undefined) return;
+      const r = rotations.findLast((x) => x.sub === sub && x.finishedAt === undefined);
+      if (r) ctx.res.once('finish', () => (r.finishedAt = Date.now()));
+    });
+  }
 
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
     const path = (req.url ?? '').split('?')[0];
@@ -293,6 +327,7 @@ export async function startOP(opts: StartOPOptions = {}): Promise<TestOP> {
     ...(jwtClient ? { jwtClient } : {}),
     introspection: { ...introClient, url: `${issuer}/token/introspection` },
     tokenRequests: () => tokenPosts,
+    rotations: () => rotations,
     mintGrant,
     revoke,
     introspect,
