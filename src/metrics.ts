@@ -78,6 +78,18 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
       labelNames: ['provider', 'result'] as const,
       registers: r,
     }),
+    grantKeepalive: new Counter({
+      name: `${P}grant_keepalive_total`,
+      help: 'Keepalive refreshes of idle grants by provider and result (refreshed, needs_consent, failed)',
+      labelNames: ['provider', 'result'] as const,
+      registers: r,
+    }),
+    notifications: new Counter({
+      name: `${P}notifications_total`,
+      help: 'Webhook notifications by kind (grant.needs_consent, grant.recovered) and result (sent, failed after the retry bound or a refusal, dropped on a full queue or at shutdown)',
+      labelNames: ['kind', 'result'] as const,
+      registers: r,
+    }),
     shortLivedTokens: new Counter({
       name: `${P}short_lived_tokens_total`,
       help: 'Access tokens issued to live under 20 s, by provider: handed out until a quarter of their lifetime remains instead of 5 s',

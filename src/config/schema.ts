@@ -164,12 +164,16 @@ export const webhookSchema = z
     format: z
       .enum(WEBHOOK_FORMATS)
       .default('json')
-      .describe('Body shape: json (generic), slack ({text}), teams (Adaptive Card), ntfy (plain text + Title)'),
+      .describe(
+        'Body shape: json (generic), slack ({text}), teams (Adaptive Card), ntfy (plain text + Title)',
+      ),
     secret: z
       .string()
       .min(16)
       .optional()
-      .describe('HMAC-SHA256 key: X-Signature: sha256=<hex> over "<X-Signature-Timestamp>.<body>"; or secret_file, or ${ENV}'),
+      .describe(
+        'HMAC-SHA256 key: X-Signature: sha256=<hex> over "<X-Signature-Timestamp>.<body>"; or secret_file, or ${ENV}',
+      ),
     events: z
       .array(z.enum(NOTIFY_EVENTS))
       .min(1)
@@ -254,13 +258,17 @@ export const configSchema = z
           .int()
           .min(1)
           .default(50)
-          .describe('Connections not yet logged in from one client address (per process), then told goodbye at once'),
+          .describe(
+            'Connections not yet logged in from one client address (per process), then told goodbye at once',
+          ),
         preauth_total: z
           .number()
           .int()
           .min(1)
           .default(2000)
-          .describe('Connections not yet logged in over all addresses (per process), then told goodbye at once'),
+          .describe(
+            'Connections not yet logged in over all addresses (per process), then told goodbye at once',
+          ),
         login_timeout_seconds: seconds(30).describe(
           'Longest a login (token + upstream) may take before NO [UNAVAILABLE]',
         ),
@@ -378,7 +386,9 @@ export const configSchema = z
         enabled: z
           .boolean()
           .default(true)
-          .describe('Refresh idle refresh-token grants so the provider does not expire them (Microsoft: 90 days unused)'),
+          .describe(
+            'Refresh idle refresh-token grants so the provider does not expire them (Microsoft: 90 days unused)',
+          ),
         idle_days: z
           .number()
           .positive()
@@ -413,9 +423,15 @@ export const configSchema = z
           .min(1)
           .max(20)
           .default(6)
-          .describe('Delivery attempts per event and webhook (5xx, 429, timeouts and network errors are retried)'),
-        retry_initial_seconds: seconds(2).describe('First retry delay; doubled each time (jittered, at most 5 minutes)'),
-        max_retry_seconds: seconds(900).describe('An event not delivered this long after it was queued is given up'),
+          .describe(
+            'Delivery attempts per event and webhook (5xx, 429, timeouts and network errors are retried)',
+          ),
+        retry_initial_seconds: seconds(2).describe(
+          'First retry delay; doubled each time (jittered, at most 5 minutes)',
+        ),
+        max_retry_seconds: seconds(900).describe(
+          'An event not delivered this long after it was queued is given up',
+        ),
       })
       .strict()
       .prefault({})
