@@ -81,6 +81,7 @@ export type FailureDetail =
   | 'invalid_grant'
   | 'no_token'
   | 'backoff'
+  | 'breaker_open'
   | 'unknown_provider'
   | 'unsupported_grant_kind'
   | 'timeout'

@@ -38,4 +38,9 @@ export class Backoff {
   succeed(key: string): void {
     this.#entries.delete(key);
   }
+
+  /** The provider answers again: every grant may try at once. */
+  clear(): void {
+    this.#entries.clear();
+  }
 }

@@ -13,6 +13,8 @@ export interface BreakerOptions {
   readonly maxOpenMs?: number;
   readonly metrics?: Pick<Metrics, 'breakerState' | 'breakerTransitions'>;
   readonly now?: () => number;
+  /** Called when a breaker closes after being open (the broker forgets per-grant back-offs then). */
+  readonly onClose?: (provider: string) => void;
 }
 
 interface Circuit {
@@ -40,8 +42,10 @@ export class ProviderBreaker {
   readonly #maxOpenMs: number;
   readonly #metrics: BreakerOptions['metrics'];
   readonly #now: () => number;
+  readonly #onClose: ((provider: string) => void) | undefined;
 
   constructor(opts: BreakerOptions = {}) {
+    this.#onClose = opts.onClose;
     this.#failures = opts.failures ?? 3;
     this.#openMs = opts.openMs ?? 2000;
     this.#maxOpenMs = opts.maxOpenMs ?? 30_000;
@@ -75,7 +79,10 @@ export class ProviderBreaker {
     c.consecutive = 0;
     c.probing = false;
     c.opens = 0;
-    if (c.state !== 'closed') this.#set(provider, c, 'closed');
+    if (c.state !== 'closed') {
+      this.#set(provider, c, 'closed');
+      this.#onClose?.(provider);
+    }
   }
 
   /** The endpoint could not answer: timeout, 5xx, 429, network error, garbage. */

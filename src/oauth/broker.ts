@@ -5,6 +5,7 @@ import { type Logger, silentLogger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import type { AccountRecord, GrantRecord, GrantStore, GrantTx } from '../store/types.js';
 import { Backoff } from './backoff.js';
+import { type BreakerOptions, ProviderBreaker } from './breaker.js';
 import { classifyTokenError, type RefreshFailure } from './classify.js';
 import { DEFAULT_GRANT_HANDLERS, type GrantHandler, type TokenSet } from './grants.js';
 import type { ProviderRegistry } from './provider.js';
@@ -22,6 +23,8 @@ export interface BrokerOptions {
   /** Extra grant kinds (e.g. jwt_bearer); they replace built-ins of the same kind. */
   handlers?: readonly GrantHandler[];
   backoff?: { initialMs?: number; maxMs?: number };
+  /** The per-provider circuit breaker's thresholds (tests shorten them). */
+  breaker?: Pick<BreakerOptions, 'failures' | 'openMs' | 'maxOpenMs'>;
   /**
    * A token with less validity left than this (default 5 s), or than a quarter of its lifetime
    * when that is shorter, is not handed out.
@@ -70,6 +73,7 @@ export class OAuthTokenBroker implements TokenBroker {
   readonly #rejected: LRUCache<string, string>;
   readonly #keys: LRUCache<number, string>;
   readonly #backoff: Backoff;
+  readonly #breaker: ProviderBreaker;
   readonly #inflight = new Set<Promise<unknown>>();
   readonly #minValidity: number;
 
@@ -81,6 +85,12 @@ export class OAuthTokenBroker implements TokenBroker {
     this.#minValidity = opts.minValidityMs ?? 5000;
     const max = opts.tokens.cache_entries;
     this.#backoff = new Backoff({ ...opts.backoff, maxEntries: max });
+    this.#breaker = new ProviderBreaker({
+      ...opts.breaker,
+      ...(opts.metrics ? { metrics: opts.metrics } : {}),
+      now: this.#now,
+      onClose: () => this.#backoff.clear(),
+    });
     this.#rejected = new LRUCache({ max });
     this.#keys = new LRUCache({ max });
     this.#cache = new LRUCache<string, Cached, FetchContext>({
@@ -165,17 +175,31 @@ export class OAuthTokenBroker implements TokenBroker {
     ctx: FetchContext,
   ): Promise<{ value: Cached; ttlUntil: number }> {
     const now = this.#now();
-    const blocked = this.#backoff.blockedUntil(key, now);
+    const provider = ctx.account.provider;
+    // An open breaker answers before any lock or request: a dead or frozen endpoint costs no wait.
+    const gate = this.#breaker.acquire(provider);
+    const blocked = gate.kind === 'blocked' ? gate.until : this.#backoff.blockedUntil(key, now);
     if (blocked) {
+      if (gate.kind === 'probe') this.#breaker.release(provider);
       if (this.#servable(stale, key, ctx)) {
         return { value: stale, ttlUntil: Math.min(blocked, stale.expiresAt - stale.minValidity) };
       }
-      throw new ProxyError('token_unavailable', 'token endpoint in backoff', { detail: 'backoff' });
+      throw new ProxyError(
+        'token_unavailable',
+        gate.kind === 'blocked' ? 'token endpoint circuit open' : 'token endpoint in backoff',
+        { detail: gate.kind === 'blocked' ? 'breaker_open' : 'backoff' },
+      );
     }
-    const outcome =
-      ctx.handler.per !== 'grant'
-        ? await this.#fetchShared(key, ctx, stale, now)
-        : await this.#o.store.withGrantLock(ctx.account.id, (tx) => this.#refreshLocked(tx, key, ctx, stale));
+    let outcome: LockOutcome;
+    try {
+      outcome =
+        ctx.handler.per !== 'grant'
+          ? await this.#fetchShared(key, ctx, stale, now)
+          : await this.#o.store.withGrantLock(ctx.account.id, (tx) => this.#refreshLocked(tx, key, ctx, stale));
+    } finally {
+      // A probe that found a fresh stored token (or failed before asking) leaves the next one to probe.
+      if (gate.kind === 'probe') this.#breaker.release(provider);
+    }
 
     switch (outcome.type) {
       case 'ok':
@@ -296,6 +320,7 @@ export class OAuthTokenBroker implements TokenBroker {
         clock: this.#now,
         onRotated,
       });
+      this.#breaker.succeed(provider.name);
       this.#o.metrics?.tokenRefreshes.inc({ ...labels, result: 'success' });
       if (tokens.expiresAt - tokens.issuedAt < SHORT_LIFETIME_FACTOR * this.#minValidity) {
         this.#o.metrics?.shortLivedTokens.inc(labels);
@@ -307,6 +332,9 @@ export class OAuthTokenBroker implements TokenBroker {
       return { tokens };
     } catch (err) {
       const failure = classifyTokenError(err, this.#now());
+      // invalid_grant is an answer about the grant: the endpoint works. Anything else is an outage.
+      if (failure.result === 'invalid_grant') this.#breaker.succeed(provider.name);
+      else this.#breaker.fail(provider.name, failure.retryAfterMs);
       this.#o.metrics?.tokenRefreshes.inc({ ...labels, result: failure.result });
       this.#log.warn(
         {

@@ -144,7 +144,8 @@ test('HTTP 429 with Retry-After: no new attempt before the server said so', asyn
   const start = hits;
   assert.equal((await failWith()).detail, 'http_429');
   advance(119_000);
-  assert.equal((await failWith()).detail, 'backoff');
+  // A Retry-After throttles the whole provider: its breaker stays open until then.
+  assert.equal((await failWith()).detail, 'breaker_open');
   assert.equal(hits - start, 1);
   assert.deepEqual(await results(), { http_429: 1 });
 });
