@@ -195,7 +195,9 @@ export class OAuthTokenBroker implements TokenBroker {
       outcome =
         ctx.handler.per !== 'grant'
           ? await this.#fetchShared(key, ctx, stale, now)
-          : await this.#o.store.withGrantLock(ctx.account.id, (tx) => this.#refreshLocked(tx, key, ctx, stale));
+          : await this.#o.store.withGrantLock(ctx.account.id, (tx) =>
+              this.#refreshLocked(tx, key, ctx, stale),
+            );
     } finally {
       // A probe that found a fresh stored token (or failed before asking) leaves the next one to probe.
       if (gate.kind === 'probe') this.#breaker.release(provider);
