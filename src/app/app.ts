@@ -15,12 +15,15 @@ import { SessionRegistry } from '../core/sessions.js';
 import { messageOf } from '../errors.js';
 import { type Logger, setLogLevel } from '../log.js';
 import { createMetrics, type Metrics } from '../metrics.js';
+import { PreauthGate } from '../net/gate.js';
 import { sessionLimitsFromConfig } from '../net/limits.js';
 import { WarmPool } from '../net/pool.js';
+import { watchGrantChanges } from '../notify/transitions.js';
+import { Notifier } from '../notify/webhook.js';
 import { OAuthTokenBroker } from '../oauth/broker.js';
 import { createJwtBearerHandler } from '../oauth/jwt-bearer.js';
+import { GrantKeepalive, keepaliveSettings } from '../oauth/keepalive.js';
 import { createProviderRegistry } from '../oauth/provider.js';
-import { PreauthGate } from '../net/gate.js';
 import { PROTOCOLS } from '../protocols/index.js';
 import { Keyring } from '../store/crypto.js';
 import { openStore } from '../store/index.js';
@@ -58,6 +61,8 @@ export interface ReloadResult {
 
 /** Settings a running process cannot change: the store, keys, workers, the admin servers. */
 const RESTART_KEYS = ['data_dir', 'store', 'encryption', 'workers', 'admin'] as const;
+/** At shutdown, how long queued notifications may still go out. */
+const NOTIFY_GRACE_MS = 2000;
 
 export interface StartOptions {
   log: Logger;
@@ -65,6 +70,8 @@ export interface StartOptions {
   version?: string;
   /** Extra admin routes (besides the onboarding pages, which are always added). */
   routes?: (deps: { store: GrantStore; config: Config; authLimiter: AdminAuthLimiter }) => Route[];
+  /** Run the idle-grant keepalive here (default true; with several workers only one does). */
+  keepalive?: boolean;
 }
 
 /** Builds and starts everything `serve` runs: store, broker, upstream, listeners, admin HTTP. */
@@ -86,9 +93,19 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
   });
   const providers = createProviderRegistry(config.providers);
   const sessions = new SessionRegistry({ metrics });
+  const notifier = new Notifier({
+    store,
+    config: config.notifications,
+    publicUrl: config.admin.public_url,
+    metrics,
+    log,
+  });
+  // Grants this process moves into or out of needs_consent (broker, onboarding) are announced.
+  const announced = (s: GrantStore) =>
+    watchGrantChanges(s, (id, event, reason) => notifier.grantChanged(id, event, reason));
   const broker = new OAuthTokenBroker({
     // A grant this process marks needs_consent ends the account's live sessions at once.
-    store: watchConsentLoss(store, (id) => sessions.end(id, 'needs_consent')),
+    store: announced(watchConsentLoss(store, (id) => sessions.end(id, 'needs_consent'))),
     providers,
     tokens: config.tokens,
     handlers: [createJwtBearerHandler()],
@@ -156,7 +173,7 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
     const routes = splitConnectRoutes(
       [
         ...onboardingRoutes({
-          store,
+          store: announced(store),
           config,
           keyring,
           providers,
@@ -208,6 +225,12 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
         log: log.child({ component: 'sessions' }),
       });
     let stopRecheck = recheck();
+    const keepalive = () => {
+      const settings = keepaliveSettings(config.keepalive);
+      if (opts.keepalive === false || !settings) return undefined;
+      return new GrantKeepalive({ store, broker, settings, metrics, log }).start();
+    };
+    let keepaliveRun = keepalive();
     const reload = async (next: Config): Promise<ReloadResult> => {
       const restartNeeded = RESTART_KEYS.filter((k) => JSON.stringify(config[k]) !== JSON.stringify(next[k]));
       const recheckBefore = config.limits.session_recheck_seconds;
@@ -229,6 +252,13 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
         stopRecheck();
         stopRecheck = recheck();
       }
+      if (JSON.stringify(config.keepalive) !== JSON.stringify(next.keepalive)) {
+        config.keepalive = next.keepalive;
+        await keepaliveRun?.stop();
+        keepaliveRun = keepalive();
+      }
+      config.notifications = next.notifications;
+      notifier.configure(next.notifications, config.admin.public_url);
       learnUpstreams(config, pools, capabilities, upstreamLog);
       return { result: problems.length === 0 ? 'success' : 'failed', problems, restartNeeded };
     };
@@ -245,10 +275,13 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
       async close(closeOpts) {
         metrics.grantSource.count = undefined;
         stopRecheck();
+        await keepaliveRun?.stop();
         closePools();
         await listeners.close(closeOpts?.drainMs ?? Math.round(config.limits.shutdown_drain_seconds * 1000));
         await adminServer.close();
         await connectServer?.close();
+        // A receiver that is down delays the exit by this much at most.
+        await notifier.close(NOTIFY_GRACE_MS);
         await store.close();
       },
     };

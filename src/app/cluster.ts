@@ -9,6 +9,8 @@ import { AdminServer, metricsGate, send } from '../admin/server.js';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../log.js';
 import { createMetrics } from '../metrics.js';
+import { watchGrantChanges } from '../notify/transitions.js';
+import { Notifier } from '../notify/webhook.js';
 import { createProviderRegistry } from '../oauth/provider.js';
 import { Keyring } from '../store/crypto.js';
 import { openStore } from '../store/index.js';
@@ -30,12 +32,16 @@ import { fileReloader, type ReloadOutcome } from './reload.js';
 const READY = 'imap-oauth-proxy:ready';
 const RELOAD = 'imap-oauth-proxy:reload';
 const RELOADED = 'imap-oauth-proxy:reloaded';
+/** Set in the environment of the one worker that runs the idle-grant keepalive. */
+const KEEPALIVE_ENV = 'IMAP_OAUTH_PROXY_KEEPALIVE';
 /** A worker that has not answered a reload in this time counts as failed. */
 const RELOAD_TIMEOUT_MS = 30_000;
 /** A worker that exits before it is ready fails the start; later crashes are re-forked after this delay. */
 const RESTART_DELAY_MS = 1000;
 /** Beyond a worker's drain window, how long it gets to stop before it is killed. */
 const STOP_GRACE_MS = 30_000;
+/** At shutdown, how long the primary's queued notifications may still go out. */
+const NOTIFY_GRACE_MS = 2000;
 
 /** `workers: N | 'auto'` → a process count ('auto' = one per CPU). */
 export function resolveWorkers(setting: number | 'auto'): number {
@@ -58,6 +64,7 @@ export async function startWorker(config: Config, opts: { log: Logger; version: 
     log: opts.log.child({ worker: id }),
     metrics,
     version: opts.version,
+    keepalive: process.env[KEEPALIVE_ENV] === '1',
   });
   process.send?.({ type: READY });
   return app;
@@ -93,8 +100,9 @@ export async function runPrimary(
   let startFailed: ((err: Error) => void) | undefined;
   let allReady: (() => void) | undefined;
 
-  const fork = (): Worker => {
-    const w = cluster.fork();
+  // One worker refreshes idle grants (re-forked with the same role): N would multiply the rate.
+  const fork = (keepalive: boolean): Worker => {
+    const w = cluster.fork({ [KEEPALIVE_ENV]: keepalive ? '1' : '0' });
     w.on('message', (m: unknown) => {
       if ((m as { type?: unknown } | null)?.type === READY) {
         ready.add(w.id);
@@ -107,7 +115,7 @@ export async function runPrimary(
       if (stopping) return;
       log.error({ worker: w.id, pid: w.process.pid, code, signal }, 'worker exited');
       if (!wasReady) startFailed?.(new Error(`worker ${w.id} exited (code ${code}) before it was ready`));
-      else setTimeout(() => !stopping && fork(), RESTART_DELAY_MS).unref();
+      else setTimeout(() => !stopping && fork(keepalive), RESTART_DELAY_MS).unref();
     });
     return w;
   };
@@ -137,7 +145,7 @@ export async function runPrimary(
     await new Promise<void>((resolve, reject) => {
       startFailed = reject;
       allReady = resolve;
-      for (let i = 0; i < opts.workers; i++) fork();
+      for (let i = 0; i < opts.workers; i++) fork(i === 0);
     });
   } catch (err) {
     log.error({ err }, 'cannot start workers');
@@ -169,11 +177,22 @@ export async function runPrimary(
     count: (result) => {
       if (result === 'invalid') own.configReloads.inc({ result });
     },
-    apply: () => askWorkers(log),
+    apply: (next) => {
+      notifier.configure(next.notifications, config.admin.public_url);
+      return askWorkers(log);
+    },
+  });
+  // The primary serves the onboarding pages: a reconnected mailbox is announced from here.
+  const notifier = new Notifier({
+    store,
+    config: config.notifications,
+    publicUrl: config.admin.public_url,
+    metrics: own,
+    log,
   });
   const pages = splitConnectRoutes(
     onboardingRoutes({
-      store,
+      store: watchGrantChanges(store, (id, event, reason) => notifier.grantChanged(id, event, reason)),
       config,
       keyring,
       providers: createProviderRegistry(config.providers),
@@ -205,6 +224,7 @@ export async function runPrimary(
           const mine = [
             await own.registry.getSingleMetricAsString('imap_proxy_limiter_actions_total'),
             await own.registry.getSingleMetricAsString('imap_proxy_config_reloads_total'),
+            await own.registry.getSingleMetricAsString('imap_proxy_notifications_total'),
           ].join('\n');
           send(res, 200, mergeExpositions(await aggregator.clusterMetrics(), mine), aggregator.contentType);
         },
@@ -238,6 +258,7 @@ export async function runPrimary(
     process.on('SIGHUP', () => void reloadAll());
   });
   await admin.close();
+  await notifier.close(NOTIFY_GRACE_MS);
   await store.close();
   log.info('stopped');
   return 0;
