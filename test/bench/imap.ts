@@ -134,16 +134,16 @@ export class BenchConn {
 
   /** Sends a command and counts the reply's bytes up to its tagged line; returns the byte count. */
   countReply(tag: string, text: string): Promise<number> {
+    return this.countUntil(`${tag} ${text}\r\n`, Buffer.from(`\r\n${tag} OK`));
+  }
+
+  /** Sends `command` and counts the reply's bytes until `end` arrives; returns the byte count. */
+  countUntil(command: string, end: Buffer): Promise<number> {
     return new Promise((resolve, reject) => {
-      const sink = {
-        tag: Buffer.from(`\r\n${tag} OK`),
-        bytes: 0,
-        tail: Buffer.alloc(0),
-        done: () => resolve(sink.bytes),
-      };
+      const sink = { tag: end, bytes: 0, tail: Buffer.alloc(0), done: () => resolve(sink.bytes) };
       this.sink = sink;
-      this.socket.once('close', () => reject(new Error('closed during FETCH')));
-      this.write(`${tag} ${text}\r\n`);
+      this.socket.once('close', () => reject(new Error(`closed during ${command.trim()}`)));
+      this.write(command);
     });
   }
 

@@ -1,4 +1,5 @@
 import { type Auth, BenchConn, type Target } from './imap.js';
+import { type Pop3Auth, Pop3Conn } from './pop3.js';
 import { benchMessage, type SmtpAuth, SmtpConn } from './smtp.js';
 
 /**
@@ -14,6 +15,8 @@ export type Job =
   | { kind: 'hold'; target: Target; auths: Auth[]; open: number }
   | { kind: 'submit'; target: Target; auth: SmtpAuth; size: number; repeat: number }
   | { kind: 'smtpAuths'; legs: Array<{ target: Target; auth: SmtpAuth }>; count: number }
+  | { kind: 'retr'; target: Target; auth: Pop3Auth; repeat: number }
+  | { kind: 'pop3Logins'; legs: Array<{ target: Target; auth: Pop3Auth }>; count: number }
   | {
       kind: 'submissions';
       target: Target;
@@ -119,38 +122,84 @@ async function submitJob(j: Extract<Job, { kind: 'submit' }>) {
   }
 }
 
+export type TurnsResult = { count: number; errors: number; firstError?: string; latenciesMs: number[] };
+
 /**
  * Sequential sessions, `count` per leg, the legs taking turns so that all of them see the same
- * load on a shared machine: the time from sending AUTH to the 235, nothing else.
+ * load on a shared machine; `once` runs one session and returns the milliseconds it timed.
  */
-async function smtpAuthsJob(j: Extract<Job, { kind: 'smtpAuths' }>) {
-  const res = j.legs.map(() => ({
-    count: 0,
-    errors: 0,
-    firstError: undefined as string | undefined,
-    latenciesMs: [] as number[],
-  }));
-  for (let i = 0; i < j.count; i++) {
-    for (const [k, leg] of j.legs.entries()) {
+async function takeTurns<L>(legs: L[], count: number, once: (leg: L) => Promise<number>) {
+  const res: TurnsResult[] = legs.map(() => ({ count: 0, errors: 0, latenciesMs: [] }));
+  for (let i = 0; i < count; i++) {
+    for (const [k, leg] of legs.entries()) {
       const r = res[k]!;
-      let c: SmtpConn | undefined;
       try {
-        c = await SmtpConn.open(leg.target);
-        await c.ehlo();
-        const t0 = performance.now();
-        await c.auth(leg.auth);
-        r.latenciesMs.push(performance.now() - t0);
+        r.latenciesMs.push(await once(leg));
         r.count++;
-        await c.quit();
       } catch (err) {
         r.errors++;
         r.firstError ??= (err as Error).message;
-      } finally {
-        c?.destroy();
       }
     }
   }
   return res;
+}
+
+/** The time from sending AUTH to the 235, nothing else. */
+function smtpAuthsJob(j: Extract<Job, { kind: 'smtpAuths' }>) {
+  return takeTurns(j.legs, j.count, async (leg) => {
+    let c: SmtpConn | undefined;
+    try {
+      c = await SmtpConn.open(leg.target);
+      await c.ehlo();
+      const t0 = performance.now();
+      await c.auth(leg.auth);
+      const ms = performance.now() - t0;
+      await c.quit();
+      return ms;
+    } finally {
+      c?.destroy();
+    }
+  });
+}
+
+/** The time from sending USER (or AUTH) to the +OK that logs in, nothing else. */
+function pop3LoginsJob(j: Extract<Job, { kind: 'pop3Logins' }>) {
+  return takeTurns(j.legs, j.count, async (leg) => {
+    let c: Pop3Conn | undefined;
+    try {
+      c = await Pop3Conn.open(leg.target);
+      const t0 = performance.now();
+      await c.login(leg.auth);
+      const ms = performance.now() - t0;
+      await c.quit();
+      return ms;
+    } finally {
+      c?.destroy();
+    }
+  });
+}
+
+/** One session, `repeat` RETRs of message 1: the seconds of each. */
+async function retrJob(j: Extract<Job, { kind: 'retr' }>) {
+  const c = await Pop3Conn.open(j.target);
+  try {
+    await c.login(j.auth);
+    // STAT first: a RETR of a missing message would only end at the deadline.
+    const stat = await c.command('STAT');
+    if (stat.split(' ')[1] === '0') throw new Error('POP3 mailbox is empty: nothing to RETR');
+    const seconds: number[] = [];
+    let bytes = 0;
+    for (let i = 0; i < j.repeat; i++) {
+      const t0 = performance.now();
+      bytes = await c.retr(1);
+      seconds.push((performance.now() - t0) / 1000);
+    }
+    await c.quit();
+    return { bytes, seconds };
+  } finally {
+    c.destroy();
+  }
 }
 
 /** Whole submissions (connect … QUIT) from `concurrency` lanes until the deadline or `maxCount`. */
@@ -224,6 +273,10 @@ async function run(job: Job): Promise<unknown> {
       return submitJob(job);
     case 'smtpAuths':
       return smtpAuthsJob(job);
+    case 'retr':
+      return retrJob(job);
+    case 'pop3Logins':
+      return pop3LoginsJob(job);
     case 'submissions':
       return submissionsJob(job);
     case 'close':

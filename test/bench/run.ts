@@ -6,6 +6,8 @@ import { type Dovecot, startDovecot } from '../helpers/dovecot.js';
 import { startOP, type TestOP } from '../helpers/op.js';
 import { startSmtpSink } from '../helpers/smtp-sink.js';
 import { type Auth, BenchConn } from './imap.js';
+import type { TurnsResult } from './loadgen.js';
+import type { Pop3Auth } from './pop3.js';
 import {
   type Generator,
   runJob,
@@ -16,11 +18,11 @@ import {
   treeRss,
 } from './procs.js';
 import { freePort, seedAccounts, startProxyProcess, writeProxyConfig } from './setup.js';
-import type { SmtpAuth } from './smtp.js';
+import { benchMessage, type SmtpAuth } from './smtp.js';
 
 /**
  * `npm run bench [-- --quick] [-- --out FILE] [-- --only throughput,latency,rate,storm,concurrency,
- * smtp-throughput,smtp-latency,smtp-rate]`:
+ * smtp-throughput,smtp-latency,smtp-rate,pop3-throughput,pop3-latency]`:
  * proxy vs direct (and haproxy TCP) in one run. The proxy runs as `node dist/cli.js serve`; load
  * comes from forked generator processes. BENCH_PROXY_NODE_ARGS (space-separated) is passed to the
  * proxy's node, e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof` to profile one scenario.
@@ -37,16 +39,23 @@ const STEPS = (process.env.BENCH_STEPS ?? (QUICK ? '100,300' : '1000,5000,10000,
   .split(',')
   .map(Number);
 const SIZES = { big: QUICK ? 4 << 20 : 32 << 20, small: 4096, smallCount: QUICK ? 200 : 1000 };
-const LOGIN_N = QUICK ? 40 : 300;
+const LOGIN_N = QUICK ? 40 : 200;
+const LOGIN_WARMUPS = QUICK ? 5 : 20;
 const RATE_MS = QUICK ? 1000 : 3000;
 const STORM = QUICK ? 200 : 1000;
 const SMTP = {
   big: QUICK ? 2 << 20 : 10 << 20,
   repeats: QUICK ? 2 : 5,
-  auths: QUICK ? 15 : 300,
+  auths: QUICK ? 15 : 200,
   warmups: QUICK ? 5 : 20,
   small: 2048,
   rateMs: QUICK ? 1000 : 4000,
+};
+const POP3 = {
+  big: QUICK ? 4 << 20 : 32 << 20,
+  repeats: QUICK ? 2 : 5,
+  logins: QUICK ? 15 : 200,
+  warmups: QUICK ? 5 : 20,
 };
 
 const SCENARIOS = [
@@ -58,6 +67,8 @@ const SCENARIOS = [
   'smtp-throughput',
   'smtp-latency',
   'smtp-rate',
+  'pop3-throughput',
+  'pop3-latency',
 ] as const;
 type Scenario = (typeof SCENARIOS)[number];
 const ONLY = args.includes('--only') ? (args[args.indexOf('--only') + 1] ?? '').split(',') : [...SCENARIOS];
@@ -87,13 +98,13 @@ interface Ctx {
   user: string;
   token: string;
   password: string;
-  proxy: { plain: number; imaps: number; submissions: number };
+  proxy: { plain: number; imaps: number; submissions: number; pop3s: number };
   proxyPid: number;
-  haproxy?: { plain: number; imaps: number; submissions: number };
-  /** Dovecot's plain-password user: the direct, non-OAuth SMTP baseline. */
-  direct: SmtpAuth;
-  /** One generator process runs the SMTP jobs one after another (a fork per job costs seconds under load). */
-  smtpGen: Generator;
+  haproxy?: { plain: number; imaps: number; submissions: number; pop3s: number };
+  /** Dovecot's plain-password user: the direct, non-OAuth SMTP and POP3 baseline. */
+  direct: SmtpAuth & Pop3Auth;
+  /** One generator process runs the jobs one after another (a fork per job costs seconds under load). */
+  gen: Generator;
 }
 
 async function seedMail(d: Dovecot, user: string, token: string): Promise<void> {
@@ -128,8 +139,15 @@ const REPEATS = QUICK ? 2 : 5;
 const fetchedMB = (mailbox: string) =>
   ((mailbox === 'big' ? SIZES.big : SIZES.small * SIZES.smallCount) * REPEATS) / 1e6;
 
-async function mbps(port: number, tls: boolean, auth: Auth, mailbox: string, fetch: string): Promise<number> {
-  const r = await runJob<FetchResult>({
+async function mbps(
+  c: Ctx,
+  port: number,
+  tls: boolean,
+  auth: Auth,
+  mailbox: string,
+  fetch: string,
+): Promise<number> {
+  const r = await c.gen.run<FetchResult>({
     kind: 'fetch',
     target: { port, tls },
     auth,
@@ -153,13 +171,13 @@ async function throughput(c: Ctx) {
       const tls = leg === 'tls';
       log(`throughput ${name} ${leg}`);
       const cpu0 = treeCpuSeconds(c.proxyPid);
-      const proxy = await mbps(tls ? c.proxy.imaps : c.proxy.plain, tls, proxyAuth, mailbox, fetch);
+      const proxy = await mbps(c, tls ? c.proxy.imaps : c.proxy.plain, tls, proxyAuth, mailbox, fetch);
       // Proxy CPU per MB moved: steadier than MB/s on a shared machine (login included, small).
       const cpuMsPerMB = r3(((treeCpuSeconds(c.proxyPid) - cpu0) * 1000) / fetchedMB(mailbox));
-      const dir = await mbps(tls ? c.dovecot.imapsPort : c.dovecot.imapPort, tls, direct, mailbox, fetch);
-      const directTls = tls ? dir : await mbps(c.dovecot.imapsPort, true, direct, mailbox, fetch);
+      const dir = await mbps(c, tls ? c.dovecot.imapsPort : c.dovecot.imapPort, tls, direct, mailbox, fetch);
+      const directTls = tls ? dir : await mbps(c, c.dovecot.imapsPort, true, direct, mailbox, fetch);
       const hap = c.haproxy
-        ? await mbps(tls ? c.haproxy.imaps : c.haproxy.plain, tls, direct, mailbox, fetch)
+        ? await mbps(c, tls ? c.haproxy.imaps : c.haproxy.plain, tls, direct, mailbox, fetch)
         : undefined;
       rows.push({
         scenario: `FETCH ${name}, client leg ${leg === 'tls' ? 'TLS' : 'cleartext'}, upstream TLS`,
@@ -190,17 +208,22 @@ async function loginLatency(c: Ctx) {
   for (const leg of ['plain', 'tls'] as const) {
     const tls = leg === 'tls';
     log(`login latency ${leg}`);
-    const job = (port: number, auth: Auth, overTls = tls) =>
-      runJob<LoginsResult>({
+    const job = (port: number, auth: Auth, overTls = tls, maxCount = LOGIN_N) =>
+      c.gen.run<LoginsResult>({
         kind: 'logins',
         target: { port, tls: overTls },
         auth,
         concurrency: 1,
         durationMs: 120_000,
-        maxCount: LOGIN_N,
+        maxCount,
       });
-    // One warm-up pass fills the proxy's credential and token caches (the target is about warm caches).
-    await job(tls ? c.proxy.imaps : c.proxy.plain, { kind: 'login', user: 'bench', pass: c.password });
+    // A warm-up pass fills the proxy's credential and token caches (the target is about warm caches).
+    await job(
+      tls ? c.proxy.imaps : c.proxy.plain,
+      { kind: 'login', user: 'bench', pass: c.password },
+      tls,
+      LOGIN_WARMUPS,
+    );
     const p = await job(tls ? c.proxy.imaps : c.proxy.plain, {
       kind: 'login',
       user: 'bench',
@@ -237,7 +260,7 @@ async function loginRate(c: Ctx) {
   for (const concurrency of [1, 8, 64]) {
     log(`login rate c=${concurrency}`);
     const job = (port: number, auth: Auth, tls = false) =>
-      runJob<LoginsResult>({
+      c.gen.run<LoginsResult>({
         kind: 'logins',
         target: { port, tls },
         auth,
@@ -271,7 +294,7 @@ async function loginRate(c: Ctx) {
 type SubmitResult = { bytes: number; seconds: number[] };
 
 async function submitMBps(c: Ctx, port: number, auth: SmtpAuth): Promise<number> {
-  const r = await c.smtpGen.run<SubmitResult>({
+  const r = await c.gen.run<SubmitResult>({
     kind: 'submit',
     target: { port, tls: true },
     auth,
@@ -282,19 +305,37 @@ async function submitMBps(c: Ctx, port: number, auth: SmtpAuth): Promise<number>
   return r2(r.bytes / Math.min(...r.seconds) / 1e6);
 }
 
-/** The proxy's SMTP login: the account's app password, no OAuth on the client side. */
-const proxySmtpAuth = (c: Ctx): SmtpAuth => ({ user: 'bench', pass: c.password });
+/** The proxy's SMTP and POP3 login: the account's app password, no OAuth on the client side. */
+const proxyAuth = (c: Ctx) => ({ user: 'bench', pass: c.password });
 
 async function smtpThroughput(c: Ctx) {
   log(`smtp throughput ${SMTP.big >> 20} MB`);
+  return tlsTransferRow(c, {
+    scenario: `SMTP DATA ${SMTP.big >> 20} MB message, client leg TLS, upstream TLS`,
+    movedMB: (SMTP.big * SMTP.repeats) / 1e6,
+    measure: (port, auth) => submitMBps(c, port, auth),
+    ports: { proxy: c.proxy.submissions, direct: c.dovecot.submissionsPort, haproxy: c.haproxy?.submissions },
+  });
+}
+
+/** A bulk transfer with TLS on both legs: the proxy, straight to Dovecot, through haproxy; one row. */
+async function tlsTransferRow(
+  c: Ctx,
+  o: {
+    scenario: string;
+    movedMB: number;
+    measure: (port: number, auth: SmtpAuth & Pop3Auth) => Promise<number>;
+    ports: { proxy: number; direct: number; haproxy: number | undefined };
+  },
+) {
   const cpu0 = treeCpuSeconds(c.proxyPid);
-  const proxy = await submitMBps(c, c.proxy.submissions, proxySmtpAuth(c));
-  const cpuMsPerMB = r3(((treeCpuSeconds(c.proxyPid) - cpu0) * 1000) / ((SMTP.big * SMTP.repeats) / 1e6));
-  const direct = await submitMBps(c, c.dovecot.submissionsPort, c.direct);
-  const hap = c.haproxy ? await submitMBps(c, c.haproxy.submissions, c.direct) : undefined;
+  const proxy = await o.measure(o.ports.proxy, proxyAuth(c));
+  const cpuMsPerMB = r3(((treeCpuSeconds(c.proxyPid) - cpu0) * 1000) / o.movedMB);
+  const direct = await o.measure(o.ports.direct, c.direct);
+  const hap = o.ports.haproxy ? await o.measure(o.ports.haproxy, c.direct) : undefined;
   return [
     {
-      scenario: `SMTP DATA ${SMTP.big >> 20} MB message, client leg TLS, upstream TLS`,
+      scenario: o.scenario,
       clientLeg: 'tls' as const,
       proxyMBps: proxy,
       proxyCpuMsPerMB: cpuMsPerMB,
@@ -312,27 +353,53 @@ function noneSucceeded(what: string, ...legs: Array<{ count: number; firstError?
   if (bad) throw new Error(`${what}: no session succeeded (${bad.firstError ?? 'no error recorded'})`);
 }
 
-type SmtpAuthsResult = { count: number; errors: number; firstError?: string; latenciesMs: number[] };
-
-async function smtpAuthLatency(c: Ctx) {
+function smtpAuthLatency(c: Ctx) {
   log('smtp AUTH latency');
-  const proxy = { target: { port: c.proxy.submissions, tls: true }, auth: proxySmtpAuth(c) };
-  const dovecot = { port: c.dovecot.submissionsPort, tls: true };
-  // A warm-up pass fills the proxy's credential and token caches (the target is about warm caches).
-  await c.smtpGen.run<SmtpAuthsResult[]>({ kind: 'smtpAuths', legs: [proxy], count: SMTP.warmups });
-  const [p, d, dx] = (await c.smtpGen.run<SmtpAuthsResult[]>({
+  return interleavedLatency(c, {
     kind: 'smtpAuths',
+    scenario: 'SMTP AUTH PLAIN → 235, client leg TLS',
+    ports: { proxy: c.proxy.submissions, direct: c.dovecot.submissionsPort },
+    warmups: SMTP.warmups,
     count: SMTP.auths,
+  });
+}
+
+/**
+ * A warm-up pass through the proxy, then the proxy, a direct password login and a direct XOAUTH2
+ * login with the proxy's token taking turns, all over TLS; one row.
+ */
+async function interleavedLatency(
+  c: Ctx,
+  o: {
+    kind: 'smtpAuths' | 'pop3Logins';
+    scenario: string;
+    ports: { proxy: number; direct: number };
+    warmups: number;
+    count: number;
+  },
+) {
+  const proxy = { target: { port: o.ports.proxy, tls: true }, auth: proxyAuth(c) };
+  const dovecot = { port: o.ports.direct, tls: true };
+  // The warm-up fills the proxy's credential and token caches (the target is about warm caches).
+  await c.gen.run<TurnsResult[]>({ kind: o.kind, legs: [proxy], count: o.warmups });
+  const [p, d, dx] = (await c.gen.run<TurnsResult[]>({
+    kind: o.kind,
+    count: o.count,
     legs: [
       proxy,
       { target: dovecot, auth: c.direct },
-      // The proxy's upstream AUTH is XOAUTH2, which Dovecot checks by introspection at the OAuth server.
+      // The proxy's upstream login is XOAUTH2, which Dovecot checks by introspection at the OAuth server.
       { target: dovecot, auth: { user: c.user, token: c.token } },
     ],
-  })) as [SmtpAuthsResult, SmtpAuthsResult, SmtpAuthsResult];
-  noneSucceeded('SMTP AUTH latency', p, d, dx);
+  })) as [TurnsResult, TurnsResult, TurnsResult];
+  noneSucceeded(o.scenario, p, d, dx);
+  return turnsLatencyRow(o.scenario, p, d, dx);
+}
+
+/** Proxy, direct password and direct XOAUTH2 legs of one interleaved latency run, as a row. */
+function turnsLatencyRow(scenario: string, p: TurnsResult, d: TurnsResult, dx: TurnsResult) {
   return {
-    scenario: 'SMTP AUTH PLAIN → 235, client leg TLS',
+    scenario,
     n: p.count,
     errors: p.errors + d.errors + dx.errors,
     ...(p.firstError || d.firstError || dx.firstError
@@ -355,7 +422,7 @@ async function smtpRate(c: Ctx) {
   const concurrency = 8;
   log(`smtp submissions/s c=${concurrency}`);
   const job = (port: number, auth: SmtpAuth) =>
-    c.smtpGen.run<SubmissionsResult>({
+    c.gen.run<SubmissionsResult>({
       kind: 'submissions',
       target: { port, tls: true },
       auth,
@@ -364,7 +431,7 @@ async function smtpRate(c: Ctx) {
       durationMs: SMTP.rateMs,
       maxCount: 100_000,
     });
-  const p = await job(c.proxy.submissions, proxySmtpAuth(c));
+  const p = await job(c.proxy.submissions, proxyAuth(c));
   const d = await job(c.dovecot.submissionsPort, c.direct);
   noneSucceeded('SMTP submission rate', p, d);
   const pr = p.count / p.elapsed;
@@ -379,6 +446,38 @@ async function smtpRate(c: Ctx) {
     ...(p.firstError || d.firstError ? { firstError: p.firstError ?? d.firstError } : {}),
     target: 0.8,
   };
+}
+
+async function retrMBps(c: Ctx, port: number, auth: Pop3Auth): Promise<number> {
+  const r = await c.gen.run<{ bytes: number; seconds: number[] }>({
+    kind: 'retr',
+    target: { port, tls: true },
+    auth,
+    repeat: POP3.repeats,
+  });
+  // Best of the repeats, as for FETCH.
+  return r2(r.bytes / Math.min(...r.seconds) / 1e6);
+}
+
+function pop3Throughput(c: Ctx) {
+  log(`pop3 throughput ${POP3.big >> 20} MB`);
+  return tlsTransferRow(c, {
+    scenario: `POP3 RETR ${POP3.big >> 20} MB message, client leg TLS, upstream TLS`,
+    movedMB: (POP3.big * POP3.repeats) / 1e6,
+    measure: (port, auth) => retrMBps(c, port, auth),
+    ports: { proxy: c.proxy.pop3s, direct: c.dovecot.pop3sPort, haproxy: c.haproxy?.pop3s },
+  });
+}
+
+function pop3LoginLatency(c: Ctx) {
+  log('pop3 login latency');
+  return interleavedLatency(c, {
+    kind: 'pop3Logins',
+    scenario: 'POP3 USER/PASS → +OK, client leg TLS',
+    ports: { proxy: c.proxy.pop3s, direct: c.dovecot.pop3sPort },
+    warmups: POP3.warmups,
+    count: POP3.logins,
+  });
 }
 
 async function lagP99(adminPort: number): Promise<number> {
@@ -555,7 +654,7 @@ function table(res: Results): string {
   section(
     '| throughput | proxy MB/s | direct MB/s | ratio | target | direct TLS MB/s (ratio) | haproxy MB/s | proxy CPU ms/MB |',
     '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
-    [...res.throughput, ...res.smtpThroughput].map(
+    [...res.throughput, ...res.smtpThroughput, ...res.pop3Throughput].map(
       (t) =>
         `| ${t.scenario} | ${t.proxyMBps} | ${t.directMBps} | ${t.ratio} | ≥ ${t.target} | ${'directTlsMBps' in t ? `${t.directTlsMBps} (${t.ratioVsDirectTls})` : '—'} | ${t.haproxyMBps ?? 'n/a'} | ${t.proxyCpuMsPerMB} |`,
     ),
@@ -576,15 +675,16 @@ function table(res: Results): string {
         `| ${r.concurrency} | ${r.proxyPerSec} | ${r.directPerSec} | ${r.ratio} | ≥ 0.8 | ${r.directTlsPerSec} (${r.ratioVsDirectTls}) |`,
     ),
   );
-  const sa = res.smtpAuthLatency;
   section(
-    '| SMTP AUTH latency (warm caches) | proxy p50 / p99 ms | direct PLAIN p50 / p99 ms | added p50 ms | target | direct XOAUTH2 p50 ms (added) | errors |',
+    '| SMTP / POP3 login latency (warm caches) | proxy p50 / p99 ms | direct password p50 / p99 ms | added p50 ms | target | direct XOAUTH2 p50 ms (added) | errors |',
     '| --- | ---: | ---: | ---: | ---: | ---: | ---: |',
-    sa
-      ? [
-          `| ${sa.scenario} | ${sa.proxyP50ms} / ${sa.proxyP99ms} | ${sa.directP50ms} / ${sa.directP99ms} | ${sa.addedP50ms} | ≤ ${sa.targetAddedP50ms} | ${sa.directXoauth2P50ms} (${sa.addedP50msVsDirectXoauth2}) | ${sa.errors} |`,
-        ]
-      : [],
+    [res.smtpAuthLatency, res.pop3LoginLatency].flatMap((sa) =>
+      sa
+        ? [
+            `| ${sa.scenario} | ${sa.proxyP50ms} / ${sa.proxyP99ms} | ${sa.directP50ms} / ${sa.directP99ms} | ${sa.addedP50ms} | ≤ ${sa.targetAddedP50ms} | ${sa.directXoauth2P50ms} (${sa.addedP50msVsDirectXoauth2}) | ${sa.errors} |`,
+          ]
+        : [],
+    ),
   );
   const sr = res.smtpRate;
   section(
@@ -635,6 +735,8 @@ type Results = {
   smtpThroughput: Awaited<ReturnType<typeof smtpThroughput>>;
   smtpAuthLatency: Awaited<ReturnType<typeof smtpAuthLatency>> | undefined;
   smtpRate: Awaited<ReturnType<typeof smtpRate>> | undefined;
+  pop3Throughput: Awaited<ReturnType<typeof pop3Throughput>>;
+  pop3LoginLatency: Awaited<ReturnType<typeof pop3LoginLatency>> | undefined;
 };
 
 async function main(): Promise<void> {
@@ -645,14 +747,14 @@ async function main(): Promise<void> {
   introspection.password = op.introspection.secret;
   // Dovecot submission relays every accepted message to the sink, which stores it before its 250.
   const sink = await startSmtpSink();
-  const direct: SmtpAuth = { user: 'direct@example.com', pass: 'direct-bench-password' };
+  const direct = { user: 'direct@example.com', pass: 'direct-bench-password' };
   const dovecot = await startDovecot({
     introspectionUrl: introspection.toString(),
     users: [{ name: direct.user, password: direct.pass }],
     relayPort: sink.port,
   });
   const dir = mkdtempSync(join(tmpdir(), 'iop-bench-'));
-  const smtpGen = startGenerator();
+  const gen = startGenerator();
   let haproxy: Awaited<ReturnType<typeof startHaproxy>>;
   let proxy: Awaited<ReturnType<typeof startProxyProcess>> | undefined;
   try {
@@ -663,10 +765,18 @@ async function main(): Promise<void> {
       log('seeding mail');
       await seedMail(dovecot, user, grant.access_token);
     }
+    if (wants('pop3-throughput')) {
+      log('seeding POP3 inboxes');
+      // The same message in the proxied user's and the direct user's INBOX: RETR 1 reads it.
+      const m = benchMessage(POP3.big, 0);
+      await dovecot.seed(user, m);
+      await dovecot.seed(direct.user, m);
+    }
     const ports = {
       plain: await freePort(),
       imaps: await freePort(),
       submissions: await freePort(),
+      pop3s: await freePort(),
       admin: await freePort(),
     };
     const configFile = writeProxyConfig({
@@ -683,6 +793,7 @@ async function main(): Promise<void> {
         listenPort: ports.submissions,
         upstream: { port: dovecot.submissionsPort, caFile: dovecot.caFile },
       },
+      pop3: { listenPort: ports.pop3s, upstream: { port: dovecot.pop3sPort, caFile: dovecot.caFile } },
       encryptionKey: generateKeyLine('k1'),
     });
     const pw = await seedAccounts(configFile, [
@@ -696,7 +807,12 @@ async function main(): Promise<void> {
     ]);
     proxy = await startProxyProcess(configFile, PROXY);
     // haproxy does the proxy's crypto work: the same client leg, verified TLS to the upstream.
-    const hp = { plain: await freePort(), imaps: await freePort(), submissions: await freePort() };
+    const hp = {
+      plain: await freePort(),
+      imaps: await freePort(),
+      submissions: await freePort(),
+      pop3s: await freePort(),
+    };
     const upstreamCaFile = dovecot.caFile;
     haproxy = await startHaproxy(dir, [
       { name: 'plain', listen: hp.plain, target: dovecot.imapsPort, upstreamCaFile },
@@ -708,6 +824,7 @@ async function main(): Promise<void> {
         clientTls: true,
         upstreamCaFile,
       },
+      { name: 'pop3s', listen: hp.pop3s, target: dovecot.pop3sPort, clientTls: true, upstreamCaFile },
     ]);
     const ctx: Ctx = {
       dir,
@@ -720,7 +837,7 @@ async function main(): Promise<void> {
       proxyPid: proxy.pid,
       ...(haproxy ? { haproxy: hp } : {}),
       direct,
-      smtpGen,
+      gen,
     };
     const tp = wants('throughput') ? await throughput(ctx) : [];
     const ll = wants('latency') ? await loginLatency(ctx) : [];
@@ -728,6 +845,8 @@ async function main(): Promise<void> {
     const stp = wants('smtp-throughput') ? await smtpThroughput(ctx) : [];
     const sal = wants('smtp-latency') ? await smtpAuthLatency(ctx) : undefined;
     const sr = wants('smtp-rate') ? await smtpRate(ctx) : undefined;
+    const ptp = wants('pop3-throughput') ? await pop3Throughput(ctx) : [];
+    const pll = wants('pop3-latency') ? await pop3LoginLatency(ctx) : undefined;
     await proxy.stop(30_000);
     proxy = undefined;
     await haproxy?.stop();
@@ -753,13 +872,15 @@ async function main(): Promise<void> {
       smtpThroughput: stp,
       smtpAuthLatency: sal,
       smtpRate: sr,
+      pop3Throughput: ptp,
+      pop3LoginLatency: pll,
     };
     writeFileSync(OUT, `${JSON.stringify(res, null, 2)}\n`);
     process.stdout.write(`${table(res)}\n\nwrote ${OUT}\n`);
   } finally {
     await proxy?.stop(10_000);
     await haproxy?.stop();
-    await smtpGen.stop();
+    await gen.stop();
     await dovecot.stop();
     await sink.stop();
     await op.close();

@@ -24,7 +24,22 @@ export interface ProxyConfigSpec {
   upstream: { port: number; caFile: string };
   /** An SMTP submission listener (implicit TLS) and the upstream submission server behind it. */
   smtp?: { listenPort: number; upstream: { port: number; caFile: string } };
+  /** A POP3 listener (implicit TLS) and the upstream POP3 server behind it. */
+  pop3?: { listenPort: number; upstream: { port: number; caFile: string } };
   encryptionKey: string;
+}
+
+/** One `providers.local.upstreams.<protocol>` entry: implicit TLS, XOAUTH2, the CA that signed it. */
+function upstreamEntry(protocol: string, u: { port: number; caFile: string }): string {
+  return `      ${protocol}:
+        host: 127.0.0.1
+        port: ${u.port}
+        tls: implicit
+        ca_file: ${JSON.stringify(u.caFile)}
+        mechanism: xoauth2
+        connect_timeout_seconds: 30
+        auth_timeout_seconds: 60
+`;
 }
 
 export function writeProxyConfig(s: ProxyConfigSpec): string {
@@ -38,7 +53,7 @@ encryption: { key: "${s.encryptionKey}" }
 listeners:
   - { name: plain, address: 127.0.0.1, port: ${s.plainPort}, tls: none, allow_cleartext_login: true, allow_from: [127.0.0.1/32] }
   - { name: imaps, address: 127.0.0.1, port: ${s.imapsPort}, tls: implicit }
-${s.smtp ? `  - { name: submissions, protocol: smtp, address: 127.0.0.1, port: ${s.smtp.listenPort}, tls: implicit }\n` : ''}limits: { max_connections: 100000, max_sessions_per_account: 100000, login_timeout_seconds: 120 }
+${s.smtp ? `  - { name: submissions, protocol: smtp, address: 127.0.0.1, port: ${s.smtp.listenPort}, tls: implicit }\n` : ''}${s.pop3 ? `  - { name: pop3s, protocol: pop3, address: 127.0.0.1, port: ${s.pop3.listenPort}, tls: implicit }\n` : ''}limits: { max_connections: 100000, max_sessions_per_account: 100000, login_timeout_seconds: 120 }
 admin: { address: 127.0.0.1, port: ${s.adminPort} }
 providers:
   local:
@@ -56,20 +71,7 @@ providers:
       mechanism: xoauth2
       connect_timeout_seconds: 30
       auth_timeout_seconds: 60
-${
-  s.smtp
-    ? `    upstreams:
-      smtp:
-        host: 127.0.0.1
-        port: ${s.smtp.upstream.port}
-        tls: implicit
-        ca_file: ${JSON.stringify(s.smtp.upstream.caFile)}
-        mechanism: xoauth2
-        connect_timeout_seconds: 30
-        auth_timeout_seconds: 60
-`
-    : ''
-}`,
+${s.smtp || s.pop3 ? '    upstreams:\n' : ''}${s.smtp ? upstreamEntry('smtp', s.smtp.upstream) : ''}${s.pop3 ? upstreamEntry('pop3', s.pop3.upstream) : ''}`,
   );
   return file;
 }

@@ -41,11 +41,31 @@ test('bench --quick writes every scenario with proxy, direct and ratio', { timeo
       r.loginRate.map((x: { concurrency: number }) => x.concurrency),
       [1, 8, 64],
     );
-    assert.equal(r.concurrency.steps[0].sessions, 50);
+    // One row each for SMTP and POP3 bulk transfer, login latency (three interleaved legs) and SMTP rate.
+    for (const rows of [r.smtpThroughput, r.pop3Throughput]) {
+      assert.equal(rows.length, 1);
+      const [t] = rows;
+      assert.ok(
+        t.proxyMBps > 0 && t.directMBps > 0 && t.ratio > 0 && t.proxyCpuMsPerMB > 0,
+        JSON.stringify(t),
+      );
+      if ('haproxyMBps' in t) assert.ok(t.haproxyMBps > 0, JSON.stringify(t));
+    }
+    for (const l of [r.smtpAuthLatency, r.pop3LoginLatency]) {
+      assert.equal(l.errors, 0, JSON.stringify(l));
+      assert.equal(l.n, 15);
+      assert.ok(l.proxyP50ms > 0 && l.directP50ms > 0 && l.directXoauth2P50ms > 0, JSON.stringify(l));
+    }
+    assert.equal(r.smtpRate.errors, 0, JSON.stringify(r.smtpRate));
+    assert.ok(r.smtpRate.proxyPerSec > 0 && r.smtpRate.directPerSec > 0, JSON.stringify(r.smtpRate));
+    assert.equal(r.concurrency.steps[0].sessions, 50, JSON.stringify(r.concurrency.steps[0]));
     assert.ok(r.concurrency.steps[0].rssPerSessionKiB > 0);
     assert.equal(r.refreshStorm.tokenRequests, 1, 'one token request for the storm');
     assert.equal(r.refreshStorm.ok, r.refreshStorm.logins);
     assert.match(text, /\| throughput \| proxy MB\/s/);
+    assert.match(text, /\| SMTP DATA \d+ MB message.*\| \d/);
+    assert.match(text, /\| POP3 RETR \d+ MB message.*\| \d/);
+    assert.match(text, /\| POP3 USER\/PASS → \+OK, client leg TLS \| \d/);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
