@@ -14,6 +14,12 @@ import {
 import type { CredentialChecker, CredentialResult } from './types.js';
 
 /** What a verified-cache entry remembers: enough to notice revocation, never the password. */
+/** scrypt checks one client address may run at once; more wait their turn. */
+const CHECKS_PER_ADDRESS = 4;
+/** Checks one address may have waiting; beyond that it is refused like a limited one. */
+const WAITING_PER_ADDRESS = 256;
+const LIMITED = Symbol('limited');
+
 export interface VerifiedEntry {
   accountId: number;
   passwordId: number;
@@ -45,9 +51,11 @@ const FAILED: CredentialResult = { ok: false, reason: 'bad_credentials' };
 export class StoreCredentialChecker implements CredentialChecker {
   readonly #store: GrantStore;
   readonly #limiter: LoginLimiter | undefined;
+  /** Password checks running and waiting per client address. */
+  readonly #turns = new Map<string, { running: number; waiting: (() => void)[] }>();
   readonly #cache: LRUCache<string, VerifiedEntry>;
   readonly #hmacKey = randomBytes(32);
-  readonly #inflight = new Map<string, Promise<number | null>>();
+  readonly #inflight = new Map<string, Promise<number | null | typeof LIMITED>>();
   readonly #touched = new LRUCache<number, number>({ max: 10000 });
   readonly #touchMs: number;
   readonly #log: Logger;
@@ -81,16 +89,7 @@ export class StoreCredentialChecker implements CredentialChecker {
   async verify(login: string, password: string, clientAddress: string): Promise<CredentialResult> {
     const decision = this.#limiter?.check(login, clientAddress);
     if (decision?.action === 'refuse') return { ok: false, reason: 'limited' };
-    this.#limiter?.begin(clientAddress);
-    try {
-      if (decision?.action === 'delay') await sleep(decision.delayMs);
-      return await this.#verifyAllowed(login, password, clientAddress);
-    } finally {
-      this.#limiter?.end(clientAddress);
-    }
-  }
-
-  async #verifyAllowed(login: string, password: string, clientAddress: string): Promise<CredentialResult> {
+    if (decision?.action === 'delay') await sleep(decision.delayMs);
 
     const key = this.cacheKey(login, password);
     const account = await this.#store.getAccountByLogin(login);
@@ -106,16 +105,50 @@ export class StoreCredentialChecker implements CredentialChecker {
     // Concurrent first logins with the same credentials share one scrypt run.
     let pending = this.#inflight.get(key);
     if (!pending) {
-      pending = this.#check(account, password).finally(() => this.#inflight.delete(key));
+      pending = this.#inTurn(login, clientAddress, () => this.#check(account, password)).finally(() =>
+        this.#inflight.delete(key),
+      );
       this.#inflight.set(key, pending);
     }
     const matched = await pending;
+    if (matched === LIMITED) return { ok: false, reason: 'limited' };
     if (!account || matched === null) {
       this.#limiter?.recordFailure(login, clientAddress);
       return FAILED;
     }
     if (account.status !== 'active') return { ok: false, reason: 'account_disabled' };
     return this.#succeed(account, matched, login, clientAddress, key, true);
+  }
+
+  /**
+   * Runs a password check when this address's turn comes: at most CHECKS_PER_ADDRESS at once,
+   * the rest queued (a burst of real first logins just waits a moment). The limiter is asked
+   * again when the turn comes, so a parallel spray stops as soon as its failures say so instead
+   * of every guess getting a scrypt run.
+   */
+  async #inTurn(
+    login: string,
+    address: string,
+    check: () => Promise<number | null>,
+  ): Promise<number | null | typeof LIMITED> {
+    let turn = this.#turns.get(address);
+    if (!turn) {
+      turn = { running: 0, waiting: [] };
+      this.#turns.set(address, turn);
+    }
+    const t = turn;
+    if (t.running >= CHECKS_PER_ADDRESS) {
+      if (t.waiting.length >= WAITING_PER_ADDRESS) return LIMITED;
+      await new Promise<void>((resolve) => t.waiting.push(resolve));
+    } else t.running++;
+    try {
+      if (this.#limiter?.check(login, address).action === 'refuse') return LIMITED;
+      return await check();
+    } finally {
+      const next = t.waiting.shift();
+      if (next) next();
+      else if (--t.running === 0) this.#turns.delete(address);
+    }
   }
 
   /** Id of the app password that matches, or null. Always runs at least one scrypt. */

@@ -48,8 +48,6 @@ export class LoginLimiter {
   readonly #pair: LRUCache<string, Entry>;
   readonly #address: LRUCache<string, Entry>;
   readonly #user: LRUCache<string, Entry>;
-  /** Password checks running now per address: a burst of parallel guesses counts before it fails. */
-  readonly #running = new Map<string, number>();
 
   constructor(cfg: Config['limiter'], opts: LimiterOptions = {}) {
     this.#cfg = cfg;
@@ -87,8 +85,7 @@ export class LoginLimiter {
     const user = normalizeLogin(login);
     const { free_failures: free, max_failures: max } = this.#cfg;
     const pair = this.#count(this.#pair, `${user}\0${address}`);
-    // Checks still running count as failures-to-be, so 100 parallel guesses cannot all get a check.
-    const addr = this.#count(this.#address, address) + (this.#running.get(address) ?? 0);
+    const addr = this.#count(this.#address, address);
     const global = this.#count(this.#user, user);
     let d: LimiterDecision = { action: 'allow', delayMs: 0 };
     if (pair >= max || (global >= max * USER_FACTOR && pair > 0)) d = { action: 'refuse', scope: 'user' };
@@ -107,17 +104,6 @@ export class LoginLimiter {
       this.#metrics?.limiter.inc({ scope: d.scope, action: d.action === 'delay' ? 'delayed' : 'refused' });
     }
     return d;
-  }
-
-  /** A password check for `address` starts (call `end` when it is over, whatever the outcome). */
-  begin(address: string): void {
-    this.#running.set(address, (this.#running.get(address) ?? 0) + 1);
-  }
-
-  end(address: string): void {
-    const n = (this.#running.get(address) ?? 0) - 1;
-    if (n > 0) this.#running.set(address, n);
-    else this.#running.delete(address);
   }
 
   /**
