@@ -72,6 +72,8 @@ export function watchConsentLoss(store: GrantStore, onLost: (accountId: number) 
           if (patch.status === 'needs_consent') lost = true;
           return tx.update(patch);
         },
+        // The broker's early save of a rotated refresh token must reach the real store.
+        ...(tx.commitRefreshToken ? { commitRefreshToken: tx.commitRefreshToken.bind(tx) } : {}),
       }),
     );
     if (lost) onLost(accountId);

@@ -140,3 +140,20 @@ test('watchConsentLoss reports a committed needs_consent write, not other writes
   // Everything else reaches the real store (private fields and all).
   assert.equal((await watched.getGrant(id))?.status, 'needs_consent');
 });
+
+test('watchConsentLoss passes the early save of a rotated refresh token through to the real store', async (t) => {
+  const store = await memoryDbStore();
+  t.after(() => store.close());
+  const id = (await store.createAccount({ login: 'b', upstreamUser: 'b@x', provider: 'p' }, 't')).id;
+  await store.putGrant(id, grant, 't');
+  const watched = watchConsentLoss(store, () => undefined);
+  await assert.rejects(
+    watched.withGrantLock(id, async (tx) => {
+      assert.ok(tx.commitRefreshToken, 'the wrapped transaction offers the early save');
+      await tx.commitRefreshToken('rt-rotated');
+      // A crash right after the save: the rest of the transaction never commits.
+      throw new Error('killed');
+    }),
+  );
+  assert.equal((await store.getGrant(id))?.refreshToken, 'rt-rotated', 'durable despite the failed transaction');
+});
