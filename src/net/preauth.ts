@@ -143,7 +143,10 @@ export abstract class PreauthBase implements FrontDoorSession {
     this.admitted = this.base.gate !== undefined;
     if (this.base.limits.preauthLifetimeMs > 0) {
       // However busy: a connection that sends a NOOP now and then may not hold a place for ever.
-      this.lifetimeTimer = setTimeout(() => this.reject('preauth_lifetime'), this.base.limits.preauthLifetimeMs);
+      this.lifetimeTimer = setTimeout(
+        () => this.reject('preauth_lifetime'),
+        this.base.limits.preauthLifetimeMs,
+      );
     }
     if (this.base.limits.greetingDelayMs > 0) {
       this.greetTimer = setTimeout(() => this.greet(), this.base.limits.greetingDelayMs);

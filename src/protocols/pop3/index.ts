@@ -1,8 +1,8 @@
 import type { Config, ListenerConfig } from '../../config/schema.js';
 import type { LoginRunner } from '../../core/login-runner.js';
 import type { Metrics } from '../../metrics.js';
-import { sessionLimitsFromConfig } from '../../net/limits.js';
 import type { PreauthGate } from '../../net/gate.js';
+import { sessionLimitsFromConfig } from '../../net/limits.js';
 import type { SessionFactory } from '../../net/listener.js';
 import { sharedCapabilities } from './capabilities.js';
 import { type Pop3Limits, Pop3Session } from './frontdoor.js';

@@ -68,7 +68,11 @@ describe('dialing upstream', () => {
     const s = await listen(() => {});
     servers.push(s);
     const ac = new AbortController();
-    const p = connector.connect(resolveUpstream('imap', { host: '127.0.0.1', port: s.port }), labels, ac.signal);
+    const p = connector.connect(
+      resolveUpstream('imap', { host: '127.0.0.1', port: s.port }),
+      labels,
+      ac.signal,
+    );
     ac.abort();
     await assert.rejects(p, { reason: 'timeout', detail: 'aborted' });
   });

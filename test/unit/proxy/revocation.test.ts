@@ -155,5 +155,9 @@ test('watchConsentLoss passes the early save of a rotated refresh token through 
       throw new Error('killed');
     }),
   );
-  assert.equal((await store.getGrant(id))?.refreshToken, 'rt-rotated', 'durable despite the failed transaction');
+  assert.equal(
+    (await store.getGrant(id))?.refreshToken,
+    'rt-rotated',
+    'durable despite the failed transaction',
+  );
 });
