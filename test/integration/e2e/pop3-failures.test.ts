@@ -78,7 +78,8 @@ describe('what a POP3 client is told when a login fails, row by row (real OP and
     ]);
     [rejecting, locking] = await Promise.all([
       startStack({ dovecot: foreign }),
-      startStack({ op: s.op, dovecot: lockingDovecot }),
+      // Dovecot waits up to ~15 s for the POP3 session lock before it answers [IN-USE].
+      startStack({ op: s.op, dovecot: lockingDovecot, pop3Upstream: () => ({ auth_timeout_seconds: 25 }) }),
     ]);
   });
   after(async () => {
