@@ -53,7 +53,7 @@ encryption: { key: "${s.encryptionKey}" }
 listeners:
   - { name: plain, address: 127.0.0.1, port: ${s.plainPort}, tls: none, allow_cleartext_login: true, allow_from: [127.0.0.1/32] }
   - { name: imaps, address: 127.0.0.1, port: ${s.imapsPort}, tls: implicit }
-${s.smtp ? `  - { name: submissions, protocol: smtp, address: 127.0.0.1, port: ${s.smtp.listenPort}, tls: implicit }\n` : ''}${s.pop3 ? `  - { name: pop3s, protocol: pop3, address: 127.0.0.1, port: ${s.pop3.listenPort}, tls: implicit }\n` : ''}limits: { max_connections: 100000, max_sessions_per_account: 100000, login_timeout_seconds: 120 }
+${s.smtp ? `  - { name: submissions, protocol: smtp, address: 127.0.0.1, port: ${s.smtp.listenPort}, tls: implicit }\n` : ''}${s.pop3 ? `  - { name: pop3s, protocol: pop3, address: 127.0.0.1, port: ${s.pop3.listenPort}, tls: implicit }\n` : ''}limits: { max_connections: 100000, max_sessions_per_account: 100000, login_timeout_seconds: 120, preauth_per_address: 100000, preauth_total: 100000 }
 admin: { address: 127.0.0.1, port: ${s.adminPort} }
 providers:
   local:
