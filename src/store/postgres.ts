@@ -46,6 +46,12 @@ const LOCK_WAIT = '60s';
 const LOCK_HOLD = '120s';
 const UNIQUE_VIOLATION = '23505';
 
+/** An id spelled into a multi-statement query (those take no parameters): integers only. */
+function sqlInt(n: number): string {
+  if (!Number.isSafeInteger(n)) throw new Error(`not an integer id: ${n}`);
+  return String(n);
+}
+
 export interface PostgresStoreOptions {
   /** Pool size per process (default 10). */
   maxConnections?: number;
@@ -465,15 +471,11 @@ export class PostgresGrantStore implements GrantStore, KeyRotatable {
             },
             // Committed at once (the old token is spent at the server), then the row is locked again.
             commitRefreshToken: async (refreshToken: string) => {
+              const enc = encryptField(this.#keyring, accountId, 'refresh_token', refreshToken) as string;
+              // One round trip to durable: a parameterized UPDATE and its COMMIT would take two.
               await c.query(
-                'UPDATE grants SET refresh_token_enc = $1, updated_at = $2 WHERE account_id = $3',
-                [
-                  encryptField(this.#keyring, accountId, 'refresh_token', refreshToken),
-                  Date.now(),
-                  accountId,
-                ],
+                `UPDATE grants SET refresh_token_enc = ${c.escapeLiteral(enc)}, updated_at = ${Date.now()} WHERE account_id = ${sqlInt(accountId)}; COMMIT`,
               );
-              await c.query('COMMIT');
               await this.#lockRow(c, accountId, true);
             },
           };
@@ -487,10 +489,12 @@ export class PostgresGrantStore implements GrantStore, KeyRotatable {
 
   /** Row lock with bounded wait and hold; `begin` opens the transaction it lives in. */
   async #lockRow(c: pg.PoolClient, accountId: number, begin: boolean): Promise<void> {
-    if (begin) await c.query('BEGIN');
-    await c.query(`SET LOCAL lock_timeout = '${LOCK_WAIT}'`);
-    await c.query(`SET LOCAL idle_in_transaction_session_timeout = '${LOCK_HOLD}'`);
-    await c.query('SELECT 1 FROM grants WHERE account_id = $1 FOR UPDATE', [accountId]);
+    // One round trip (a simple multi-statement query): every refresh takes it, twice with rotation.
+    await c.query(
+      `${begin ? 'BEGIN; ' : ''}SET LOCAL lock_timeout = '${LOCK_WAIT}'; ` +
+        `SET LOCAL idle_in_transaction_session_timeout = '${LOCK_HOLD}'; ` +
+        `SELECT 1 FROM grants WHERE account_id = ${sqlInt(accountId)} FOR UPDATE`,
+    );
   }
 
   async countGrantsByStatus(): Promise<Record<GrantStatus, number>> {
