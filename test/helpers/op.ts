@@ -30,8 +30,8 @@ export interface TestOP {
   /** While down, token endpoint requests get their connection reset; the process keeps running. */
   setDown(down: boolean): void;
   /**
-   * Every refresh-token rotation so far (with `recordRotations`): when the OP spent the old
-   * token and when the response carrying the new one was fully written to the socket.
+   * Every refresh-token rotation so far (with `recordRotations`): which tokens, when the OP
+   * spent the old one and when the response carrying the new one was fully written to the socket.
    */
   rotations(): readonly Rotation[];
   close(): Promise<void>;
@@ -40,8 +40,14 @@ export interface TestOP {
 export interface Rotation {
   sub: string;
   consumedAt: number;
-  /** Set once the token response has been handed to the kernel. */
+  /**
+   * Set once the token response has been handed to the kernel — also when its client is
+   * already dead: a request on the wire at a crash is still served.
+   */
   finishedAt?: number;
+  /** The spent and the new refresh token, each as the first 12 hex digits of its SHA-256. */
+  spent: string;
+  issued?: string;
 }
 
 export interface StartOPOptions {
@@ -83,6 +89,9 @@ export function opProviderConfig(op: TestOP) {
     timeout_seconds: 5,
   };
 }
+
+/** How rotations name a token: enough to match it, without keeping or printing the token. */
+export const shortHash = (token: string) => createHash('sha256').update(token).digest('hex').slice(0, 12);
 
 const REDIRECT_URI = 'http://127.0.0.1/callback';
 const LOOPBACK_CALLBACK = 'http://127.0.0.1/oauth/callback';
@@ -187,20 +196,27 @@ export async function startOP(opts: StartOPOptions = {}): Promise<TestOP> {
   });
   const handle = provider.callback();
   const rotations: Rotation[] = [];
+  /** Rotations by the spent token's id: responses for one sub can overlap (a dead client's, a new one's). */
+  const byJti = new Map<string, Rotation>();
   if (opts.recordRotations) {
     provider.on('refresh_token.consumed', (...args: unknown[]) => {
-      const token = args[0] as { accountId: string };
-      rotations.push({ sub: token.accountId, consumedAt: Date.now() });
+      const token = args[0] as { accountId: string; jti: string };
+      const r: Rotation = { sub: token.accountId, consumedAt: Date.now(), spent: shortHash(token.jti) };
+      rotations.push(r);
+      byJti.set(token.jti, r);
     });
     provider.on('grant.success', (...args: unknown[]) => {
       const ctx = args[0] as {
-        oidc: { params: { grant_type?: string }; entities: { Account?: { accountId: string } } };
+        oidc: { entities: { RotatedRefreshToken?: { jti: string }; RefreshToken?: { jti: string } } };
         res: ServerResponse;
       };
-      const sub = ctx.oidc.entities.Account?.accountId;
-      if (ctx.oidc.params.grant_type !== 'refresh_token' || sub === undefined) return;
-      const r = rotations.findLast((x) => x.sub === sub && x.finishedAt === undefined);
-      if (r) ctx.res.once('finish', () => (r.finishedAt = Date.now()));
+      const spent = ctx.oidc.entities.RotatedRefreshToken?.jti;
+      const r = spent === undefined ? undefined : byJti.get(spent);
+      if (!r || spent === undefined) return;
+      byJti.delete(spent);
+      const issued = ctx.oidc.entities.RefreshToken?.jti;
+      if (issued !== undefined) r.issued = shortHash(issued);
+      ctx.res.once('finish', () => (r.finishedAt = Date.now()));
     });
   }
 

@@ -5,6 +5,8 @@
  * Prints "ready" once the store is open, then one "ok <accountId>" line per refresh.
  * MODE=hold instead takes the first account's grant lock, prints "held" and never lets go.
  */
+import { createHash } from 'node:crypto';
+import { writeSync } from 'node:fs';
 import { providerSchema } from '../../../src/config/schema.js';
 import { OAuthTokenBroker } from '../../../src/oauth/broker.js';
 import { createProviderRegistry } from '../../../src/oauth/provider.js';
@@ -18,6 +20,32 @@ function env(name: string): string {
   if (!v) throw new Error(`rotation-child: ${name} is not set`);
   return v;
 }
+
+/** Tokens are traced by a short hash; op.ts records the same hash for each rotation. */
+const short = (token: string) => createHash('sha256').update(token).digest('hex').slice(0, 12);
+/** Written synchronously: a line is out before the next step, so a SIGKILL cannot lose it. */
+const trace = (line: string) => {
+  const bytes = Buffer.from(`${line} ${Date.now()}\n`);
+  for (let off = 0; off < bytes.length; ) {
+    try {
+      off += writeSync(2, bytes, off);
+    } catch (err) {
+      // A full pipe (the test reads it): try again rather than lose the line.
+      if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') throw err;
+    }
+  }
+};
+
+// "arrived <new token>": a response carrying a rotated refresh token reached this process in full.
+const fetchOnce = globalThis.fetch;
+globalThis.fetch = async (input, init) => {
+  const res = await fetchOnce(input, init);
+  if (init?.body instanceof URLSearchParams && init.body.has('refresh_token') && res.ok) {
+    const body = (await res.clone().json()) as { refresh_token?: unknown };
+    if (typeof body.refresh_token === 'string') trace(`arrived ${short(body.refresh_token)}`);
+  }
+  return res;
+};
 
 const target = env('STORE');
 const keyring = new Keyring([parseKeyLine(env('STORE_KEY'), 'STORE_KEY')]);
@@ -43,6 +71,21 @@ const broker = new OAuthTokenBroker({
   },
   backoff: { initialMs: 20, maxMs: 50 },
 });
+// "committed <account> <token>": the early save of a rotated refresh token returned.
+const withGrantLock = store.withGrantLock.bind(store);
+store.withGrantLock = (accountId, fn) =>
+  withGrantLock(accountId, (tx) => {
+    const commit = tx.commitRefreshToken?.bind(tx);
+    if (!commit) return fn(tx);
+    return fn({
+      get: () => tx.get(),
+      update: (patch) => tx.update(patch),
+      commitRefreshToken: async (refreshToken) => {
+        await commit(refreshToken);
+        trace(`committed ${accountId} ${short(refreshToken)}`);
+      },
+    });
+  });
 process.stdout.write('ready\n');
 if (process.env.MODE === 'hold') {
   const [first] = await store.listAccounts();
