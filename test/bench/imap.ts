@@ -13,6 +13,8 @@ export type Auth =
 export interface Target {
   port: number;
   tls: boolean;
+  /** Source address (any of 127/8 on Linux): a second client address for the per-address bounds. */
+  localAddress?: string;
 }
 
 /** Client-side TLS session tickets per port, so repeated logins resume like a real client would. */
@@ -45,10 +47,17 @@ export class BenchConn {
         port: t.port,
         rejectUnauthorized: false,
         servername: 'localhost',
+        ...(t.localAddress ? { localAddress: t.localAddress } : {}),
       };
       const ticket = sessions.get(t.port);
       if (t.tls && ticket) opts.session = ticket;
-      const s = t.tls ? tlsConnect(opts) : netConnect({ host: '127.0.0.1', port: t.port });
+      const s = t.tls
+        ? tlsConnect(opts)
+        : netConnect({
+            host: '127.0.0.1',
+            port: t.port,
+            ...(t.localAddress ? { localAddress: t.localAddress } : {}),
+          });
       if (t.tls) (s as TLSSocket).on('session', (b: Buffer) => sessions.set(t.port, b));
       s.setNoDelay(true);
       const timer = setTimeout(() => {

@@ -1,3 +1,4 @@
+import { type SprayJob, sprayJob, type TrickleJob, trickleJob } from './abuse-jobs.js';
 import { type Auth, BenchConn, type Target } from './imap.js';
 import { type Pop3Auth, Pop3Conn } from './pop3.js';
 import { benchMessage, type SmtpAuth, SmtpConn } from './smtp.js';
@@ -26,6 +27,9 @@ export type Job =
       durationMs: number;
       maxCount: number;
     }
+  | TrickleJob
+  | SprayJob
+  | { kind: 'pingHeld' }
   | { kind: 'close' };
 
 const INFLIGHT = 64;
@@ -259,6 +263,31 @@ async function holdJob(j: Extract<Job, { kind: 'hold' }>) {
   return { opened, failed, firstError, held: held.filter((c) => !c.socket.destroyed).length };
 }
 
+/** Ends IDLE on every held session and sends NOOP: how many still answer. */
+async function pingHeldJob() {
+  let answered = 0;
+  let failed = 0;
+  let firstError: string | undefined;
+  await Promise.all(
+    held.map(async (c, i) => {
+      // A session that died would leave the read pending: its socket's close wakes it with an error.
+      const t = setTimeout(() => c.destroy(), 30_000);
+      try {
+        c.write('DONE\r\n');
+        await c.tagged('I');
+        await c.command(`P${i}`, 'NOOP');
+        answered++;
+      } catch (err) {
+        failed++;
+        firstError ??= (err as Error).message;
+      } finally {
+        clearTimeout(t);
+      }
+    }),
+  );
+  return { held: held.length, answered, failed, firstError };
+}
+
 async function run(job: Job): Promise<unknown> {
   switch (job.kind) {
     case 'fetch':
@@ -279,6 +308,12 @@ async function run(job: Job): Promise<unknown> {
       return pop3LoginsJob(job);
     case 'submissions':
       return submissionsJob(job);
+    case 'trickle':
+      return trickleJob(job);
+    case 'spray':
+      return sprayJob(job);
+    case 'pingHeld':
+      return pingHeldJob();
     case 'close':
       for (const c of held) c.destroy();
       setImmediate(() => process.exit(0));

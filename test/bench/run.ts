@@ -5,6 +5,7 @@ import { generateKeyLine } from '../../src/store/crypto.js';
 import { type Dovecot, startDovecot } from '../helpers/dovecot.js';
 import { startOP, type TestOP } from '../helpers/op.js';
 import { startSmtpSink } from '../helpers/smtp-sink.js';
+import { freePorts, pct, r2, soak, spray, startBenchProxy, trickle } from './hostile.js';
 import { type Auth, BenchConn } from './imap.js';
 import type { TurnsResult } from './loadgen.js';
 import type { Pop3Auth } from './pop3.js';
@@ -22,7 +23,7 @@ import { benchMessage, type SmtpAuth } from './smtp.js';
 
 /**
  * `npm run bench [-- --quick] [-- --out FILE] [-- --only throughput,latency,rate,storm,concurrency,
- * smtp-throughput,smtp-latency,smtp-rate,pop3-throughput,pop3-latency]`:
+ * smtp-throughput,smtp-latency,smtp-rate,pop3-throughput,pop3-latency,trickle,spray,soak]`:
  * proxy vs direct (and haproxy TCP) in one run. The proxy runs as `node dist/cli.js serve`; load
  * comes from forked generator processes. BENCH_PROXY_NODE_ARGS (space-separated) is passed to the
  * proxy's node, e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof` to profile one scenario.
@@ -69,20 +70,21 @@ const SCENARIOS = [
   'smtp-rate',
   'pop3-throughput',
   'pop3-latency',
+  'trickle',
+  'spray',
+  'soak',
 ] as const;
 type Scenario = (typeof SCENARIOS)[number];
-const ONLY = args.includes('--only') ? (args[args.indexOf('--only') + 1] ?? '').split(',') : [...SCENARIOS];
+// The soak takes 10 minutes (60 s with --quick): it runs only when named.
+const ONLY = args.includes('--only')
+  ? (args[args.indexOf('--only') + 1] ?? '').split(',')
+  : SCENARIOS.filter((s) => s !== 'soak');
 const unknown = ONLY.filter((s) => !(SCENARIOS as readonly string[]).includes(s));
 if (unknown.length) {
   process.stderr.write(`unknown scenario(s) ${unknown.join(', ')}; known: ${SCENARIOS.join(', ')}\n`);
   process.exit(2);
 }
 const wants = (s: Scenario) => ONLY.includes(s);
-const pct = (xs: number[], p: number) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length ? s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)]! : Number.NaN;
-};
-const r2 = (x: number) => Math.round(x * 100) / 100;
 const r3 = (x: number) => Math.round(x * 1000) / 1000;
 /** BENCH_FROM_SOURCE=1 runs the proxy from src/ through tsx (the smoke test does not need a build). */
 const EXTRA_NODE_ARGS = (process.env.BENCH_PROXY_NODE_ARGS ?? '').split(' ').filter(Boolean);
@@ -719,7 +721,35 @@ function table(res: Results): string {
       `| ${st.logins} concurrent logins, expired token | ${st.ok} | ${st.tokenRequests} | ${st.p50ms} | ${st.p99ms} |`,
     );
   }
+  hostileTables(res, out);
   return out.join('\n');
+}
+
+function hostileTables(res: Results, out: string[]): void {
+  const t = res.trickle;
+  if (t)
+    out.push(
+      '',
+      `| ${t.slots} trickling pre-auth connections from 127.0.0.1 (default limits) | admitted / refused | real user from 127.0.0.2 p50 / p99 ms unloaded → loaded | p99 ratio (≤ 2) | proxy RSS MB | load avg |`,
+      '| --- | ---: | ---: | ---: | ---: | ---: |',
+      `| NOOP every ~3 s, refused slots retry after 10 s | ${t.admitted} / ${t.refused} | ${t.legit.unloaded.p50ms} / ${t.legit.unloaded.p99ms} → ${t.legit.loaded.p50ms} / ${t.legit.loaded.p99ms} (errors ${t.legit.loaded.errors}) | ${t.p99Ratio} | ${t.proxyRssMB.loaded} | ${t.loadAverage.after[0]} |`,
+    );
+  const s = res.spray;
+  if (s)
+    out.push(
+      '',
+      '| password spray from 127.0.0.1 (default limiter) | attempts | password checks | [LIMIT] / closed at accept | proxy CPU s / wall s | share of a core (< 0.01) | real user ok / errors | load avg |',
+      '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+      `| 100 connections, 500 made-up users | ${s.attempts} | ${s.passwordChecks} | ${s.limited} / ${s.refusedAtAccept} | ${s.proxyCpuSeconds} / ${s.elapsed} | ${s.proxyCpuShareOfCore} | ${s.realUser.ok} / ${s.realUser.errors} | ${s.loadAverage.after[0]} |`,
+    );
+  const k = res.soak;
+  if (k)
+    out.push(
+      '',
+      `| soak ${k.seconds} s | IMAP / SMTP / POP3 logins ok (errors) | SIGHUPs (applied) | token requests | idle sessions answering at the end | RSS MB first → last | fds first → last | load avg |`,
+      '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+      `| every protocol, idle sessions, reloads | ${['imap', 'smtp', 'pop3'].map((p) => `${k.logins[p]?.ok} (${k.logins[p]?.errors})`).join(' / ')} | ${k.sighups} (${k.reloadsApplied}) | ${k.tokenRequests} | ${k.idle.answeredAtEnd} of ${k.idle.opened} | ${k.rssMB.first} → ${k.rssMB.last} (${k.rssMB.change}); medians ${k.medians.rssMB.secondTenth} → ${k.medians.rssMB.lastTenth} (${k.medians.rssMB.change}) | ${k.fds.first} → ${k.fds.last} (${k.fds.change}) | ${k.loadAverage[0]} |`,
+    );
 }
 
 type Results = {
@@ -737,11 +767,15 @@ type Results = {
   smtpRate: Awaited<ReturnType<typeof smtpRate>> | undefined;
   pop3Throughput: Awaited<ReturnType<typeof pop3Throughput>>;
   pop3LoginLatency: Awaited<ReturnType<typeof pop3LoginLatency>> | undefined;
+  trickle: Awaited<ReturnType<typeof trickle>> | undefined;
+  spray: Awaited<ReturnType<typeof spray>> | undefined;
+  soak: Awaited<ReturnType<typeof soak>> | undefined;
 };
 
 async function main(): Promise<void> {
   const started = Date.now();
-  const op = await startOP({ accessTokenTtl: 3600 });
+  // The soak wants token refreshes within its run: short-lived access tokens when it is asked for.
+  const op = await startOP({ accessTokenTtl: wants('soak') ? 30 : 3600 });
   const introspection = new URL(op.introspection.url);
   introspection.username = op.introspection.id;
   introspection.password = op.introspection.secret;
@@ -772,47 +806,15 @@ async function main(): Promise<void> {
       await dovecot.seed(user, m);
       await dovecot.seed(direct.user, m);
     }
-    const ports = {
-      plain: await freePort(),
-      imaps: await freePort(),
-      submissions: await freePort(),
-      pop3s: await freePort(),
-      admin: await freePort(),
-    };
-    const configFile = writeProxyConfig({
-      dir,
-      workers: 1,
-      plainPort: ports.plain,
-      imapsPort: ports.imaps,
-      adminPort: ports.admin,
-      issuer: op.issuer,
-      clientId: op.client.id,
-      clientSecret: op.client.secret,
-      upstream: { port: dovecot.imapsPort, caFile: dovecot.caFile },
-      smtp: {
-        listenPort: ports.submissions,
-        upstream: { port: dovecot.submissionsPort, caFile: dovecot.caFile },
-      },
-      pop3: { listenPort: ports.pop3s, upstream: { port: dovecot.pop3sPort, caFile: dovecot.caFile } },
-      encryptionKey: generateKeyLine('k1'),
+    const bench = await startBenchProxy({ op, dovecot, proxyOpts: PROXY }, dir, {
+      defaultLimits: false,
+      allProtocols: true,
+      grant,
     });
-    const pw = await seedAccounts(configFile, [
-      {
-        login: 'bench',
-        upstreamUser: user,
-        refreshToken: grant.refresh_token,
-        accessToken: grant.access_token,
-        accessTokenExpiresAt: Date.now() + grant.expires_in * 1000,
-      },
-    ]);
-    proxy = await startProxyProcess(configFile, PROXY);
+    proxy = bench.proxy;
+    const ports = bench.ports;
     // haproxy does the proxy's crypto work: the same client leg, verified TLS to the upstream.
-    const hp = {
-      plain: await freePort(),
-      imaps: await freePort(),
-      submissions: await freePort(),
-      pop3s: await freePort(),
-    };
+    const hp = await freePorts(['plain', 'imaps', 'submissions', 'pop3s'] as const);
     const upstreamCaFile = dovecot.caFile;
     haproxy = await startHaproxy(dir, [
       { name: 'plain', listen: hp.plain, target: dovecot.imapsPort, upstreamCaFile },
@@ -832,7 +834,7 @@ async function main(): Promise<void> {
       dovecot,
       user,
       token: grant.access_token,
-      password: pw.get('bench')!,
+      password: bench.password,
       proxy: ports,
       proxyPid: proxy.pid,
       ...(haproxy ? { haproxy: hp } : {}),
@@ -851,6 +853,10 @@ async function main(): Promise<void> {
     proxy = undefined;
     await haproxy?.stop();
     haproxy = undefined;
+    const env = { op, dovecot, gen, quick: QUICK, proxyOpts: PROXY, log };
+    const tr = wants('trickle') ? await trickle(env) : undefined;
+    const sp = wants('spray') ? await spray(env) : undefined;
+    const sk = wants('soak') ? await soak(env) : undefined;
     const storm = wants('storm') ? await refreshStorm(ctx) : undefined;
     const conc = wants('concurrency') ? await concurrency(ctx) : undefined;
     const res: Results = {
@@ -874,6 +880,9 @@ async function main(): Promise<void> {
       smtpRate: sr,
       pop3Throughput: ptp,
       pop3LoginLatency: pll,
+      trickle: tr,
+      spray: sp,
+      soak: sk,
     };
     writeFileSync(OUT, `${JSON.stringify(res, null, 2)}\n`);
     process.stdout.write(`${table(res)}\n\nwrote ${OUT}\n`);

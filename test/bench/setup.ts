@@ -27,6 +27,8 @@ export interface ProxyConfigSpec {
   /** A POP3 listener (implicit TLS) and the upstream POP3 server behind it. */
   pop3?: { listenPort: number; upstream: { port: number; caFile: string } };
   encryptionKey: string;
+  /** The proxy's default limits (pre-auth bounds, limiter) instead of the benchmark's lifted caps. */
+  defaultLimits?: boolean;
 }
 
 /** One `providers.local.upstreams.<protocol>` entry: implicit TLS, XOAUTH2, the CA that signed it. */
@@ -51,10 +53,9 @@ workers: ${s.workers}
 log: { level: info, format: json }
 encryption: { key: "${s.encryptionKey}" }
 listeners:
-  - { name: plain, address: 127.0.0.1, port: ${s.plainPort}, tls: none, allow_cleartext_login: true, allow_from: [127.0.0.1/32] }
+  - { name: plain, address: 127.0.0.1, port: ${s.plainPort}, tls: none, allow_cleartext_login: true, allow_from: [127.0.0.0/8] }
   - { name: imaps, address: 127.0.0.1, port: ${s.imapsPort}, tls: implicit }
-${s.smtp ? `  - { name: submissions, protocol: smtp, address: 127.0.0.1, port: ${s.smtp.listenPort}, tls: implicit }\n` : ''}${s.pop3 ? `  - { name: pop3s, protocol: pop3, address: 127.0.0.1, port: ${s.pop3.listenPort}, tls: implicit }\n` : ''}limits: { max_connections: 100000, max_sessions_per_account: 100000, login_timeout_seconds: 120, preauth_per_address: 100000, preauth_total: 100000 }
-admin: { address: 127.0.0.1, port: ${s.adminPort} }
+${s.smtp ? `  - { name: submissions, protocol: smtp, address: 127.0.0.1, port: ${s.smtp.listenPort}, tls: implicit }\n` : ''}${s.pop3 ? `  - { name: pop3s, protocol: pop3, address: 127.0.0.1, port: ${s.pop3.listenPort}, tls: implicit }\n` : ''}${s.defaultLimits ? '' : 'limits: { max_connections: 100000, max_sessions_per_account: 100000, login_timeout_seconds: 120, preauth_per_address: 100000, preauth_total: 100000 }\n'}admin: { address: 127.0.0.1, port: ${s.adminPort} }
 providers:
   local:
     preset: oidc

@@ -62,6 +62,12 @@ test('bench --quick writes every scenario with proxy, direct and ratio', { timeo
     assert.ok(r.concurrency.steps[0].rssPerSessionKiB > 0);
     assert.equal(r.refreshStorm.tokenRequests, 1, 'one token request for the storm');
     assert.equal(r.refreshStorm.ok, r.refreshStorm.logins);
+    // Default limits: one address holds at most 50 unauthenticated connections; another still logs in.
+    assert.ok(r.trickle.maxOpenAtOnce <= 50 && r.trickle.refused > 0, JSON.stringify(r.trickle));
+    assert.equal(r.trickle.legit.loaded.errors, 0, JSON.stringify(r.trickle.legit));
+    assert.ok(r.spray.realUser.ok > 0 && r.spray.realUser.errors === 0, JSON.stringify(r.spray));
+    assert.ok(r.spray.passwordChecks < r.spray.attempts / 10, JSON.stringify(r.spray));
+    assert.equal(r.soak, undefined, 'the soak runs only when named');
     assert.match(text, /\| throughput \| proxy MB\/s/);
     assert.match(text, /\| SMTP DATA \d+ MB message.*\| \d/);
     assert.match(text, /\| POP3 RETR \d+ MB message.*\| \d/);
