@@ -117,6 +117,24 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
         splicedSource.flush?.();
       },
     }),
+    graphRequests: new Counter({
+      name: `${P}graph_requests_total`,
+      help: 'Microsoft Graph requests of SMTP graph delivery by provider, call (send_mail, create_draft, attach, upload, send_draft) and HTTP status (or error: timeout, network)',
+      labelNames: ['provider', 'call', 'status'] as const,
+      registers: r,
+    }),
+    graphDeliveries: new Counter({
+      name: `${P}graph_deliveries_total`,
+      help: 'Messages handed to Microsoft Graph by provider and result (delivered, throttled, unavailable, bad_message, access_denied, too_large, timeout, token_unavailable, needs_consent, over_budget)',
+      labelNames: ['provider', 'result'] as const,
+      registers: r,
+    }),
+    graphDeliveryBytes: new Counter({
+      name: `${P}graph_delivery_bytes_total`,
+      help: 'Message bytes delivered through Microsoft Graph by provider',
+      labelNames: ['provider'] as const,
+      registers: r,
+    }),
     activeSessions: new Gauge({
       name: `${P}active_sessions`,
       help: 'Open client connections by protocol, listener and phase (preauth, spliced)',
@@ -166,6 +184,13 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
       help: 'Token endpoint request latency by provider',
       labelNames: ['provider'] as const,
       buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers: r,
+    }),
+    graphDeliverySeconds: new Histogram({
+      name: `${P}graph_delivery_duration_seconds`,
+      help: 'Time from the end of a message (DATA or last BDAT) to Graph accepting it, by provider',
+      labelNames: ['provider'] as const,
+      buckets: [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120],
       registers: r,
     }),
     upstreamConnectSeconds: new Histogram({

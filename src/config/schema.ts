@@ -83,6 +83,61 @@ export const providerSchema = z
       .boolean()
       .default(false)
       .describe('Allow http:// OAuth endpoints (local testing only)'),
+    smtp_delivery: z
+      .enum(['smtp', 'graph'])
+      .default('smtp')
+      .describe(
+        'How SMTP logins send mail: smtp = splice to the upstream SMTP server (AUTH XOAUTH2); graph = the proxy runs the mail transaction and sends each message with Microsoft Graph sendMail (for tenants with SMTP AUTH switched off)',
+      ),
+    graph_url: z
+      .string()
+      .url()
+      .default('https://graph.microsoft.com')
+      .describe(
+        'Microsoft Graph base URL (national clouds: https://graph.microsoft.us, https://microsoftgraph.chinacloudapi.cn)',
+      ),
+    graph_scope: z
+      .string()
+      .min(1)
+      .optional()
+      .describe(
+        'Delegated scope asked for Graph tokens (Microsoft preset: https://graph.microsoft.com/Mail.Send)',
+      ),
+    graph_resource: z
+      .string()
+      .url()
+      .optional()
+      .describe(
+        'RFC 8707 resource indicator sent with Graph token requests (servers that use them; Microsoft does not)',
+      ),
+    graph_app_only_scope: z
+      .string()
+      .min(1)
+      .optional()
+      .describe(
+        'Scope for app-only (client-credentials) Graph tokens (Microsoft preset: https://graph.microsoft.com/.default)',
+      ),
+    graph_save_to_sent_items: z
+      .boolean()
+      .default(true)
+      .describe("Graph delivery: keep a copy of each message in the mailbox's Sent Items"),
+    graph_timeout_seconds: seconds(60).describe('Graph delivery: longest one Graph request may take'),
+    graph_max_message_bytes: z
+      .number()
+      .int()
+      .min(65536)
+      .max(157286400)
+      .default(36700160)
+      .describe(
+        'Graph delivery: largest message accepted (advertised as SIZE; Exchange Online allows 35 MB by default, up to 150 MB when the tenant raises it)',
+      ),
+    graph_max_recipients: z
+      .number()
+      .int()
+      .min(1)
+      .max(500)
+      .default(500)
+      .describe('Graph delivery: recipients per message (Exchange Online allows 500)'),
     upstream: upstreamSchema
       .partial()
       .optional()
@@ -303,6 +358,14 @@ export const configSchema = z
           .default(10)
           .describe(
             'On SIGTERM: how long spliced sessions may go on before they are closed (clients still logging in are told goodbye at once)',
+          ),
+        graph_inflight_bytes: z
+          .number()
+          .int()
+          .min(1048576)
+          .default(536870912)
+          .describe(
+            'Graph delivery: message bytes held in memory over all sessions (per process); beyond it new messages get 452 4.3.1 and are retried by the client',
           ),
         session_recheck_seconds: seconds(30).describe(
           'How often live sessions are checked against the store: sessions of accounts disabled or removed, or whose grant was revoked or needs consent, are closed',
