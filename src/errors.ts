@@ -84,6 +84,7 @@ export type FailureDetail =
   | 'breaker_open'
   | 'unknown_provider'
   | 'unsupported_grant_kind'
+  | 'audience_unsupported'
   | 'timeout'
   | 'unavailable'
   | 'invalid_response'

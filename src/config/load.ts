@@ -240,6 +240,7 @@ function crossCheck(config: Config, problems: Problems): void {
       proto === 'imap' && p.upstream ? [...at, 'upstream'] : [...at, 'upstreams', proto];
     for (const proto of protocols) {
       if (p.upstreams?.[proto]?.host) continue;
+      if (proto === 'smtp' && p.smtp_delivery === 'graph') continue;
       problems.add(
         upstreamAt(proto),
         proto === 'imap'
@@ -285,6 +286,7 @@ const HTTP_URL_KEYS = [
   'token_endpoint',
   'device_authorization_endpoint',
   'revocation_endpoint',
+  'graph_url',
 ] as const;
 
 /** Read now, so a missing or unreadable file fails check-config instead of the first TLS handshake. */

@@ -1,8 +1,25 @@
+import type { TokenAudience } from '../oauth/types.js';
 import type { Protocol, ProviderConfig, UpstreamConfig } from './schema.js';
 import { upstreamSchema } from './schema.js';
 
+/** SMTP logins of a `smtp_delivery: graph` provider: the proxy sends each message with Graph. */
+export interface GraphDelivery {
+  /** Graph base URL without a trailing slash. */
+  readonly url: string;
+  readonly saveToSentItems: boolean;
+  readonly timeoutMs: number;
+  readonly maxMessageBytes: number;
+  readonly maxRecipients: number;
+}
+
 /** A protocol's complete upstream settings: every key resolved, the port included. */
-export type ResolvedUpstream = UpstreamConfig & { readonly port: number };
+export type ResolvedUpstream = UpstreamConfig & {
+  readonly port: number;
+  /** Set when this protocol's sessions end in the proxy and go on through Microsoft Graph. */
+  readonly graph?: GraphDelivery;
+  /** Tokens for this upstream are for another resource than the grant's main one. */
+  readonly token_audience?: TokenAudience;
+};
 
 /** Upstream port when the config names none, by protocol and TLS mode. */
 const UPSTREAM_PORTS: Record<Protocol, Record<UpstreamConfig['tls'], number>> = {
@@ -19,6 +36,15 @@ const MS_SCOPES: Record<Protocol, string> = {
 const GOOGLE_SCOPE = 'https://mail.google.com/';
 
 /**
+ * Delegated Graph scopes for SMTP graph delivery at this Graph endpoint (national clouds have
+ * their own): Mail.Send for sendMail, Mail.ReadWrite for drafts (large messages, no Sent Items copy).
+ */
+export function graphDelegatedScope(graphUrl: string): string {
+  const origin = new URL(graphUrl).origin;
+  return `${origin}/Mail.Send ${origin}/Mail.ReadWrite`;
+}
+
+/**
  * Fills a provider's endpoints, scopes and upstream servers from its preset. `protocols` are
  * the ones the listeners speak: the delegated scopes ask for exactly what they need. Explicit
  * keys in the config always win, so every preset field is overridable.
@@ -28,9 +54,16 @@ export function applyPreset(p: ProviderConfig, protocols: ReadonlySet<Protocol>)
     case 'microsoft': {
       const tenant = p.tenant ?? 'organizations';
       const base = `https://login.microsoftonline.com/${encodeURIComponent(tenant)}/oauth2/v2.0`;
-      const wanted = [...protocols].map((proto) => MS_SCOPES[proto]);
+      const graph = p.smtp_delivery === 'graph';
+      const graphScope = p.graph_scope ?? graphDelegatedScope(p.graph_url);
+      // Graph delivery sends through Graph, not SMTP: consent is asked for Graph's scopes instead of SMTP.Send.
+      const wanted = [...protocols].flatMap((proto) =>
+        proto === 'smtp' && graph ? graphScope.split(' ') : [MS_SCOPES[proto]],
+      );
       return {
         ...p,
+        graph_scope: graphScope,
+        graph_app_only_scope: p.graph_app_only_scope ?? `${new URL(p.graph_url).origin}/.default`,
         authorization_endpoint: p.authorization_endpoint ?? `${base}/authorize`,
         token_endpoint: p.token_endpoint ?? `${base}/token`,
         device_authorization_endpoint: p.device_authorization_endpoint ?? `${base}/devicecode`,
@@ -130,6 +163,7 @@ export function upstreamFor(
   protocol: Protocol,
   override?: Record<string, unknown> | null,
 ): ResolvedUpstream {
+  if (protocol === 'smtp' && p.smtp_delivery === 'graph') return graphUpstream(p);
   const nested = override?.[protocol];
   const own =
     protocol === 'imap'
@@ -138,6 +172,29 @@ export function upstreamFor(
         ? (nested as Record<string, unknown>)
         : {};
   return resolveUpstream(protocol, { ...p.upstreams?.[protocol], ...own });
+}
+
+/** The Graph endpoint as an upstream: HTTPS to graph_url, tokens for Graph's scopes. */
+function graphUpstream(p: ProviderConfig): ResolvedUpstream {
+  const url = new URL(p.graph_url);
+  const tls = url.protocol === 'https:' ? 'implicit' : 'starttls';
+  const base = resolveUpstream('smtp', { host: url.hostname, port: Number(url.port || 443), tls });
+  return {
+    ...base,
+    graph: {
+      url: p.graph_url.replace(/\/+$/, ''),
+      saveToSentItems: p.graph_save_to_sent_items,
+      timeoutMs: Math.round(p.graph_timeout_seconds * 1000),
+      maxMessageBytes: p.graph_max_message_bytes,
+      maxRecipients: p.graph_max_recipients,
+    },
+    token_audience: {
+      key: 'graph',
+      scope: p.graph_scope,
+      resource: p.graph_resource,
+      appOnlyScope: p.graph_app_only_scope,
+    },
+  };
 }
 
 /** Validates upstream settings and fills the defaults, the port by protocol and TLS mode. */

@@ -104,6 +104,10 @@ export class LoginPipeline implements LoginHandler {
     const target = this.target(protocol, account, provider);
     const labels = { provider: account.provider };
     const { broker } = this.deps;
+    const audience = target.token_audience;
+    const tokenOpts = audience ? { audience } : {};
+    const renew = async (force: boolean) =>
+      (await broker.getAccessToken(account, { ...tokenOpts, forceRefresh: force })).token;
 
     // Token and dial in parallel: a warm token costs nothing, a refresh overlaps the TLS handshake.
     // A token that fails stops the dial, and a connection already made goes back unused.
@@ -111,7 +115,7 @@ export class LoginPipeline implements LoginHandler {
     const stopDial = () => dial.abort(signal.reason);
     signal.addEventListener('abort', stopDial, { once: true });
     const [tokenR, connR] = await Promise.allSettled([
-      broker.getAccessToken(account).catch((err: unknown) => {
+      broker.getAccessToken(account, tokenOpts).catch((err: unknown) => {
         dial.abort(err);
         throw err;
       }),
@@ -132,18 +136,18 @@ export class LoginPipeline implements LoginHandler {
       throw err;
     }
     try {
-      return await conn.authenticate(account.upstreamUser, tokenR.value.token);
+      return await conn.authenticate(account.upstreamUser, tokenR.value.token, renew);
     } catch (err) {
       if (!isProxyError(err) || err.reason !== 'upstream_rejected') {
         conn.destroy();
         throw err;
       }
-      broker.reportRejected(account, tokenR.value.token);
+      broker.reportRejected(account, tokenR.value.token, audience);
     }
     // One retry with a freshly refreshed token, on the same connection when it is still usable.
     let fresh: string;
     try {
-      fresh = (await broker.getAccessToken(account, { forceRefresh: true })).token;
+      fresh = await renew(true);
     } catch (err) {
       conn.destroy();
       throw err;
@@ -154,10 +158,11 @@ export class LoginPipeline implements LoginHandler {
       retry = await connector.connect(target, labels, signal);
     }
     try {
-      return await retry.authenticate(account.upstreamUser, fresh);
+      return await retry.authenticate(account.upstreamUser, fresh, renew);
     } catch (err) {
       retry.destroy();
-      if (isProxyError(err) && err.reason === 'upstream_rejected') broker.reportRejected(account, fresh);
+      if (isProxyError(err) && err.reason === 'upstream_rejected')
+        broker.reportRejected(account, fresh, audience);
       throw err;
     }
   }

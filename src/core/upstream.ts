@@ -19,13 +19,19 @@ export interface UpstreamConnection {
    * refused; the connection stays usable for one retry), 'authorization_failed',
    * 'upstream_unavailable', 'protocol_error', 'timeout'.
    */
-  authenticate(user: string, accessToken: string): Promise<AuthenticatedUpstream>;
+  authenticate(user: string, accessToken: string, renew?: TokenRenewal): Promise<AuthenticatedUpstream>;
   /** Still open and in the not-authenticated state (a retry can reuse it). */
   readonly reusable: boolean;
   destroy(): void;
   /** Never used for a login (its token failed first): a pool may keep it for the next one. */
   recycle(): void;
 }
+
+/**
+ * Gets this session's token again (an upstream that keeps using tokens after login, such as an
+ * HTTP API); `force` after the far end refused the last one.
+ */
+export type TokenRenewal = (force: boolean) => Promise<string>;
 
 export interface AuthenticatedUpstream {
   /** The raw upstream socket, paused, with no proxy reader attached. */

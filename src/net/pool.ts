@@ -123,7 +123,8 @@ export class WarmPool implements UpstreamConnector {
     labels: { provider: string },
     signal?: AbortSignal,
   ): Promise<UpstreamConnection> {
-    if (this.closed || this.size === 0) return this.inner.connect(target, labels, signal);
+    // An upstream run inside this process (Graph delivery) has nothing to dial ahead.
+    if (this.closed || this.size === 0 || target.graph) return this.inner.connect(target, labels, signal);
     const key = targetKey(target);
     let slot = this.slots.get(key);
     if (!slot) {

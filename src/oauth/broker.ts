@@ -10,7 +10,7 @@ import { classifyTokenError, type RefreshFailure } from './classify.js';
 import { DEFAULT_GRANT_HANDLERS, type GrantHandler, type TokenSet } from './grants.js';
 import type { ProviderRegistry } from './provider.js';
 import { refreshAt } from './refresh-window.js';
-import type { AccessToken, TokenBroker } from './types.js';
+import type { AccessToken, TokenAudience, TokenBroker, TokenOptions } from './types.js';
 
 export interface BrokerOptions {
   store: GrantStore;
@@ -48,6 +48,8 @@ interface FetchContext {
   account: AccountRecord;
   handler: GrantHandler;
   force: boolean;
+  /** A second resource's token (kept in memory only; the grant's stored token is the main one). */
+  audience: TokenAudience | undefined;
 }
 
 type LockOutcome =
@@ -71,7 +73,8 @@ export class OAuthTokenBroker implements TokenBroker {
   readonly #handlers: Map<string, GrantHandler>;
   readonly #cache: LRUCache<string, Cached, FetchContext>;
   readonly #rejected: LRUCache<string, string>;
-  readonly #keys: LRUCache<number, string>;
+  /** Account (and audience) → its cache key, for reportRejected. */
+  readonly #keys: LRUCache<string, string>;
   readonly #backoff: Backoff;
   readonly #breaker: ProviderBreaker;
   readonly #inflight = new Set<Promise<unknown>>();
@@ -112,7 +115,7 @@ export class OAuthTokenBroker implements TokenBroker {
     });
   }
 
-  async getAccessToken(account: AccountRecord, opts: { forceRefresh?: boolean } = {}): Promise<AccessToken> {
+  async getAccessToken(account: AccountRecord, opts: TokenOptions = {}): Promise<AccessToken> {
     const grant = await this.#o.store.getGrant(account.id);
     this.#checkGrant(grant);
     const handler = this.#handlers.get((grant as GrantRecord).kind);
@@ -121,15 +124,24 @@ export class OAuthTokenBroker implements TokenBroker {
         detail: 'unsupported_grant_kind',
       });
     }
-    const key = handler.per === 'provider' ? `p:${account.provider}:${handler.kind}` : `g:${account.id}`;
-    this.#keys.set(account.id, key);
+    const audience = opts.audience;
+    if (audience && !handler.audiences) {
+      throw new ProxyError(
+        'token_unavailable',
+        `grants of kind ${handler.kind} cannot get tokens for ${audience.key}`,
+        { detail: 'audience_unsupported' },
+      );
+    }
+    const base = handler.per === 'provider' ? `p:${account.provider}:${handler.kind}` : `g:${account.id}`;
+    const key = audience ? `${base}#${audience.key}` : base;
+    this.#keys.set(accountKey(account, audience), key);
     const cur = this.#cache.peek(key, { allowStale: true });
     const force = opts.forceRefresh === true || (cur !== undefined && cur.token === this.#rejected.get(key));
     const usable = !force && cur !== undefined && this.#valid(cur);
     const value = await this.#cache.fetch(key, {
       allowStale: usable,
       forceRefresh: force,
-      context: { account, handler, force },
+      context: { account, handler, force, audience },
     });
     if (!value || !this.#valid(value)) {
       throw new ProxyError('token_unavailable', 'no valid access token', { detail: 'no_token' });
@@ -137,8 +149,8 @@ export class OAuthTokenBroker implements TokenBroker {
     return { token: value.token, expiresAt: value.expiresAt, scope: value.scope };
   }
 
-  reportRejected(account: AccountRecord, token: string): void {
-    const key = this.#keys.get(account.id);
+  reportRejected(account: AccountRecord, token: string, audience?: TokenAudience): void {
+    const key = this.#keys.get(accountKey(account, audience));
     if (key) this.#rejected.set(key, token);
   }
 
@@ -158,6 +170,19 @@ export class OAuthTokenBroker implements TokenBroker {
       ? `Reconnect the mailbox at ${url.replace(/\/+$/, '')}/connect`
       : 'Ask your administrator to reconnect the mailbox';
     return new ProxyError('needs_consent', message, { clientText, detail: 'invalid_grant' });
+  }
+
+  /** The grant works for mail but was never allowed this resource: say how to allow it. */
+  #scopeMissing(audience: TokenAudience | undefined): ProxyError {
+    const url = this.#o.publicUrl;
+    const what = audience?.scope ?? audience?.key ?? 'this';
+    const clientText = url
+      ? `Reconnect the mailbox at ${url.replace(/\/+$/, '')}/connect to allow ${what}`
+      : `Ask your administrator to reconnect the mailbox to allow ${what}`;
+    return new ProxyError('scope_missing', `the grant is not allowed ${what}`, {
+      detail: 'scope_missing',
+      clientText,
+    });
   }
 
   #valid(c: Cached): boolean {
@@ -228,7 +253,8 @@ export class OAuthTokenBroker implements TokenBroker {
     const grant = await tx.get();
     if (!grant) return { type: 'no_grant' };
     if (grant.status === 'needs_consent' || !grant.refreshToken) return { type: 'needs_consent' };
-    const stored = this.#fromGrant(grant);
+    // The stored access token is the grant's main one: another resource's is never served from it.
+    const stored = ctx.audience ? undefined : this.#fromGrant(grant);
     // Another instance (or a previous run) may already hold a fresh token: use it.
     const replacedByForce = ctx.force && stored?.token === stale?.token;
     if (
@@ -258,6 +284,7 @@ export class OAuthTokenBroker implements TokenBroker {
     const got = await this.#call(ctx, grant, now, onRotated);
     if ('failure' in got) {
       const { failure } = got;
+      if (failure.result === 'invalid_scope') return { type: 'failed', failure, fallback: undefined };
       if (failure.result === 'invalid_grant') {
         await tx.update({ status: 'needs_consent', lastError: failure.message });
       } else {
@@ -270,6 +297,15 @@ export class OAuthTokenBroker implements TokenBroker {
     if (committed !== undefined && (await tx.get())?.refreshToken !== committed) {
       // Another instance refreshed after our early commit (PostgreSQL re-locks): its tokens are newer.
       return { type: 'ok', value: this.#toCached(t, grant.scope), fetched: true };
+    }
+    if (ctx.audience) {
+      // Another resource's token stays in memory; a rotated refresh token is persisted all the same.
+      await tx.update({
+        refreshToken: t.refreshToken ?? grant.refreshToken,
+        lastError: null,
+        status: 'active',
+      });
+      return { type: 'ok', value: this.#toCached(t, undefined), fetched: true };
     }
     // Persisted (the access token with the rotated refresh token) before anyone uses it.
     await tx.update({
@@ -321,6 +357,7 @@ export class OAuthTokenBroker implements TokenBroker {
         now,
         clock: this.#now,
         onRotated,
+        audience: ctx.audience,
       });
       this.#breaker.succeed(provider.name);
       this.#o.metrics?.tokenRefreshes.inc({ ...labels, result: 'success' });
@@ -333,9 +370,10 @@ export class OAuthTokenBroker implements TokenBroker {
       );
       return { tokens };
     } catch (err) {
-      const failure = classifyTokenError(err, this.#now());
-      // invalid_grant is an answer about the grant: the endpoint works. Anything else is an outage.
-      if (failure.result === 'invalid_grant') this.#breaker.succeed(provider.name);
+      const failure = classifyTokenError(err, this.#now(), { secondResource: ctx.audience !== undefined });
+      // invalid_grant or invalid_scope is an answer about the grant: the endpoint works. Anything else is an outage.
+      if (failure.result === 'invalid_grant' || failure.result === 'invalid_scope')
+        this.#breaker.succeed(provider.name);
       else this.#breaker.fail(provider.name, failure.retryAfterMs);
       this.#o.metrics?.tokenRefreshes.inc({ ...labels, result: failure.result });
       this.#log.warn(
@@ -359,6 +397,7 @@ export class OAuthTokenBroker implements TokenBroker {
     failure: RefreshFailure,
     fallback: Cached | undefined,
   ): Promise<{ value: Cached; ttlUntil: number }> {
+    if (failure.result === 'invalid_scope') throw this.#scopeMissing(ctx.audience);
     if (failure.result === 'invalid_grant') {
       await this.#o.store
         .audit(ACTOR, 'grant.needs_consent', ctx.account.id, failure.message)
@@ -393,4 +432,8 @@ export class OAuthTokenBroker implements TokenBroker {
       minValidity: Math.min(this.#minValidity, lifetime / SHORT_LIFETIME_FACTOR),
     };
   }
+}
+
+function accountKey(account: AccountRecord, audience: TokenAudience | undefined): string {
+  return audience ? `${account.id}#${audience.key}` : String(account.id);
 }

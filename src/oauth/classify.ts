@@ -8,7 +8,8 @@ export type RefreshResult =
   | 'timeout'
   | 'http_5xx'
   | 'http_429'
-  | 'invalid_response';
+  | 'invalid_response'
+  | 'invalid_scope';
 
 export interface RefreshFailure {
   result: Exclude<RefreshResult, 'success'>;
@@ -19,11 +20,27 @@ export interface RefreshFailure {
 }
 
 /** Turns whatever a grant request threw into one of the bounded failure kinds. */
-export function classifyTokenError(err: unknown, now = Date.now()): RefreshFailure {
+export function classifyTokenError(
+  err: unknown,
+  now = Date.now(),
+  opts: { secondResource?: boolean } = {},
+): RefreshFailure {
   const trace = err instanceof TracedError ? err.trace : {};
   const cause = err instanceof TracedError ? err.cause : err;
   const oauthError = findOAuthError(cause);
   const status = trace.status;
+  // A grant asked for a second resource (Graph) it was never consented for: the grant itself is fine.
+  if (
+    opts.secondResource &&
+    (oauthError === 'invalid_scope' ||
+      oauthError === 'invalid_target' ||
+      (oauthError === 'invalid_grant' && /AADSTS65001\b/.test(findDescription(cause) ?? '')))
+  ) {
+    return {
+      result: 'invalid_scope',
+      message: `scope not granted for this resource (HTTP ${status ?? '?'})`,
+    };
+  }
   if (oauthError === 'invalid_grant') {
     return { result: 'invalid_grant', message: `invalid_grant (HTTP ${status ?? '?'})` };
   }
@@ -70,6 +87,15 @@ function findOAuthError(err: unknown): string | undefined {
   for (let e = err, depth = 0; e && typeof e === 'object' && depth < 5; depth++) {
     const code = (e as { error?: unknown }).error;
     if (typeof code === 'string') return code;
+    e = (e as { cause?: unknown }).cause;
+  }
+  return undefined;
+}
+
+function findDescription(err: unknown): string | undefined {
+  for (let e = err, depth = 0; e && typeof e === 'object' && depth < 5; depth++) {
+    const d = (e as { error_description?: unknown }).error_description;
+    if (typeof d === 'string') return d;
     e = (e as { cause?: unknown }).cause;
   }
   return undefined;

@@ -8,6 +8,7 @@ import {
 import type { AccountRecord, GrantKind, GrantRecord } from '../store/types.js';
 import { withHttpTrace } from './http-trace.js';
 import type { OAuthProvider } from './provider.js';
+import type { TokenAudience } from './types.js';
 
 /** A token as the broker needs it; `refreshToken` is set when the server rotated it. */
 export interface TokenSet {
@@ -33,6 +34,8 @@ export interface GrantContext {
    * openid-client parses or validates it: the server has already spent the old one.
    */
   onRotated?: (refreshToken: string) => void | Promise<void>;
+  /** A second resource's token is wanted (only handlers with `audiences` are asked). */
+  audience?: TokenAudience | undefined;
 }
 
 /**
@@ -44,6 +47,8 @@ export interface GrantContext {
 export interface GrantHandler {
   readonly kind: GrantKind;
   readonly per: 'grant' | 'provider' | 'account';
+  /** Can mint tokens for another resource from the same grant (TokenAudience). */
+  readonly audiences?: boolean;
   /** Throws whatever openid-client throws; the broker classifies it. */
   fetchToken(ctx: GrantContext): Promise<TokenSet>;
 }
@@ -118,14 +123,28 @@ export function rotationCapture(inner: CustomFetch): CustomFetch {
   };
 }
 
+/** Token request parameters naming a second resource: `scope` and the RFC 8707 `resource`. */
+function audienceParams(
+  scope: string | undefined,
+  resource: string | undefined,
+): Record<string, string> | undefined {
+  const p: Record<string, string> = {};
+  if (scope) p.scope = scope;
+  if (resource) p.resource = resource;
+  return Object.keys(p).length > 0 ? p : undefined;
+}
+
 export const refreshTokenHandler: GrantHandler = {
   kind: 'refresh_token',
   per: 'grant',
+  audiences: true,
   async fetchToken(ctx) {
     const refreshToken = ctx.grant.refreshToken;
     if (!refreshToken) throw new Error('grant has no refresh token');
+    const a = ctx.audience;
+    const params = a ? audienceParams(a.scope, a.resource) : undefined;
     return watched(ctx, refreshToken, async () =>
-      refreshTokenGrant(await ctx.provider.configuration(), refreshToken),
+      refreshTokenGrant(await ctx.provider.configuration(), refreshToken, params),
     );
   },
 };
@@ -133,10 +152,14 @@ export const refreshTokenHandler: GrantHandler = {
 export const clientCredentialsHandler: GrantHandler = {
   kind: 'client_credentials',
   per: 'provider',
+  audiences: true,
   async fetchToken(ctx) {
-    const scope = ctx.provider.config.app_only_scope;
+    const a = ctx.audience;
+    const params = a
+      ? audienceParams(a.appOnlyScope, a.resource)
+      : audienceParams(ctx.provider.config.app_only_scope, undefined);
     return watched(ctx, undefined, async () =>
-      clientCredentialsGrant(await ctx.provider.configuration(), scope ? { scope } : undefined),
+      clientCredentialsGrant(await ctx.provider.configuration(), params),
     );
   },
 };

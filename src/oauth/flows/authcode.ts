@@ -30,6 +30,19 @@ export function interactiveScopes(provider: OAuthProvider): string {
   return [...scopes].join(' ');
 }
 
+/**
+ * What the code redemption asks for. Microsoft issues a token for one resource at a time: when
+ * consent was asked for the mail servers and Graph together, the code is redeemed for the mail
+ * servers' scopes and Graph tokens come later from the same refresh token.
+ */
+export function redemptionScopes(provider: OAuthProvider): string | undefined {
+  const graph = provider.config.graph_scope?.split(' ') ?? [];
+  const all = interactiveScopes(provider).split(' ');
+  const others = all.filter((s) => !graph.includes(s));
+  const mixed = graph.some((s) => all.includes(s)) && others.some((s) => s.includes('://'));
+  return mixed ? others.join(' ') : undefined;
+}
+
 /** Authorization code + PKCE S256 with state and nonce: the URL to send the browser to. */
 export async function beginAuthorization(
   provider: OAuthProvider,
@@ -69,10 +82,16 @@ export async function completeAuthorization(
   pending: PendingAuthorization,
 ): Promise<TokenEndpointResponse & TokenEndpointResponseHelpers> {
   const config = await provider.configuration();
-  return authorizationCodeGrant(config, callbackUrl, {
-    pkceCodeVerifier: pending.verifier,
-    expectedState: pending.state,
-    expectedNonce: pending.nonce,
-    idTokenExpected: true,
-  });
+  const scope = redemptionScopes(provider);
+  return authorizationCodeGrant(
+    config,
+    callbackUrl,
+    {
+      pkceCodeVerifier: pending.verifier,
+      expectedState: pending.state,
+      expectedNonce: pending.nonce,
+      idTokenExpected: true,
+    },
+    scope ? { scope } : undefined,
+  );
 }
