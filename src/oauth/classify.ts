@@ -27,14 +27,14 @@ export function classifyTokenError(
 ): RefreshFailure {
   const trace = err instanceof TracedError ? err.trace : {};
   const cause = err instanceof TracedError ? err.cause : err;
-  const oauthError = findOAuthError(cause);
+  const oauthError = findField(cause, 'error');
   const status = trace.status;
   // A grant asked for a second resource (Graph) it was never consented for: the grant itself is fine.
   if (
     opts.secondResource &&
     (oauthError === 'invalid_scope' ||
       oauthError === 'invalid_target' ||
-      (oauthError === 'invalid_grant' && /AADSTS65001\b/.test(findDescription(cause) ?? '')))
+      (oauthError === 'invalid_grant' && /AADSTS65001\b/.test(findField(cause, 'error_description') ?? '')))
   ) {
     return {
       result: 'invalid_scope',
@@ -83,19 +83,11 @@ export function parseRetryAfter(value: string | null | undefined, now = Date.now
   return Number.isNaN(at) ? undefined : Math.max(0, at - now);
 }
 
-function findOAuthError(err: unknown): string | undefined {
+/** The first string `field` on the error or its causes (openid-client puts OAuth errors there). */
+function findField(err: unknown, field: 'error' | 'error_description'): string | undefined {
   for (let e = err, depth = 0; e && typeof e === 'object' && depth < 5; depth++) {
-    const code = (e as { error?: unknown }).error;
-    if (typeof code === 'string') return code;
-    e = (e as { cause?: unknown }).cause;
-  }
-  return undefined;
-}
-
-function findDescription(err: unknown): string | undefined {
-  for (let e = err, depth = 0; e && typeof e === 'object' && depth < 5; depth++) {
-    const d = (e as { error_description?: unknown }).error_description;
-    if (typeof d === 'string') return d;
+    const v = (e as Record<string, unknown>)[field];
+    if (typeof v === 'string') return v;
     e = (e as { cause?: unknown }).cause;
   }
   return undefined;
