@@ -324,6 +324,30 @@ export const configSchema = z
           .describe(
             'Connections not yet logged in over all addresses (per process), then told goodbye at once',
           ),
+        tarpit_seconds: z
+          .number()
+          .min(0)
+          .max(300)
+          .default(10)
+          .describe(
+            'A connection from an address the limiter locked, or past preauth_per_address / preauth_total, is held this long unanswered before it is closed, so a reconnect loop runs at this pace (0 = closed at once)',
+          ),
+        tarpit_per_address: z
+          .number()
+          .int()
+          .min(1)
+          .default(200)
+          .describe(
+            'Connections held in the tarpit at once from one client address (per process); more are closed at once',
+          ),
+        tarpit_total: z
+          .number()
+          .int()
+          .min(1)
+          .default(2000)
+          .describe(
+            'Connections held in the tarpit at once over all addresses (per process); more are closed at once',
+          ),
         login_timeout_seconds: seconds(30).describe(
           'Longest a login (token + upstream) may take before NO [UNAVAILABLE]',
         ),
