@@ -119,6 +119,8 @@ export async function main(argv: string[]): Promise<number> {
         out(
           `${file}: OK (${config.listeners.length} listener(s), ${Object.keys(config.providers).length} provider(s))`,
         );
+        const { configNotes } = await import('./config/notes.js');
+        for (const note of configNotes(config)) out(`note: ${note}`);
         return 0;
       }
       case 'serve': {

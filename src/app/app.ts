@@ -127,7 +127,11 @@ export async function startProxy(config: Config, opts: StartOptions): Promise<Pr
         existing.configure(bounds);
         continue;
       }
-      const inner = PROTOCOLS[protocol].upstreamConnector({ metrics, log: upstreamLog.child({ protocol }) });
+      const inner = PROTOCOLS[protocol].upstreamConnector({
+        metrics,
+        log: upstreamLog.child({ protocol }),
+        limits: config.limits,
+      });
       pools.set(protocol, new WarmPool(inner, { log: upstreamLog, ...bounds }));
     }
   };
@@ -310,7 +314,8 @@ function learnUpstreams(
     // IMAP clients ask for capabilities after login anyway; SMTP and POP3 clients keep what they saw before.
     if (protocol === 'imap') continue;
     for (const [provider, p] of Object.entries(config.providers)) {
-      if (!p.upstreams?.[protocol]?.host) continue;
+      const graph = protocol === 'smtp' && p.smtp_delivery === 'graph';
+      if (!graph && !p.upstreams?.[protocol]?.host) continue;
       const target = upstreamFor(p, protocol);
       pool.connect(target, { provider }).then(
         (conn) => {

@@ -7,7 +7,7 @@ import type { PreauthGate } from '../net/gate.js';
 import type { SessionFactory } from '../net/listener.js';
 import { createUpstreamConnector, imapFrontDoor, limitsFromConfig } from './imap/index.js';
 import { createPop3UpstreamConnector, pop3FrontDoor, pop3LimitsFromConfig } from './pop3/index.js';
-import { createSmtpUpstreamConnector, smtpFrontDoor, smtpLimitsFromConfig } from './smtp/index.js';
+import { smtpFrontDoor, smtpLimitsFromConfig, smtpUpstreamConnector } from './smtp/index.js';
 
 /** Everything the composition root needs to run one protocol. */
 export interface ProtocolModule {
@@ -27,7 +27,7 @@ export interface ProtocolModule {
     },
   ): SessionFactory;
   /** Dials and authenticates the protocol's upstream server. */
-  upstreamConnector(deps: { metrics: Metrics; log: Logger }): UpstreamConnector;
+  upstreamConnector(deps: { metrics: Metrics; log: Logger; limits: Config['limits'] }): UpstreamConnector;
 }
 
 /** The registry: one entry per protocol folder; the config schema's enum names the same set. */
@@ -40,7 +40,7 @@ export const PROTOCOLS: Readonly<Record<Protocol, ProtocolModule>> = {
   smtp: {
     defaultPorts: { starttls: 587, implicit: 465 },
     frontDoor: (cfg, deps) => smtpFrontDoor(cfg, { ...deps, limits: smtpLimitsFromConfig(deps.limits) }),
-    upstreamConnector: createSmtpUpstreamConnector,
+    upstreamConnector: smtpUpstreamConnector,
   },
   pop3: {
     defaultPorts: { starttls: 110, implicit: 995 },

@@ -135,6 +135,55 @@ describe('check-config and serve refuse configs that cannot work', () => {
       `${file}:${at(text, JSON.stringify(missing))}: providers.local.upstream.ca_file: cannot read ${missing} (ENOENT)`,
     ]);
   });
+
+  test('Graph delivery: an http:// graph_url needs allow_insecure_http; no SMTP upstream needed', async () => {
+    const text = GOOD.replace(
+      'listeners:\n',
+      'listeners:\n  - { name: submissions, protocol: smtp, port: 0, tls: implicit }\n',
+    ).replace(
+      '    client_id: proxy',
+      '    smtp_delivery: graph\n    graph_url: http://graph.example.test\n    client_id: proxy',
+    );
+    await refused(text, (file) => [
+      `${file}:${at(text, 'http://graph.example.test')}: providers.local.graph_url: http:// needs allow_insecure_http: true on this provider (local testing only)`,
+    ]);
+  });
+});
+
+describe('check-config explains how each provider sends mail', () => {
+  const smtpListener = 'listeners:\n  - { name: submissions, protocol: smtp, port: 0, tls: implicit }\n';
+  test('graph: what Graph delivery does and which permissions it needs', async () => {
+    const file = write(
+      GOOD.replace('listeners:\n', smtpListener).replace(
+        '    client_id: proxy',
+        '    smtp_delivery: graph\n    client_id: proxy',
+      ),
+    );
+    const r = await cli(['check-config', '--config', file]);
+    assert.equal(r.code, 0, r.err);
+    const note = r.out.split('\n').find((l) => l.startsWith('note: providers.local.smtp_delivery: graph'));
+    assert.ok(note, r.out);
+    assert.match(note, /Microsoft Graph \(https:\/\/graph\.microsoft\.com\)/);
+    assert.match(note, /Mail\.Send/);
+    assert.match(note, /250 only after Graph accepted/);
+  });
+
+  test('smtp: the splice, and the 5.7.139 failure where SMTP AUTH is off', async () => {
+    const file = write(
+      GOOD.replace('listeners:\n', smtpListener).replace(
+        '    upstream:\n',
+        '    upstreams:\n      smtp: { host: smtp.example.test }\n    upstream:\n',
+      ),
+    );
+    const r = await cli(['check-config', '--config', file]);
+    assert.equal(r.code, 0, r.err);
+    assert.match(r.out, /^note: providers\.local\.smtp_delivery: smtp — .*smtp\.example\.test.*5\.7\.139/m);
+  });
+
+  test('no SMTP listener: nothing to explain', async () => {
+    const file = write(GOOD);
+    assert.doesNotMatch((await cli(['check-config', '--config', file])).out, /note:/);
+  });
 });
 
 describe('--config before or after the command', () => {
