@@ -66,6 +66,17 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
       labelNames: ['protocol', 'reason'] as const,
       registers: r,
     }),
+    tarpitConnections: new Counter({
+      name: `${P}tarpit_connections_total`,
+      help: 'Refused connections by protocol, reason (address_locked, too_many_from_address, too_many_unauthenticated) and result: held (unanswered for limits.tarpit_seconds, then closed) or full (the tarpit bound was reached: closed at once)',
+      labelNames: ['protocol', 'reason', 'result'] as const,
+      registers: r,
+    }),
+    tarpitHeld: new Gauge({
+      name: `${P}tarpit_held_connections`,
+      help: 'Refused connections held in the tarpit now',
+      registers: r,
+    }),
     limiter: new Counter({
       name: `${P}limiter_actions_total`,
       help: 'Brute-force limiter actions by scope (user, address, admin) and action (delayed, refused)',

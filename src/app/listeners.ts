@@ -13,6 +13,7 @@ import type { PreauthGate } from '../net/gate.js';
 import { sessionLimitsFromConfig } from '../net/limits.js';
 import { createListener, type Listener, type ListenerUpdate } from '../net/listener.js';
 import { ensureSelfSigned } from '../net/selfsigned.js';
+import { tarpitLimitsFromConfig } from '../net/tarpit.js';
 import { listenerPems, serverTlsContext, type TlsPems } from '../net/tls.js';
 import { PROTOCOLS } from '../protocols/index.js';
 
@@ -56,6 +57,7 @@ export class ListenerSet {
 
   /** Binds every listener of `config`; throws (having closed what it opened) if one cannot start. */
   async start(config: Config): Promise<void> {
+    this.configureTarpit(config);
     const fallback = await fallbackCertificate(config, this.deps.log);
     for (const lc of config.listeners) await this.open(lc, await this.settings(config, lc, fallback));
     this.certTimer = setInterval(() => void this.checkCertificates(), CERT_POLL_MS).unref();
@@ -67,6 +69,7 @@ export class ListenerSet {
    * settings in place, so there is no gap. Returns the problems (the rest was applied).
    */
   async reload(config: Config): Promise<string[]> {
+    this.configureTarpit(config);
     const problems: string[] = [];
     const fallback = await fallbackCertificate(config, this.deps.log);
     const wanted = new Map(config.listeners.map((l) => [l.name, l]));
@@ -111,6 +114,14 @@ export class ListenerSet {
     const all = [...[...this.running.values()].map((r) => r.listener), ...this.retired];
     this.running.clear();
     await Promise.all(all.map((l) => l.close({ drainMs })));
+  }
+
+  /** Refused connections of every listener share one tarpit, the gate's. */
+  private configureTarpit(config: Config): void {
+    this.deps.gate.tarpit.configure(
+      tarpitLimitsFromConfig(config.limits),
+      this.deps.log.child({ component: 'tarpit' }),
+    );
   }
 
   private async open(lc: ListenerConfig, update: ListenerUpdate): Promise<void> {
@@ -158,6 +169,7 @@ export class ListenerSet {
       limits: sessionLimitsFromConfig(config.limits),
       maxConnections: config.limits.max_connections,
       refuseAddress: this.deps.refuseAddress,
+      tarpit: this.deps.gate.tarpit,
     };
   }
 

@@ -1,3 +1,5 @@
+import { Tarpit } from './tarpit.js';
+
 /** The bounds of a PreauthGate; a reload may change them. */
 export interface GateLimits {
   /** Connections not yet logged in from one client address (all listeners of this process). */
@@ -15,6 +17,8 @@ export interface GateLimits {
 export class PreauthGate {
   private readonly byAddress = new Map<string, number>();
   private count = 0;
+  /** Where connections this gate refuses wait before they are told goodbye (off unless configured). */
+  readonly tarpit = new Tarpit();
 
   constructor(private limits: GateLimits) {}
 

@@ -15,6 +15,7 @@ import {
   startsLikeProxyHeader,
   trustList,
 } from './proxyproto.js';
+import type { Tarpit } from './tarpit.js';
 import { serverTlsContext, type TlsPems } from './tls.js';
 
 /** The client end of one connection, as the listener found it. */
@@ -61,12 +62,14 @@ export interface ListenerDeps {
    * connections are closed at once, before a TLS handshake or a password check costs anything.
    */
   readonly refuseAddress?: (address: string) => boolean;
+  /** Where connections of a locked address wait before they are closed (absent: closed at once). */
+  readonly tarpit?: Tarpit;
 }
 
 /** What a reload may change on a listener that keeps its address and port. */
 export type ListenerUpdate = Pick<
   ListenerDeps,
-  'tls' | 'createSession' | 'limits' | 'maxConnections' | 'refuseAddress'
+  'tls' | 'createSession' | 'limits' | 'maxConnections' | 'refuseAddress' | 'tarpit'
 > & {
   readonly cfg: ListenerConfig;
 };
@@ -103,6 +106,7 @@ interface Settings {
   readonly trusted: BlockList | undefined;
   readonly allowed: BlockList | undefined;
   readonly refuseAddress: ((address: string) => boolean) | undefined;
+  readonly tarpit: Tarpit | undefined;
 }
 
 function settingsFor(cfg: ListenerConfig, deps: Omit<ListenerUpdate, 'cfg'>): Settings {
@@ -121,6 +125,7 @@ function settingsFor(cfg: ListenerConfig, deps: Omit<ListenerUpdate, 'cfg'>): Se
     trusted: cfg.proxy_protocol ? trustList(cfg.proxy_protocol.trusted) : undefined,
     allowed: cfg.allow_from ? trustList(cfg.allow_from) : undefined,
     refuseAddress: deps.refuseAddress,
+    tarpit: deps.tarpit,
   };
 }
 
@@ -138,6 +143,23 @@ export function createListener(cfg: ListenerConfig, deps: ListenerDeps): Listene
     metrics.preauthRejections.inc({ protocol: set.cfg.protocol, reason });
     log.info({ reason, client: plainAddress(raw.remoteAddress ?? '') }, 'connection refused before login');
     raw.destroy();
+  };
+
+  /**
+   * Every login from this address would be refused: the connection waits in the tarpit (no TLS
+   * handshake, no greeting), then is closed without a word, so a reconnect loop runs at the
+   * tarpit's pace; closed at once when the tarpit is off or full.
+   */
+  const refuseLocked = (set: Settings, raw: Socket, address: string) => {
+    const held = set.tarpit?.hold({
+      address,
+      socket: raw,
+      protocol: set.cfg.protocol,
+      reason: 'address_locked',
+      metrics,
+      done: () => refuse(set, raw, 'address_locked'),
+    });
+    if (!held) refuse(set, raw, 'address_locked');
   };
 
   const startSession = (set: Settings, sock: Socket | TLSSocket, source: ProxySource | null, raw: Socket) => {
@@ -180,7 +202,7 @@ export function createListener(cfg: ListenerConfig, deps: ListenerDeps): Listene
     // The real client (from the PROXY header when there is one) must be on the listener's allow list.
     const address = plainAddress(source?.address ?? raw.remoteAddress ?? '');
     if (set.allowed && !isTrusted(set.allowed, address)) return refuse(set, raw, 'not_allowed');
-    if (set.refuseAddress?.(address)) return refuse(set, raw, 'address_locked');
+    if (set.refuseAddress?.(address)) return refuseLocked(set, raw, address);
     if (set.implicitTls) startTls(set, raw, source, set.implicitTls);
     else startSession(set, raw, source, raw);
   };

@@ -11,6 +11,7 @@ import { failStream, type RejectReason, type SessionLimits } from './limits.js';
 import type { FrontDoorSession, Peer } from './listener.js';
 import { startsLikeProxyHeader } from './proxyproto.js';
 import { upgradeToTls } from './starttls.js';
+import type { TarpitHold } from './tarpit.js';
 
 /**
  * Pre-auth connection states, the same for every protocol. greeting: waiting out the greeting
@@ -72,6 +73,8 @@ export abstract class PreauthBase implements FrontDoorSession {
   /** Holds a place in the gate until it logs in or closes. */
   private admitted = false;
   private loginAbort: AbortController | undefined;
+  /** Present while the connection waits in the tarpit before its goodbye. */
+  private tarpitHold: TarpitHold | undefined;
   private firstChunk = true;
   private endReason = 'client_closed';
   private loginResult: LoginResult | undefined;
@@ -131,15 +134,15 @@ export abstract class PreauthBase implements FrontDoorSession {
   start(): void {
     this.framing = this.newFraming();
     this.sessionGauge('preauth').inc();
+    const place = this.base.gate?.admit(this.peer.address) ?? 'ok';
+    if (place !== 'ok') {
+      this.refuseLater(place);
+      return;
+    }
     this.attach(this.socket);
     // The listener may have paused the socket while reading a PROXY header.
     this.socket.resume();
     this.armIdle();
-    const place = this.base.gate?.admit(this.peer.address) ?? 'ok';
-    if (place !== 'ok') {
-      this.reject(place);
-      return;
-    }
     this.admitted = this.base.gate !== undefined;
     if (this.base.limits.preauthLifetimeMs > 0) {
       // However busy: a connection that sends a NOOP now and then may not hold a place for ever.
@@ -153,6 +156,26 @@ export abstract class PreauthBase implements FrontDoorSession {
     } else {
       this.greet();
     }
+  }
+
+  /**
+   * A pre-auth bound is full: held in the gate's tarpit (no greeting, nothing answered) and told
+   * goodbye when the hold ends, so a client that reconnects at once does so at the tarpit's pace;
+   * at once when the tarpit is off or full.
+   */
+  private refuseLater(place: 'too_many_from_address' | 'too_many_unauthenticated'): void {
+    this.tarpitHold = this.base.gate?.tarpit.hold({
+      address: this.peer.address,
+      socket: this.socket,
+      protocol: this.protocol,
+      reason: place,
+      metrics: this.base.metrics,
+      done: () => {
+        this.tarpitHold = undefined;
+        this.reject(place);
+      },
+    });
+    if (!this.tarpitHold) this.reject(place);
   }
 
   /** Server shutdown: say goodbye before login; spliced sessions are left alone. */
@@ -425,6 +448,7 @@ export abstract class PreauthBase implements FrontDoorSession {
     this.setState('closed');
     clearTimeout(this.idleTimer);
     clearTimeout(this.greetTimer);
+    this.tarpitHold?.cancel();
     this.leaveGate();
     if (wasLogin) this.loginAbort?.abort(new Error('client disconnected'));
     this.detach(this.socket);

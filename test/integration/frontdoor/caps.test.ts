@@ -3,46 +3,19 @@ import { describe, test } from 'node:test';
 import { PreauthGate } from '../../../src/net/gate.js';
 import { until } from '../../helpers/deadline.js';
 import { RawImapClient } from '../../helpers/imap-client.js';
-import { type Frontdoor, metricValue, startFrontdoor } from './harness.js';
+import { CLEAR_GREETING, goodbye, metricValue, startCleartext } from './harness.js';
 
 // Unauthenticated connections are bounded per address and in total, may not live for ever, and
 // an address the limiter locked is closed at accept: one address cannot fill the listeners.
 
-const NAME = 'mx.test';
-const GREETING: Record<string, string> = {
-  imap: '* OK [CAPABILITY IMAP4rev1 LITERAL+ SASL-IR ID AUTH=PLAIN AUTH=LOGIN] imap-oauth-proxy ready',
-  smtp: `220 ${NAME} ESMTP imap-oauth-proxy ready`,
-  pop3: '+OK imap-oauth-proxy POP3 ready',
-};
-const GOODBYE = (protocol: string, text: string) =>
-  protocol === 'imap'
-    ? `* BYE ${text}\r\n`
-    : protocol === 'smtp'
-      ? `421 4.7.0 ${NAME} ${text}\r\n`
-      : `-ERR [SYS/TEMP] ${text}\r\n`;
+const GREETING = CLEAR_GREETING;
+const GOODBYE = goodbye;
+const start = startCleartext;
 const LOGIN: Record<string, string> = {
   imap: 'a LOGIN alice pw',
   smtp: `AUTH PLAIN ${Buffer.from('\0alice\0pw').toString('base64')}`,
   pop3: 'USER alice\r\nPASS pw',
 };
-
-async function start(
-  protocol: 'imap' | 'smtp' | 'pop3',
-  t: { after: (fn: () => void) => void },
-  opts: Parameters<typeof startFrontdoor>[1] = {},
-): Promise<Frontdoor> {
-  const fd = await startFrontdoor(
-    {
-      protocol,
-      tls: 'none',
-      allow_cleartext_login: true,
-      ...(protocol === 'smtp' ? { server_name: NAME } : {}),
-    },
-    opts,
-  );
-  t.after(() => fd.close());
-  return fd;
-}
 
 async function greeted(port: number, protocol: string): Promise<RawImapClient> {
   const c = await RawImapClient.connect(port);

@@ -12,6 +12,7 @@ import { createMetrics, type Metrics } from '../../../src/metrics.js';
 import type { PreauthGate } from '../../../src/net/gate.js';
 import { createListener, type Listener } from '../../../src/net/listener.js';
 import { ensureSelfSigned } from '../../../src/net/selfsigned.js';
+import type { Tarpit } from '../../../src/net/tarpit.js';
 import { imapFrontDoor } from '../../../src/protocols/imap/index.js';
 import { DEFAULT_LIMITS, type WireLimits } from '../../../src/protocols/imap/limits.js';
 import { pop3FrontDoor } from '../../../src/protocols/pop3/index.js';
@@ -135,6 +136,8 @@ export async function startFrontdoor(
     gate?: PreauthGate;
     /** Addresses the limiter locked: closed at accept. */
     refuseAddress?: (address: string) => boolean;
+    /** Where connections of a locked address wait before they are closed (the app passes the gate's). */
+    tarpit?: Tarpit;
   } = {},
 ): Promise<Frontdoor> {
   const upstream = new EchoUpstream(opts.upstream);
@@ -221,6 +224,7 @@ export async function startFrontdoor(
     metrics,
     log: silentLogger,
     ...(opts.refuseAddress ? { refuseAddress: opts.refuseAddress } : {}),
+    ...(opts.tarpit ? { tarpit: opts.tarpit } : {}),
   });
   fd.port = (await fd.listener.listen()).port;
   return fd;
@@ -278,4 +282,39 @@ export async function assertSameEverySplit(
     const pieces = [wire.subarray(0, i), wire.subarray(i)];
     assert.equal(await converse(port, greeting, pieces), transcript, `split at ${i}`);
   }
+}
+
+/** The SMTP server name of the cleartext listeners below. */
+export const CLEAR_NAME = 'mx.test';
+/** What a cleartext listener of each protocol greets with. */
+export const CLEAR_GREETING: Record<string, string> = {
+  imap: '* OK [CAPABILITY IMAP4rev1 LITERAL+ SASL-IR ID AUTH=PLAIN AUTH=LOGIN] imap-oauth-proxy ready',
+  smtp: `220 ${CLEAR_NAME} ESMTP imap-oauth-proxy ready`,
+  pop3: '+OK imap-oauth-proxy POP3 ready',
+};
+/** A protocol's last words before login carrying `text`. */
+export const goodbye = (protocol: string, text: string) =>
+  protocol === 'imap'
+    ? `* BYE ${text}\r\n`
+    : protocol === 'smtp'
+      ? `421 4.7.0 ${CLEAR_NAME} ${text}\r\n`
+      : `-ERR [SYS/TEMP] ${text}\r\n`;
+
+/** A cleartext listener of `protocol` with login allowed, closed after the test. */
+export async function startCleartext(
+  protocol: 'imap' | 'smtp' | 'pop3',
+  t: { after: (fn: () => Promise<void> | void) => void },
+  opts: Parameters<typeof startFrontdoor>[1] = {},
+): Promise<Frontdoor> {
+  const fd = await startFrontdoor(
+    {
+      protocol,
+      tls: 'none',
+      allow_cleartext_login: true,
+      ...(protocol === 'smtp' ? { server_name: CLEAR_NAME } : {}),
+    },
+    opts,
+  );
+  t.after(() => fd.close());
+  return fd;
 }
