@@ -1,7 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import Provider from 'oidc-provider';
+import Provider, * as oidcProvider from 'oidc-provider';
 
 /**
  * A real oidc-provider 9 on 127.0.0.1:<random port> over http, for broker and end-to-end tests.
@@ -21,8 +21,21 @@ export interface TestOP {
   /** Drives the real authorization-code flow (+PKCE S256) through the dev login/consent pages. */
   mintGrant(
     sub: string,
-    opts?: { scope?: string },
+    opts?: { scope?: string; resources?: readonly string[] },
   ): Promise<{ access_token: string; refresh_token: string; expires_in: number }>;
+  /**
+   * A refresh-token grant as the proxy's client (not counted by tokenRequests), optionally for a
+   * second resource (RFC 8707 `resource`, with `resources` in startOP). Rotates the refresh token.
+   */
+  refresh(
+    refreshToken: string,
+    opts?: { resource?: string; scope?: string },
+  ): Promise<{ access_token: string; refresh_token?: string; expires_in: number; scope?: string }>;
+  /** A client-credentials token as the proxy's client (needs `clientCredentials`), optionally for a resource. */
+  clientCredentialsToken(opts?: {
+    resource?: string;
+    scope?: string;
+  }): Promise<{ access_token: string; expires_in: number; scope?: string }>;
   /** RFC 7009 revocation as the proxy's client (revoking a refresh token also ends its grant). */
   revoke(token: string): Promise<void>;
   /** RFC 7662 introspection as the introspection client (what Dovecot sees). */
@@ -77,6 +90,20 @@ export interface StartOPOptions {
    * client_credentials feature; the proxy's client keeps its own grant types.
    */
   privateKeyJwtClient?: { jwks: { keys: Record<string, unknown>[] } };
+  /**
+   * Second resources (RFC 8707 resource indicators), e.g. a Graph-like API:
+   * `{ 'https://graph.test': { scope: 'mail.send mail.readwrite', appRoles: 'mail.send' } }`.
+   * - mintGrant asks for every listed resource and its scopes, so the grant may later ask for them.
+   * - A refresh with `resource=<uri>` (and optionally `scope` ⊆ the resource's scopes) returns an
+   *   opaque access token whose introspection has `aud: <uri>`, `sub` and the resource scopes.
+   * - A refresh without `resource` returns the same token as without this option (no `aud`, the
+   *   grant's OIDC scopes): the grant also names RESOURCELESS, so oidc-provider never falls back to
+   *   the one granted resource (it would when the scope lacks openid), and defaultResource picks none.
+   * - With `clientCredentials`, a client-credentials grant with `resource=<uri>` returns a token
+   *   whose introspection has `aud`, `idtyp: 'app'` and `roles` (= appRoles, split), like an
+   *   app-only Microsoft Graph token; the requested scope (e.g. `.default`) is not checked.
+   */
+  resources?: Record<string, { scope: string; appRoles?: string }>;
 }
 
 /** Provider settings (config keys) for the proxy's confidential client at `op`, found by discovery. */
@@ -97,6 +124,10 @@ const REDIRECT_URI = 'http://127.0.0.1/callback';
 const LOOPBACK_CALLBACK = 'http://127.0.0.1/oauth/callback';
 /** Marks the harness's own requests so tokenRequests() counts only the code under test. */
 const INTERNAL = 'x-test-op-internal';
+/** oidc-provider's error classes (not in its local type declaration). */
+const { errors } = oidcProvider as unknown as { errors: { InvalidTarget: new () => Error } };
+/** Names "no resource" in grants that have resources; see StartOPOptions.resources. */
+export const RESOURCELESS = 'urn:test-op:no-resource';
 
 export async function startOP(opts: StartOPOptions = {}): Promise<TestOP> {
   const ttl = opts.accessTokenTtl ?? 3600;
@@ -108,6 +139,11 @@ export async function startOP(opts: StartOPOptions = {}): Promise<TestOP> {
   const grantTypes = ['authorization_code', 'refresh_token'];
   if (opts.deviceFlow) grantTypes.push('urn:ietf:params:oauth:grant-type:device_code');
   if (opts.clientCredentials) grantTypes.push('client_credentials');
+  const resources = opts.resources ?? {};
+  for (const uri of Object.keys(resources)) {
+    if (!URL.canParse(uri) || uri.includes('#'))
+      throw new Error(`test OP: resource ${uri} is not an absolute URI`);
+  }
 
   let down = false;
   let tokenPosts = 0;
@@ -171,10 +207,29 @@ export async function startOP(opts: StartOPOptions = {}): Promise<TestOP> {
       },
       deviceFlow: { enabled: opts.deviceFlow === true },
       clientCredentials: { enabled: opts.clientCredentials === true || !!opts.privateKeyJwtClient },
+      resourceIndicators: {
+        enabled: opts.resources !== undefined,
+        // Never pick a resource the request did not name: resourceless refreshes stay as they were.
+        defaultResource: async () => undefined,
+        useGrantedResource: async () => false,
+        getResourceServerInfo: async (_ctx: unknown, indicator: string) => {
+          if (indicator === RESOURCELESS) return { scope: '' };
+          const r = resources[indicator];
+          if (!r) throw new errors.InvalidTarget();
+          return { scope: r.scope, accessTokenFormat: 'opaque', accessTokenTTL: ttl };
+        },
+      },
     },
-    // Client-credentials tokens have no account; give introspection a username for them.
-    extraTokenClaims: async (_ctx: unknown, token: { kind: string }) =>
-      token.kind === 'ClientCredentials' ? { sub: ccSubject, username: ccSubject } : undefined,
+    extraTokenClaims: async (_ctx: unknown, token: { kind: string; aud?: string }) => {
+      if (token.kind !== 'ClientCredentials') return undefined;
+      // Client-credentials tokens have no account; give introspection a username for them.
+      const claims: Record<string, unknown> = { sub: ccSubject, username: ccSubject };
+      const app = token.aud === undefined ? undefined : resources[token.aud];
+      // App-only Graph tokens carry application roles instead of delegated scopes.
+      if (app)
+        Object.assign(claims, { idtyp: 'app', roles: (app.appRoles ?? '').split(' ').filter(Boolean) });
+      return claims;
+    },
     issueRefreshToken: async (
       _ctx: unknown,
       c: { grantTypeAllowed(t: string): boolean },
@@ -236,7 +291,14 @@ export async function startOP(opts: StartOPOptions = {}): Promise<TestOP> {
   const basic = (c: { id: string; secret: string }) =>
     `Basic ${Buffer.from(`${encodeURIComponent(c.id)}:${encodeURIComponent(c.secret)}`).toString('base64')}`;
 
-  async function mintGrant(sub: string, mintOpts: { scope?: string } = {}) {
+  async function mintGrant(sub: string, mintOpts: { scope?: string; resources?: readonly string[] } = {}) {
+    const wanted = mintOpts.resources ?? Object.keys(resources);
+    const scopes = new Set((mintOpts.scope ?? 'openid offline_access').split(' ').filter(Boolean));
+    for (const uri of wanted) {
+      const r = resources[uri];
+      if (!r) throw new Error(`test OP: resource ${uri} is not in startOP's resources`);
+      for (const s of r.scope.split(' ').filter(Boolean)) scopes.add(s);
+    }
     const jar = new Map<string, string>();
     const verifier = randomBytes(32).toString('base64url');
     const state = randomBytes(8).toString('hex');
@@ -245,12 +307,14 @@ export async function startOP(opts: StartOPOptions = {}): Promise<TestOP> {
       client_id: client.id,
       response_type: 'code',
       redirect_uri: REDIRECT_URI,
-      scope: mintOpts.scope ?? 'openid offline_access',
+      scope: [...scopes].join(' '),
       prompt: 'consent',
       state,
       code_challenge: createHash('sha256').update(verifier).digest('base64url'),
       code_challenge_method: 'S256',
     }).toString();
+    if (wanted.length > 0)
+      for (const uri of [...wanted, RESOURCELESS]) auth.searchParams.append('resource', uri);
 
     const request = async (url: string, body?: URLSearchParams): Promise<string> => {
       const res = await fetch(url, {
@@ -293,6 +357,20 @@ export async function startOP(opts: StartOPOptions = {}): Promise<TestOP> {
     if (!code || back.searchParams.get('state') !== state) {
       throw new Error(`test OP: authorization failed: ${back.searchParams.get('error') ?? 'no code'}`);
     }
+    const t = await tokenGrant({
+      grant_type: 'authorization_code',
+      code,
+      redirect_uri: REDIRECT_URI,
+      code_verifier: verifier,
+    });
+    if (t.refresh_token === undefined)
+      throw new Error('test OP: the code exchange returned no refresh token');
+    return { access_token: t.access_token, refresh_token: t.refresh_token, expires_in: t.expires_in };
+  }
+
+  async function tokenGrant(params: Record<string, string | undefined>) {
+    const body = new URLSearchParams();
+    for (const [k, v] of Object.entries(params)) if (v !== undefined) body.set(k, v);
     const res = await fetch(new URL('/token', issuer), {
       method: 'POST',
       headers: {
@@ -300,21 +378,17 @@ export async function startOP(opts: StartOPOptions = {}): Promise<TestOP> {
         'content-type': 'application/x-www-form-urlencoded',
         [INTERNAL]: '1',
       },
-      body: new URLSearchParams({
-        grant_type: 'authorization_code',
-        code,
-        redirect_uri: REDIRECT_URI,
-        code_verifier: verifier,
-      }),
+      body,
     });
     const json = (await res.json()) as Record<string, unknown>;
-    if (!res.ok || typeof json.access_token !== 'string' || typeof json.refresh_token !== 'string') {
-      throw new Error(`test OP: code exchange failed: ${String(json.error ?? res.status)}`);
+    if (!res.ok || typeof json.access_token !== 'string') {
+      throw new Error(`test OP: ${params.grant_type} grant failed: ${String(json.error ?? res.status)}`);
     }
     return {
       access_token: json.access_token,
-      refresh_token: json.refresh_token,
       expires_in: Number(json.expires_in),
+      ...(typeof json.refresh_token === 'string' ? { refresh_token: json.refresh_token } : {}),
+      ...(typeof json.scope === 'string' ? { scope: json.scope } : {}),
     };
   }
 
@@ -345,6 +419,15 @@ export async function startOP(opts: StartOPOptions = {}): Promise<TestOP> {
     tokenRequests: () => tokenPosts,
     rotations: () => rotations,
     mintGrant,
+    refresh: (refreshToken, o = {}) =>
+      tokenGrant({
+        grant_type: 'refresh_token',
+        refresh_token: refreshToken,
+        resource: o.resource,
+        scope: o.scope,
+      }),
+    clientCredentialsToken: (o = {}) =>
+      tokenGrant({ grant_type: 'client_credentials', resource: o.resource, scope: o.scope }),
     revoke,
     introspect,
     setDown: (d: boolean) => {
