@@ -29,6 +29,8 @@ export interface StackOptions {
   /** Keys replacing the generated provider's upstreams.pop3 settings (e.g. another server, required_scope). */
   pop3Upstream?: (ctx: { op: TestOP; dovecot: Dovecot }) => Record<string, unknown>;
   accessTokenTtl?: number;
+  /** Extra keys of the generated provider "local", one per line (e.g. "smtp_delivery: graph"). */
+  providerYaml?: (ctx: { op: TestOP; dovecot: Dovecot }) => string;
   /** Extra YAML merged at the end of the generated config's top level (e.g. "limits: {...}"). */
   configYaml?: (ctx: { op: TestOP; dovecot: Dovecot }) => string;
   /** Bring your own OP / Dovecot (shared across tests); they are not stopped by close(). */
@@ -156,6 +158,11 @@ providers:
     client_secret: ${op.client.secret}
     allow_insecure_http: true
     timeout_seconds: 5
+${(opts.providerYaml?.({ op, dovecot: d }) ?? '')
+  .split('\n')
+  .filter((l) => l.trim() !== '')
+  .map((l) => `    ${l}`)
+  .join('\n')}
     upstream:
       host: 127.0.0.1
       port: ${upstreamTls === 'implicit' ? dovecot.imapsPort : dovecot.imapPort}
