@@ -8,7 +8,8 @@ import type { AddressInfo } from 'node:net';
  * (`/v1.0/users/{mailbox}/sendMail` with MIME, drafts, attachments, upload sessions, send), checks
  * bearer tokens by RFC 7662 introspection at the test OP (active, audience, mailbox), answers
  * errors in Graph's shape and sizes (4 MB requests, 320 KiB upload chunks), stores every message
- * it accepted, and fails or hangs on request.
+ * it accepted, and fails or hangs on request. Each token is introspected once and the answer kept
+ * until its `exp`, as Graph checks a token's signature and lifetime, not its revocation.
  */
 
 /** Endpoint kinds, as the proxy's graph_requests_total labels them. */
@@ -68,6 +69,10 @@ export interface GraphRequestRecord {
   /** 0 while hanging. */
   status: number;
   mailbox?: string;
+  /** Request body length (bytes read, also when over the limit). */
+  bytes: number;
+  /** The Content-Range header of an upload PUT. */
+  contentRange?: string;
   at: number;
 }
 
@@ -201,12 +206,17 @@ export function mimeRecipients(mime: Buffer | string): { to: string[]; cc: strin
 }
 
 /** Reads a body up to `limit` bytes; beyond it the rest is drained and `undefined` returned. */
-async function readBody(req: IncomingMessage, limit: number): Promise<Buffer | undefined> {
+async function readBody(
+  req: IncomingMessage,
+  limit: number,
+  record: { bytes: number },
+): Promise<Buffer | undefined> {
   const chunks: Buffer[] = [];
   let size = 0;
   let over = false;
   for await (const chunk of req as AsyncIterable<Buffer>) {
     size += chunk.length;
+    record.bytes = size;
     if (size > limit) over = true;
     if (!over) chunks.push(chunk);
   }
@@ -587,9 +597,12 @@ export async function startFakeGraph(opts: FakeGraphOptions): Promise<FakeGraph>
       method,
       path,
       status: 0,
+      bytes: 0,
       at: Date.now(),
     };
     if (r?.mailbox !== undefined) record.mailbox = r.mailbox;
+    const range = req.headers['content-range'];
+    if (r?.call === 'upload' && range !== undefined) record.contentRange = range;
     requests.push(record);
     const answerError = (e: GraphError) => {
       const payload = JSON.stringify({
@@ -609,7 +622,7 @@ export async function startFakeGraph(opts: FakeGraphOptions): Promise<FakeGraph>
     };
     void (async () => {
       try {
-        const body = await readBody(req, r?.call === 'upload' ? maxChunk : maxRequest);
+        const body = await readBody(req, r?.call === 'upload' ? maxChunk : maxRequest, record);
         if (!r) throw fail(404, 'ResourceNotFound', `Resource not found for ${method} ${path}.`);
         if (!body && r.call === 'upload')
           throw fail(413, 'RequestBodyTooLarge', `Upload chunks are at most ${maxChunk} bytes.`);

@@ -128,6 +128,7 @@ test('sendMail with a Graph token stores the exact MIME; recipients parse from i
   assert.equal(got.path, 'sendMail');
   assert.equal(got.mailbox, ALICE);
   assert.ok(got.mime.equals(mime), 'MIME byte-identical');
+  assert.equal(graph.requests.at(-1)?.bytes, mime.toString('base64').length);
   assert.deepEqual(mimeRecipients(got.mime), {
     to: ['bob@example.com'],
     cc: ['carol@example.com', 'dave@example.com'],
@@ -273,6 +274,15 @@ test('draft + attachment + upload session + send reassembles attachments byte-id
   assert.equal((await put(2 * UPLOAD_CHUNK_UNIT, 3 * UPLOAD_CHUNK_UNIT)).status, 200);
   assert.equal((await put(3 * UPLOAD_CHUNK_UNIT, big.length)).status, 201);
   assert.equal(graph.drafts(), 1);
+  const accepted = graph.requests.filter((q) => q.call === 'upload' && q.status >= 200 && q.status < 300);
+  assert.deepEqual(
+    accepted.map((q) => q.contentRange),
+    [
+      `bytes 0-${2 * UPLOAD_CHUNK_UNIT - 1}/${big.length}`,
+      `bytes ${2 * UPLOAD_CHUNK_UNIT}-${3 * UPLOAD_CHUNK_UNIT - 1}/${big.length}`,
+      `bytes ${3 * UPLOAD_CHUNK_UNIT}-${big.length - 1}/${big.length}`,
+    ],
+  );
   const before = graph.received.length;
   assert.equal((await call('POST', `${base}/${id}/send`, { token: alice.graph })).status, 202);
   assert.equal(graph.drafts(), 0);
