@@ -149,12 +149,14 @@ export async function transactionServer(opts: () => TransactionOptions): Promise
 
 /**
  * Runs one session in-process on a duplex pair: writes `pieces` (yielding between them), then
- * ends the input; resolves with everything the session wrote once it is done.
+ * ends the input (or drops the connection: 'destroy'); resolves with everything the session
+ * wrote once it is done.
  */
 export async function runOnPair(
   opts: TransactionOptions,
   pieces: readonly Buffer[],
   ms = 5000,
+  finish: 'end' | 'destroy' = 'end',
 ): Promise<{ out: string; client: Duplex }> {
   const [client, server] = duplexPair({ highWaterMark: 64 * 1024 });
   const out: Buffer[] = [];
@@ -170,7 +172,8 @@ export async function runOnPair(
     client.write(p);
     await new Promise((r) => setImmediate(r));
   }
-  if (!client.destroyed && client.writable) client.end();
+  if (finish === 'destroy') client.destroy();
+  else if (!client.destroyed && client.writable) client.end();
   await withDeadline(Promise.all([done, closed]), ms, 'the session to end');
   return { out: Buffer.concat(out).toString('latin1'), client };
 }
