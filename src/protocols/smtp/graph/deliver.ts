@@ -109,8 +109,11 @@ export class GraphDeliverer {
           path: run.draftPath ? 'draft' : 'send_mail',
           bytes: size,
           ...(g ? { call: g.call, status: g.status ?? g.kind, code: g.code } : {}),
-          // Our own messages only: a foreign error could carry an upload URL.
-          why: err instanceof Error && !(err instanceof TokenFailure) ? err.message : undefined,
+          // Our own messages only: a foreign error could carry an upload URL, a refusal an address.
+          why: err instanceof GraphError || err instanceof Unauthorized ? err.message : undefined,
+          ...(err instanceof TokenFailure && isProxyError(err.cause)
+            ? { tokenReason: err.cause.reason, tokenDetail: err.cause.detail }
+            : {}),
         },
         'Graph delivery failed',
       );
