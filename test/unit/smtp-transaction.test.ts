@@ -655,7 +655,7 @@ describe('SMTP transaction session on a loopback socket', () => {
       .split('\n')
       .map((l) => JSON.parse(l) as { level: number; msg: string });
     assert.ok(
-      logs.some((l) => l.msg === 'message delivered'),
+      logs.some((l) => l.msg === 'delivery result'),
       'the delivery is logged',
     );
     assert.ok(!chunks.join('').includes('BODY-SECRET-7f3'), 'no body text');
@@ -786,5 +786,30 @@ describe('SMTP transaction session in-process (duplex pair)', () => {
       (sink.delivered[1]?.chunks ?? 0) <= 2,
       `${sink.delivered[1]?.chunks} Buffers for ${body.length} bytes`,
     );
+  });
+
+  test('a sink that breaks its contract (deliver rejects, hold throws) costs a reply or the connection, never the process', async () => {
+    const sink = new RecordingSink();
+    sink.deliver = async () => {
+      throw new Error('far end exploded');
+    };
+    const tx = crlf(['MAIL FROM:<a@example.com>', 'RCPT TO:<b@example.com>', 'DATA', 'body', '.']);
+    const first = await runOnPair(sessionOptions(sink), [Buffer.from(`${tx}NOOP\r\nQUIT\r\n`)]);
+    assert.deepEqual(replies(first.out), [
+      '250 2.1.0 Sender OK',
+      '250 2.1.5 Recipient OK',
+      START_DATA,
+      '451 4.3.0 Delivery failed; try again later',
+      '250 2.0.0 OK',
+      BYE,
+    ]);
+    assert.equal(sink.releases, 1);
+    const throwing = new RecordingSink();
+    throwing.hold = () => {
+      throw new Error('budget broken');
+    };
+    const second = await runOnPair(sessionOptions(throwing), [Buffer.from(`${tx}NOOP\r\n`)]);
+    assert.deepEqual(replies(second.out).slice(-1), [`421 4.3.0 ${NAME} Internal error, closing connection`]);
+    assert.equal(throwing.releases, 1);
   });
 });

@@ -69,7 +69,11 @@ export function transactionExtensions(maxMessageBytes: number): string[] {
   return ['PIPELINING', '8BITMIME', `SIZE ${maxMessageBytes}`, 'ENHANCEDSTATUSCODES', 'CHUNKING'];
 }
 
-/** Runs the session on `stream` (already authenticated) until QUIT, idle timeout or close. */
+/**
+ * Runs the session on `stream` (already authenticated) until QUIT, idle timeout or close.
+ * `done` resolves once the session is over and a delivery it started has settled (so the
+ * sink's reservation is released).
+ */
 export function runTransactions(stream: Duplex, opts: TransactionOptions): { readonly done: Promise<void> } {
   const session = new TransactionSession(stream, opts);
   session.start();
@@ -324,6 +328,8 @@ class TransactionSession {
   private readonly onDrain = (): void => {
     if (!this.writeBlocked) return;
     this.writeBlocked = false;
+    // A client reading its replies slowly is not idle.
+    this.armIdle();
     this.pump();
   };
 
@@ -348,6 +354,19 @@ class TransactionSession {
 
   /** Consumes what is pending as far as the state allows, then lets the stream flow or not. */
   private pump(): void {
+    try {
+      this.consume();
+    } catch (err) {
+      // A sink or logger that throws must not take the process down with it.
+      this.log.error({ err }, 'transaction session failed');
+      this.close(
+        'internal_error',
+        line(421, '4.3.0', `${this.opts.serverName} Internal error, closing connection`),
+      );
+    }
+  }
+
+  private consume(): void {
     while (this.state !== 'closed' && this.state !== 'delivering' && !this.writeBlocked) {
       if (this.pending.length === 0 && !(this.state === 'bdat' && this.bdatLeft === 0)) break;
       if (this.state === 'command') {
@@ -690,7 +709,7 @@ class TransactionSession {
         this.endTransaction('delivered');
         this.log.info(
           { size, recipients: envelope.recipients.length, code: r.code, ms: Date.now() - started },
-          'message delivered',
+          'delivery result',
         );
         if (this.state === 'closed') return this.finish();
         this.setState('command');
