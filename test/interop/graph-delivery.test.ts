@@ -13,14 +13,9 @@ import {
   swaks,
 } from '../helpers/clients/smtp/index.js';
 import { until } from '../helpers/deadline.js';
-import {
-  type FakeGraph,
-  mimeRecipients,
-  type ReceivedMessage,
-  startFakeGraph,
-} from '../helpers/fake-graph.js';
-import { startOP, type TestOP } from '../helpers/op.js';
-import { type Stack, startStack } from '../helpers/stack.js';
+import { type FakeGraph, mimeRecipients, type ReceivedMessage } from '../helpers/fake-graph.js';
+import { type GraphStack, startGraphStack } from '../helpers/graph-stack.js';
+import type { Stack } from '../helpers/stack.js';
 import { bigBody } from './smtp-harness.js';
 
 // Real SMTP clients (swaks, msmtp, curl, Python smtplib) send through the proxy in graph mode.
@@ -28,36 +23,21 @@ import { bigBody } from './smtp-harness.js';
 // here) that checks every token by introspection and keeps what it received. No installed client
 // speaks BDAT; CHUNKING is driven by the scripted client in test/integration/e2e/graph.test.ts.
 
-const GRAPH_AUD = 'https://graph.test';
 const RUN_MS = 120_000;
 
-let op: TestOP;
+let g: GraphStack;
 let graph: FakeGraph;
 let s: Stack;
 let dir: string;
 let seq = 0;
 
 before(async () => {
-  op = await startOP({
-    accessTokenTtl: 3600,
-    clientCredentials: true,
-    resources: { [GRAPH_AUD]: { scope: 'mail.send mail.readwrite' } },
-  });
-  graph = await startFakeGraph({
-    introspect: { url: op.introspection.url, clientId: op.introspection.id, secret: op.introspection.secret },
-    audience: GRAPH_AUD,
-  });
-  s = await startStack({
-    op,
-    providerYaml: () =>
-      ['smtp_delivery: graph', `graph_url: ${graph.url}`, `graph_resource: ${GRAPH_AUD}`].join('\n'),
-  });
+  g = await startGraphStack();
+  ({ graph, stack: s } = g);
   dir = mkdtempSync(join(tmpdir(), 'iop-graph-clients-'));
 });
 after(async () => {
-  await s?.close();
-  await graph?.stop();
-  await op?.close();
+  await g?.close();
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 

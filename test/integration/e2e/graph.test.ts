@@ -2,52 +2,31 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import { until } from '../../helpers/deadline.js';
-import { type FakeGraph, startFakeGraph } from '../../helpers/fake-graph.js';
-import { startOP, type TestOP } from '../../helpers/op.js';
+import type { FakeGraph } from '../../helpers/fake-graph.js';
+import { type GraphStack, startGraphStack } from '../../helpers/graph-stack.js';
 import { connectSmtp, type SmtpClient, type SmtpReply } from '../../helpers/smtp-client.js';
-import { type Stack, startStack, type TestAccount } from '../../helpers/stack.js';
+import type { Stack, TestAccount } from '../../helpers/stack.js';
 
 // SMTP in, Microsoft Graph out. The proxy, the OAuth server (oidc-provider, tokens for a second
 // resource from the same grant) and the SMTP client side are real; Graph is a fake because no
 // real Graph endpoint is reachable here. The fake validates every bearer token by introspection
 // at the OP (a mail-server token is refused) and can be told to fail as Graph does.
 
-const GRAPH_AUD = 'https://graph.test';
 const TIMEOUT_S = 3;
 const LONG_MS = 30_000;
 
-let op: TestOP;
+let g: GraphStack;
 let graph: FakeGraph;
 let s: Stack;
 let alice: TestAccount;
 
 before(async () => {
-  op = await startOP({
-    accessTokenTtl: 3600,
-    clientCredentials: true,
-    resources: { [GRAPH_AUD]: { scope: 'mail.send mail.readwrite' } },
-  });
-  graph = await startFakeGraph({
-    introspect: { url: op.introspection.url, clientId: op.introspection.id, secret: op.introspection.secret },
-    audience: GRAPH_AUD,
-  });
-  s = await startStack({
-    op,
-    providerYaml: () =>
-      [
-        'smtp_delivery: graph',
-        `graph_url: ${graph.url}`,
-        `graph_resource: ${GRAPH_AUD}`,
-        'graph_scope: mail.send mail.readwrite',
-        `graph_timeout_seconds: ${TIMEOUT_S}`,
-      ].join('\n'),
-  });
+  g = await startGraphStack(['graph_scope: mail.send mail.readwrite', `graph_timeout_seconds: ${TIMEOUT_S}`]);
+  ({ graph, stack: s } = g);
   alice = await s.addAccount('alice@example.com');
 });
 after(async () => {
-  await s?.close();
-  await graph?.stop();
-  await op?.close();
+  await g?.close();
 });
 
 /** Over implicit TLS: EHLO, AUTH PLAIN as `who`. */
