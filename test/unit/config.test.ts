@@ -7,6 +7,8 @@ import { configJsonSchemaText } from '../../src/config/json-schema.js';
 import { loadConfig, parseConfig } from '../../src/config/load.js';
 import { upstreamFor } from '../../src/config/presets.js';
 import { ConfigError } from '../../src/errors.js';
+import { redemptionScopes } from '../../src/oauth/flows/authcode.js';
+import type { OAuthProvider } from '../../src/oauth/provider.js';
 
 const MIN = `
 encryption: { key: "k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=" }
@@ -234,6 +236,58 @@ providers:
   assert.deepEqual(both.google, ['https://mail.google.com/'], 'one Google scope covers IMAP and SMTP');
   const smtpOnly = scopesOf('  - { name: submissions, protocol: smtp, port: 1465, tls: implicit }');
   assert.deepEqual(smtpOnly.ms, [SMTP, 'offline_access']);
+});
+
+test('Graph delivery: consent for Graph instead of SMTP.Send, the code redeemed for the mail servers, tokens for Graph', (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'iop-cfg-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const load = (graphUrl?: string) => {
+    writeFileSync(
+      join(dir, 'c.yaml'),
+      `encryption: { key: "k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=" }
+listeners:
+  - { name: imaps, port: 1993, tls: implicit }
+  - { name: submissions, protocol: smtp, port: 1465, tls: implicit }
+providers:
+  ms: { preset: microsoft, client_id: c, client_secret: s, smtp_delivery: graph${graphUrl ? `, graph_url: "${graphUrl}"` : ''} }
+`,
+    );
+    return loadConfig(join(dir, 'c.yaml'), {}).config.providers.ms!;
+  };
+  const ms = load();
+  const SEND = 'https://graph.microsoft.com/Mail.Send';
+  const RW = 'https://graph.microsoft.com/Mail.ReadWrite';
+  assert.deepEqual(
+    [...ms.scopes!].sort(),
+    ['https://outlook.office.com/IMAP.AccessAsUser.All', SEND, RW, 'offline_access'].sort(),
+  );
+  const provider = { name: 'ms', config: ms } as unknown as OAuthProvider;
+  assert.equal(
+    redemptionScopes(provider),
+    'https://outlook.office.com/IMAP.AccessAsUser.All offline_access openid email profile',
+    'Microsoft issues a token for one resource: the code is redeemed for the mail servers',
+  );
+  const smtp = upstreamFor(ms, 'smtp');
+  assert.equal(smtp.graph?.url, 'https://graph.microsoft.com');
+  assert.equal(smtp.graph?.saveToSentItems, true);
+  assert.equal(smtp.graph?.maxMessageBytes, 36_700_160);
+  assert.deepEqual(smtp.token_audience, {
+    key: 'graph',
+    scope: `${SEND} ${RW}`,
+    resource: undefined,
+    appOnlyScope: 'https://graph.microsoft.com/.default',
+  });
+  assert.equal(upstreamFor(ms, 'imap').token_audience, undefined, 'IMAP keeps the main token');
+  const us = upstreamFor(load('https://graph.microsoft.us'), 'smtp');
+  assert.equal(
+    us.token_audience?.scope,
+    'https://graph.microsoft.us/Mail.Send https://graph.microsoft.us/Mail.ReadWrite',
+  );
+  assert.equal(
+    us.token_audience?.appOnlyScope,
+    'https://graph.microsoft.us/.default',
+    'national clouds have their own',
+  );
 });
 
 test('a per-account upstream override applies to IMAP, and to SMTP only when nested under smtp', () => {
