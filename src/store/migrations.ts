@@ -119,4 +119,24 @@ export const MIGRATIONS: readonly Migration[] = [
       CREATE INDEX audit_account ON audit(account_id, id);
     `,
   },
+  {
+    version: 2,
+    name: 'grant notices: the grant status last announced to webhooks',
+    // One row per grant: the status some process last announced, claimed by compare-and-set so
+    // that processes sharing the store announce each change once between them.
+    sqlite: `
+      CREATE TABLE grant_notices (
+        account_id INTEGER PRIMARY KEY REFERENCES accounts(id) ON DELETE CASCADE,
+        status TEXT NOT NULL,
+        at INTEGER NOT NULL
+      );
+    `,
+    postgres: `
+      CREATE TABLE grant_notices (
+        account_id INTEGER PRIMARY KEY REFERENCES accounts(id) ON DELETE CASCADE,
+        status TEXT NOT NULL,
+        at BIGINT NOT NULL
+      );
+    `,
+  },
 ];

@@ -18,6 +18,8 @@ import {
   type Row,
   reencryptGrantRow,
   str,
+  UNANNOUNCED_SQL,
+  unannouncedFromRow,
 } from './rows.js';
 import type {
   AccountRecord,
@@ -33,6 +35,7 @@ import type {
   KeyRotatable,
   NewAccount,
   RotationResult,
+  UnannouncedGrant,
 } from './types.js';
 
 /** Pool or checked-out client: both run queries, only a client holds a transaction. */
@@ -508,6 +511,31 @@ export class PostgresGrantStore implements GrantStore, KeyRotatable {
     if (ids.length === 0) return new Map();
     const r = await this.#pool.query(`${ACCOUNT_STATES_SQL} WHERE a.id = ANY($1::int[])`, [[...ids]]);
     return accountStatesFromRows(r.rows as Row[]);
+  }
+
+  // ---- announced grant statuses ----------------------------------------------------------
+
+  async grantNotice(accountId: number): Promise<GrantStatus | null> {
+    const r = await this.#pool.query('SELECT status FROM grant_notices WHERE account_id = $1', [accountId]);
+    return ((r.rows[0] as Row | undefined)?.status as GrantStatus | undefined) ?? null;
+  }
+
+  async claimGrantNotice(accountId: number, from: GrantStatus | null, to: GrantStatus): Promise<boolean> {
+    const r =
+      from === null
+        ? await this.#pool.query(
+            'INSERT INTO grant_notices (account_id, status, at) SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM accounts WHERE id = $1) ON CONFLICT (account_id) DO NOTHING',
+            [accountId, to, Date.now()],
+          )
+        : await this.#pool.query(
+            'UPDATE grant_notices SET status = $2, at = $3 WHERE account_id = $1 AND status = $4',
+            [accountId, to, Date.now(), from],
+          );
+    return r.rowCount === 1;
+  }
+
+  async unannouncedGrants(): Promise<UnannouncedGrant[]> {
+    return ((await this.#pool.query(UNANNOUNCED_SQL)).rows as Row[]).map(unannouncedFromRow);
   }
 
   // ---- audit ---------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import type {
   AppPasswordRecord,
   GrantRecord,
   GrantStatus,
+  UnannouncedGrant,
 } from './types.js';
 
 /** Row mapping and field encryption shared by the SQLite and PostgreSQL stores. */
@@ -132,4 +133,18 @@ export function reencryptGrantRow(
     rotated++;
   }
   return { values, total, rotated };
+}
+
+/** Grants whose status differs from the one last announced (both dialects). */
+export const UNANNOUNCED_SQL =
+  'SELECT g.account_id, g.status, g.last_error, n.status AS announced FROM grants g ' +
+  'LEFT JOIN grant_notices n ON n.account_id = g.account_id WHERE n.status IS NULL OR n.status <> g.status';
+
+export function unannouncedFromRow(r: Row): UnannouncedGrant {
+  return {
+    accountId: Number(r.account_id),
+    status: r.status as GrantStatus,
+    announced: (str(r.announced) as GrantStatus | null) ?? null,
+    lastError: str(r.last_error),
+  };
 }

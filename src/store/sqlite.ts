@@ -22,6 +22,8 @@ import {
   type Row,
   reencryptGrantRow,
   str,
+  UNANNOUNCED_SQL,
+  unannouncedFromRow,
 } from './rows.js';
 import type {
   AccountRecord,
@@ -37,6 +39,7 @@ import type {
   KeyRotatable,
   NewAccount,
   RotationResult,
+  UnannouncedGrant,
 } from './types.js';
 
 /** A holder renews its lease every LOCK_RENEW_MS; a holder on another host that stops renewing loses it. */
@@ -522,6 +525,34 @@ export class SqliteGrantStore implements GrantStore, KeyRotatable {
       JSON.stringify(ids),
     ) as Row[];
     return accountStatesFromRows(rows);
+  }
+
+  // ---- announced grant statuses ----------------------------------------------------------
+
+  async grantNotice(accountId: number): Promise<GrantStatus | null> {
+    const row = this.#sql('SELECT status FROM grant_notices WHERE account_id = ?').get(accountId) as
+      | Row
+      | undefined;
+    return (row?.status as GrantStatus | undefined) ?? null;
+  }
+
+  async claimGrantNotice(accountId: number, from: GrantStatus | null, to: GrantStatus): Promise<boolean> {
+    const r =
+      from === null
+        ? this.#sql(
+            'INSERT INTO grant_notices (account_id, status, at) SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM accounts WHERE id = ?) ON CONFLICT (account_id) DO NOTHING',
+          ).run(accountId, to, Date.now(), accountId)
+        : this.#sql('UPDATE grant_notices SET status = ?, at = ? WHERE account_id = ? AND status = ?').run(
+            to,
+            Date.now(),
+            accountId,
+            from,
+          );
+    return r.changes === 1;
+  }
+
+  async unannouncedGrants(): Promise<UnannouncedGrant[]> {
+    return (this.#sql(UNANNOUNCED_SQL).all() as Row[]).map(unannouncedFromRow);
   }
 
   // ---- audit ---------------------------------------------------------------------------

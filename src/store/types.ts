@@ -79,6 +79,13 @@ export interface AccountState {
   grantStatus: GrantStatus | null;
 }
 
+export interface UnannouncedGrant {
+  accountId: number;
+  status: GrantStatus;
+  announced: GrantStatus | null;
+  lastError: string | null;
+}
+
 /** Handle passed to `withGrantLock`: reads and writes inside the same transaction/lock. */
 export interface GrantTx {
   get(): Promise<GrantRecord | null>;
@@ -134,6 +141,16 @@ export interface GrantStore extends KeyRotatable {
    * An id missing from the answer has no account any more.
    */
   accountStates(ids: readonly number[]): Promise<Map<number, AccountState>>;
+
+  /** The grant status last announced for this account (null: none yet). */
+  grantNotice(accountId: number): Promise<GrantStatus | null>;
+  /**
+   * Records `to` as the announced status if the announced status is still `from` (null: no
+   * record yet). True for exactly one of several processes racing on the same change.
+   */
+  claimGrantNotice(accountId: number, from: GrantStatus | null, to: GrantStatus): Promise<boolean>;
+  /** Grants whose status differs from the one last announced (announced null: never recorded). */
+  unannouncedGrants(): Promise<UnannouncedGrant[]>;
 
   audit(actor: string, action: string, accountId: number | null, detail?: string): Promise<void>;
   listAudit(accountId?: number, limit?: number): Promise<AuditEvent[]>;

@@ -117,6 +117,62 @@ export function grantStoreContract(h: StoreHarness): void {
     assert.equal((await s.accountStates([])).size, 0);
   });
 
+  test('announced grant status: compare-and-set, one winner across instances; grants not yet announced are listed', async (t) => {
+    const { store: s, reopen } = await h.fresh(Keyring.random());
+    const other = await reopen(Keyring.random());
+    t.after(async () => {
+      await other.close();
+      await s.close();
+    });
+    const a = await s.createAccount(
+      { login: 'scanner', upstreamUser: 'scan@example.com', provider: 'm365' },
+      'cli',
+    );
+    const b = await s.createAccount(
+      { login: 'copier', upstreamUser: 'copy@example.com', provider: 'm365' },
+      'cli',
+    );
+    assert.deepEqual(await s.unannouncedGrants(), [], 'no grant, nothing to announce');
+    await s.putGrant(a.id, grant(), 'cli');
+    await s.putGrant(b.id, grant({ status: 'needs_consent', lastError: 'invalid_grant' }), 'cli');
+    const listed = (await other.unannouncedGrants()).sort((x, y) => x.accountId - y.accountId);
+    assert.deepEqual(listed, [
+      { accountId: a.id, status: 'active', announced: null, lastError: null },
+      { accountId: b.id, status: 'needs_consent', announced: null, lastError: 'invalid_grant' },
+    ]);
+    assert.equal(await s.grantNotice(a.id), null);
+    // Two instances claim the same first record at once: exactly one wins.
+    const first = await Promise.all([
+      s.claimGrantNotice(a.id, null, 'active'),
+      other.claimGrantNotice(a.id, null, 'active'),
+    ]);
+    assert.deepEqual(first.sort(), [false, true]);
+    assert.equal(await other.grantNotice(a.id), 'active');
+    assert.deepEqual(
+      (await s.unannouncedGrants()).map((g) => g.accountId),
+      [b.id],
+    );
+    // A change: the claim from the recorded status wins once; a stale `from` loses.
+    await s.putGrant(a.id, grant({ status: 'needs_consent' }), 'cli');
+    assert.deepEqual(await s.unannouncedGrants().then((l) => l.find((g) => g.accountId === a.id)), {
+      accountId: a.id,
+      status: 'needs_consent',
+      announced: 'active',
+      lastError: null,
+    });
+    const second = await Promise.all([
+      s.claimGrantNotice(a.id, 'active', 'needs_consent'),
+      other.claimGrantNotice(a.id, 'active', 'needs_consent'),
+    ]);
+    assert.deepEqual(second.sort(), [false, true]);
+    assert.equal(await s.claimGrantNotice(a.id, 'active', 'error'), false, 'stale: the record moved on');
+    assert.equal(await s.grantNotice(a.id), 'needs_consent');
+    // A removed account's record goes with it, and a claim for it changes nothing.
+    await s.deleteAccount(a.id, 'cli');
+    assert.equal(await s.grantNotice(a.id), null);
+    assert.equal(await s.claimGrantNotice(a.id, null, 'active'), false);
+  });
+
   test('migrate is idempotent and another instance on the same database sees the data', async (t) => {
     const k = Keyring.random();
     const db = await h.fresh(k);

@@ -5,6 +5,7 @@ import { after, before, describe, type TestContext, test } from 'node:test';
 import pg from 'pg';
 import { createLogger, type Logger } from '../../../src/log.js';
 import { Keyring } from '../../../src/store/crypto.js';
+import { MIGRATIONS } from '../../../src/store/migrations.js';
 import { PostgresGrantStore } from '../../../src/store/postgres.js';
 import { startPostgres, type TestPostgres } from '../../helpers/postgres.js';
 import { grant, grantStoreContract } from '../../helpers/store-contract.js';
@@ -167,12 +168,15 @@ describe('PostgresGrantStore', () => {
     );
     try {
       const rows = (await sql(url, 'SELECT version FROM schema_migrations')).rows;
-      assert.deepEqual(rows, [{ version: 1 }]);
+      assert.deepEqual(
+        rows,
+        MIGRATIONS.map((m) => ({ version: m.version })),
+      );
       const applied = cap
         .text()
         .split('\n')
         .filter((l) => l.includes('store migration applied'));
-      assert.equal(applied.length, 1);
+      assert.equal(applied.length, MIGRATIONS.length, 'each migration applied by one instance');
       await Promise.all(stores.map((s) => s.ping()));
     } finally {
       await Promise.all(stores.map((s) => s.close()));

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import Database from 'better-sqlite3';
 import { Keyring } from '../../../src/store/crypto.js';
+import { MIGRATIONS } from '../../../src/store/migrations.js';
 import { SqliteGrantStore } from '../../../src/store/sqlite.js';
 import { grant, grantStoreContract } from '../../helpers/store-contract.js';
 
@@ -43,7 +44,10 @@ describe('SqliteGrantStore', () => {
     const db = new Database(path, { readonly: true });
     const rows = db.prepare('SELECT version FROM schema_migrations').all();
     db.close();
-    assert.deepEqual(rows, [{ version: 1 }]);
+    assert.deepEqual(
+      rows,
+      MIGRATIONS.map((m) => ({ version: m.version })),
+    );
     assert.equal(statSync(path).mode & 0o777, 0o600);
   });
 
