@@ -3,6 +3,7 @@ import type { Config, NotifyEvent, WebhookConfig } from '../config/schema.js';
 import { type Logger, silentLogger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import type { GrantStore } from '../store/types.js';
+import { ANNOUNCED_STATUS, announceChanged, claimAnnouncement, type NoticeStore } from './announce.js';
 import { type GrantEvent, grantEvent } from './event.js';
 import { render } from './formats.js';
 
@@ -195,25 +196,39 @@ function errorCode(err: unknown): string {
 }
 
 export interface NotifierOptions {
-  store: Pick<GrantStore, 'getAccount'>;
+  /**
+   * Where accounts are read; with the announced-status methods (every real store) a change is
+   * announced once across all processes sharing the store, and changes this process did not
+   * make (CLI, other instances) are found by a watch every `watchMs`.
+   */
+  store: Pick<GrantStore, 'getAccount'> & Partial<NoticeStore>;
   config: NotifyConfig;
   /** admin.public_url, for the reconnect link. */
   publicUrl?: string | undefined;
   metrics?: Metrics | undefined;
   log?: Logger;
   now?: () => number;
+  /** How often the store is looked at for status changes made elsewhere (default 30 s). */
+  watchMs?: number;
 }
 
+export const WATCH_MS = 30_000;
+
 /**
- * Grant changes → every webhook that wants them. `grantChanged` returns at once: the account is
- * read and the event queued in the background, so a login never waits for a receiver.
+ * Grant changes → every webhook that wants them. `grantChanged` returns at once: the change is
+ * claimed, the account read and the event queued in the background, so a login never waits
+ * for a receiver.
  */
 export class Notifier {
   readonly #o: NotifierOptions;
   readonly #deps: Deps;
   readonly #pending = new Set<Promise<void>>();
+  readonly #notices: NoticeStore | undefined;
   #senders: WebhookSender[] = [];
   #publicUrl: string | undefined;
+  #watchTimer: NodeJS.Timeout | undefined;
+  #watching: Promise<void> | undefined;
+  #closed = false;
 
   constructor(opts: NotifierOptions) {
     this.#o = opts;
@@ -222,6 +237,15 @@ export class Notifier {
       log: (opts.log ?? silentLogger).child({ component: 'notify' }),
       now: opts.now ?? Date.now,
     };
+    const { grantNotice, claimGrantNotice, unannouncedGrants } = opts.store;
+    if (grantNotice && claimGrantNotice && unannouncedGrants) {
+      const store = opts.store as NoticeStore;
+      this.#notices = {
+        grantNotice: grantNotice.bind(store),
+        claimGrantNotice: claimGrantNotice.bind(store),
+        unannouncedGrants: unannouncedGrants.bind(store),
+      };
+    }
     this.configure(opts.config, opts.publicUrl);
   }
 
@@ -237,27 +261,78 @@ export class Notifier {
       if (!next.includes(old)) void old.close(config.max_retry_seconds * 1000);
     }
     this.#senders = next;
+    // Watch only while there is someone to tell: the first look records every grant's status.
+    if (next.length > 0) this.#startWatch();
+    else this.#stopWatch();
   }
 
+  /** A grant writer of this process saw `event` happen (committed). */
   grantChanged(accountId: number, event: NotifyEvent, reason: string | null | undefined): void {
+    if (!this.#senders.some((s) => s.config.events.includes(event))) return;
+    const notices = this.#notices;
+    this.#track(
+      (notices ? claimAnnouncement(notices, accountId, ANNOUNCED_STATUS[event]) : Promise.resolve(true)).then(
+        (mine) => (mine ? this.#send(accountId, event, reason) : undefined),
+      ),
+      accountId,
+      event,
+    );
+  }
+
+  /** Looks at the store once for status changes not yet announced (by anyone); resolves when queued. */
+  async watchOnce(): Promise<void> {
+    const notices = this.#notices;
+    if (!notices || this.#closed) return;
+    await announceChanged(notices, (id, event, reason) =>
+      this.#track(this.#send(id, event, reason), id, event),
+    );
+  }
+
+  async #send(accountId: number, event: NotifyEvent, reason: string | null | undefined): Promise<void> {
     const wanted = this.#senders.filter((s) => s.config.events.includes(event));
     if (wanted.length === 0) return;
-    const p = this.#o.store
-      .getAccount(accountId)
-      .then((account) => {
-        if (!account) return;
-        const e = grantEvent(event, account, reason, this.#publicUrl, this.#deps.now());
-        for (const s of wanted) s.enqueue(e);
-      })
+    const account = await this.#o.store.getAccount(accountId);
+    if (!account) return;
+    const e = grantEvent(event, account, reason, this.#publicUrl, this.#deps.now());
+    for (const s of wanted) s.enqueue(e);
+  }
+
+  #track(p: Promise<void>, accountId: number, event: NotifyEvent): void {
+    const tracked = p
       .catch((err: unknown) => {
-        this.#deps.log.error({ err, accountId, event }, 'grant event not sent: account unreadable');
+        this.#deps.log.error({ err, accountId, event }, 'grant event not sent: store unreadable');
       })
-      .finally(() => this.#pending.delete(p));
-    this.#pending.add(p);
+      .finally(() => this.#pending.delete(tracked));
+    this.#pending.add(tracked);
+  }
+
+  #startWatch(): void {
+    if (!this.#notices || this.#watchTimer || this.#closed) return;
+    const tick = () => {
+      // One look at a time: a slow store is not asked again while it answers.
+      this.#watching ??= this.watchOnce()
+        .catch((err: unknown) => {
+          this.#deps.log.warn({ err }, 'grant status watch failed; trying again at the next interval');
+        })
+        .finally(() => {
+          this.#watching = undefined;
+        });
+    };
+    this.#watchTimer = setInterval(tick, this.#o.watchMs ?? WATCH_MS);
+    this.#watchTimer.unref();
+    tick();
+  }
+
+  #stopWatch(): void {
+    clearInterval(this.#watchTimer);
+    this.#watchTimer = undefined;
   }
 
   /** Waits up to `graceMs` for queued events to go out, then stops (what is left is counted dropped). */
   async close(graceMs = 0): Promise<void> {
+    this.#closed = true;
+    this.#stopWatch();
+    await this.#watching;
     await Promise.allSettled([...this.#pending]);
     await Promise.all(this.#senders.map((s) => s.close(graceMs)));
   }

@@ -202,12 +202,21 @@ test('gives up after max_attempts, and after max_retry_seconds; a 4xx is not ret
 
 test('a receiver that never answers slows nothing: grantChanged returns at once, a full queue drops and counts', async () => {
   const hang = await receiver([0]);
-  const { notifier, account, counted } = await setup([{ name: 'hang', url: hang.url }], {
+  const { store, notifier, account, counted } = await setup([{ name: 'hang', url: hang.url }], {
     queue_size: 1,
     timeout_seconds: 30,
   });
+  // Five mailboxes: one change of one grant is announced once.
+  const ids = [account.id];
+  for (let i = 1; i < 5; i++) {
+    const a = await store.createAccount(
+      { login: `scanner${i}`, upstreamUser: `scanner${i}@example.com`, provider: 'test' },
+      'test',
+    );
+    ids.push(a.id);
+  }
   const t0 = performance.now();
-  for (let i = 0; i < 5; i++) notifier.grantChanged(account.id, 'grant.needs_consent', 'invalid_grant');
+  for (const id of ids) notifier.grantChanged(id, 'grant.needs_consent', 'invalid_grant');
   assert.ok(performance.now() - t0 < 50, 'five events queued without waiting');
   await until(() => hang.got.length === 1, 5000, 'the first request to arrive');
   // One in flight, one queued, three dropped.
