@@ -1,11 +1,13 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { PassThrough } from 'node:stream';
 import { after, before, beforeEach, test } from 'node:test';
 import { ProxyError } from '../../src/errors.js';
 import { createLogger } from '../../src/log.js';
 import { createMetrics, type Metrics } from '../../src/metrics.js';
-import { UPLOAD_CHUNK_BYTES } from '../../src/protocols/smtp/graph/client.js';
+import { GraphClient, UPLOAD_CHUNK_BYTES } from '../../src/protocols/smtp/graph/client.js';
 import {
   GraphDeliverer,
   type GraphTarget,
@@ -490,4 +492,120 @@ test('the SMTP client going away aborts the delivery at once', async () => {
   assert.ok(Date.now() - t0 < 5000);
   assert.equal(run.reply.code, 451);
   assert.equal(await run.result('aborted'), 1);
+});
+
+/** A scripted HTTP server for what the fake Graph does not do (dates, redirects, odd upload answers). */
+async function scripted(
+  handler: (req: IncomingMessage, body: Buffer, res: ServerResponse) => void,
+): Promise<{ url: string; close: () => Promise<void> }> {
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => handler(req, Buffer.concat(chunks), res));
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    close: () =>
+      new Promise<void>((r) => {
+        server.closeAllConnections();
+        server.close(() => r());
+      }),
+  };
+}
+
+test('Retry-After as an HTTP date; a redirect is never followed with the token', async () => {
+  const elsewhere: string[] = [];
+  const trap = await scripted((req, _b, res) => {
+    elsewhere.push(req.headers.authorization ?? '');
+    res.writeHead(202).end();
+  });
+  let answer: (res: ServerResponse) => void = () => undefined;
+  const server = await scripted((_req, _b, res) => answer(res));
+  const target = (baseUrl: string): GraphTarget => ({
+    provider: 'microsoft',
+    baseUrl,
+    mailbox: ALICE,
+    saveToSentItems: true,
+    timeoutMs: 5000,
+  });
+  const send = () =>
+    withDeadline(
+      new GraphDeliverer({ log }).deliver(
+        target(server.url),
+        async () => 'not-a-real-token',
+        { from: ALICE, recipients: ['bob@example.com'], body: '7BIT' },
+        [simple('To: bob@example.com\r\n')],
+        100,
+        new AbortController().signal,
+      ),
+      10_000,
+      'a reply',
+    );
+  try {
+    answer = (res) =>
+      res
+        .writeHead(429, { 'retry-after': new Date(Date.now() + 120_000).toUTCString() })
+        .end('{"error":{"code":"TooManyRequests","message":"slow down"}}');
+    const throttled = await send();
+    assert.equal(throttled.code, 451);
+    assert.match(throttled.text, /retry after (119|120) s$/);
+    answer = (res) => res.writeHead(307, { location: `${trap.url}/v1.0/users/x/sendMail` }).end();
+    const redirected = await send();
+    assert.deepEqual([redirected.code, redirected.enhanced], [451, '4.3.0']);
+    assert.deepEqual(elsewhere, []);
+    answer = (res) => res.writeHead(502, { 'content-type': 'text/html' }).end('<html>Bad gateway</html>');
+    const html = await send();
+    assert.equal(html.text, 'Microsoft Graph unavailable (HTTP 502); try again later');
+  } finally {
+    await server.close();
+    await trap.close();
+  }
+});
+
+test('upload: nextExpectedRanges decides the next chunk; a session that never moves on fails', async () => {
+  const ranges: string[] = [];
+  let script: (range: string) => { status: number; json?: unknown } = () => ({ status: 500 });
+  const server = await scripted((req, body, res) => {
+    const range = String(req.headers['content-range']);
+    ranges.push(`${range} ${body.length}${req.headers.authorization === undefined ? '' : ' AUTH'}`);
+    const a = script(range);
+    res
+      .writeHead(a.status, { 'content-type': 'application/json' })
+      .end(a.json === undefined ? '' : JSON.stringify(a.json));
+  });
+  const data = randomBytes(UPLOAD_CHUNK_BYTES * 2 + 10);
+  const source = { size: data.length, read: (o: number, n: number) => data.subarray(o, o + n) };
+  const client = new GraphClient({
+    provider: 'p',
+    timeoutMs: 5000,
+    fetch,
+    signal: new AbortController().signal,
+  });
+  const C = UPLOAD_CHUNK_BYTES;
+  try {
+    // The first chunk is answered "send from 327,680 again": the server kept only part of it.
+    let n = 0;
+    script = () => {
+      n++;
+      if (n === 1) return { status: 200, json: { nextExpectedRanges: ['327680-'] } };
+      if (n === 2) return { status: 200, json: { nextExpectedRanges: [`${327_680 + C}-`] } };
+      return { status: 201 };
+    };
+    await withDeadline(client.upload(`${server.url}/up?x=1`, source), 10_000, 'the upload');
+    assert.deepEqual(ranges, [
+      `bytes 0-${C - 1}/${data.length} ${C}`,
+      `bytes 327680-${327_680 + C - 1}/${data.length} ${C}`,
+      `bytes ${327_680 + C}-${data.length - 1}/${data.length} ${data.length - 327_680 - C}`,
+    ]);
+    ranges.length = 0;
+    script = () => ({ status: 200, json: { nextExpectedRanges: ['0-'] } });
+    await assert.rejects(
+      withDeadline(client.upload(`${server.url}/up`, source), 10_000, 'the upload'),
+      /stuck at byte 0/,
+    );
+    assert.equal(ranges.length, 3, 'the same range three times, then it gives up');
+  } finally {
+    await server.close();
+  }
 });

@@ -43,12 +43,15 @@ export class GraphError extends Error {
       graphMessage?: string;
       retryAfterMs?: number;
       cause?: unknown;
+      /** What went wrong, in our own words (never request data). */
+      detail?: string;
     } = {},
   ) {
+    const why = opts.detail ?? (opts.cause === undefined ? undefined : causeCode(opts.cause));
     super(
       kind === 'http'
         ? `Graph ${call}: HTTP ${opts.status}${opts.code ? ` ${opts.code}` : ''}`
-        : `Graph ${call}: ${kind}${opts.cause === undefined ? '' : ` (${causeCode(opts.cause)})`}`,
+        : `Graph ${call}: ${kind}${why === undefined ? '' : ` (${why})`}`,
       opts.cause === undefined ? undefined : { cause: opts.cause },
     );
     this.kind = kind;
@@ -143,8 +146,7 @@ export class GraphClient {
     let stalls = 0;
     while (offset < total) {
       const chunk = content.read(offset, UPLOAD_CHUNK_BYTES);
-      if (chunk.length === 0)
-        throw new GraphError('network', 'upload', { cause: new Error('content ended early') });
+      if (chunk.length === 0) throw new GraphError('network', 'upload', { detail: 'content ended early' });
       const req: GraphRequest = {
         call: 'upload',
         method: 'PUT',
@@ -167,7 +169,7 @@ export class GraphClient {
       stalls = want <= offset ? stalls + 1 : 0;
       if (stalls > 2 || want >= total) {
         throw new GraphError('network', 'upload', {
-          cause: new Error(`upload session stuck at byte ${want}`),
+          detail: `upload session stuck at byte ${want}`,
         });
       }
       offset = want;
