@@ -351,6 +351,31 @@ AAECAwQF
   assert.match(s.mime.toString(), /boundary=b\r\n\r\n--b\r\n\r\ntext$/);
 });
 
+test('a part header running into its body (no blank line) ends at the first line that is no field', () => {
+  const msg = crlf(`Content-Type: multipart/mixed; boundary=b
+
+--b
+Content-Type: application/pdf
+Content-Disposition: attachment; filename=a.pdf
+Content-Transfer-Encoding: base64
+QUJD
+--b--
+`);
+  const s = strip(msg);
+  assert.equal(all(s.attachments[0]!).toString(), 'ABC');
+});
+
+test('a header of endless fields is cut off (bounded work), not read to the end', () => {
+  const bomb = Buffer.from(
+    `Content-Type: multipart/mixed; boundary=b\r\n${'X-A: b\r\n'.repeat(400_000)}\r\nbody`,
+  );
+  const t0 = performance.now();
+  const parsed = parseMessage(bomb);
+  assert.equal(parsed.root.header.fields.length, 5_000);
+  assert.ok(performance.now() - t0 < 5_000);
+  assert.ok(rewriteRecipients(parsed, env('a@example.com')).ok);
+});
+
 test('a boundary that is a prefix of a line is not a delimiter; transport padding after one is', () => {
   const msg = crlf(`Content-Type: multipart/mixed; boundary=b
 

@@ -5,9 +5,11 @@ export const LF = 0x0a;
 export const SP = 0x20;
 export const HT = 0x09;
 const COLON = 0x3a;
+/** More fields than any real header has: the rest is read as body (bounds the work on junk). */
+const MAX_FIELDS = 5_000;
 
 export interface HeaderField {
-  /** Lower-cased field name ('' for a line without a colon). */
+  /** Lower-cased field name. */
   readonly name: string;
   /** First byte of the field's first line. */
   readonly start: number;
@@ -49,13 +51,18 @@ export function readHeader(buf: Buffer, start = 0, end = buf.length): HeaderBloc
     if (current && (first === SP || first === HT)) {
       current.end = next;
     } else {
-      const colon = buf.indexOf(COLON, pos);
-      const hasName = colon !== -1 && colon < contentEnd;
+      const at = buf.subarray(pos, contentEnd).indexOf(COLON);
+      // A line that is no field (or one field too many) starts the body, as lenient readers do.
+      if (at <= 0 || fields.length >= MAX_FIELDS)
+        return { fields, headerEnd: pos, bodyStart: pos, eol: eol ?? '\r\n' };
       current = {
-        name: hasName ? buf.toString('latin1', pos, colon).trim().toLowerCase() : '',
+        name: buf
+          .toString('latin1', pos, pos + at)
+          .trim()
+          .toLowerCase(),
         start: pos,
         end: next,
-        valueStart: hasName ? colon + 1 : pos,
+        valueStart: pos + at + 1,
       };
       fields.push(current);
     }
