@@ -49,6 +49,8 @@ before(async () => {
 after(async () => {
   await graph?.stop();
   await op?.close();
+  assert.match(logged, /Graph delivery failed/, 'the log was captured');
+  assert.ok(issued.length > 5);
   for (const t of issued) assert.ok(!logged.includes(t), 'an access token reached the log');
 });
 beforeEach(() => graph.clearFailures());
