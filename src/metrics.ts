@@ -136,7 +136,7 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
     }),
     graphDeliveries: new Counter({
       name: `${P}graph_deliveries_total`,
-      help: 'Messages handed to Microsoft Graph by provider and result (delivered, throttled, unavailable, bad_message, access_denied, too_large, timeout, token_unavailable, needs_consent, over_budget)',
+      help: 'Messages handed to Microsoft Graph by provider and result (delivered, throttled, unavailable, bad_message, access_denied, too_large, timeout, token_unavailable, needs_consent, recipient_mismatch, aborted)',
       labelNames: ['provider', 'result'] as const,
       registers: r,
     }),
