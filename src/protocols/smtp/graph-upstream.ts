@@ -54,7 +54,7 @@ export class InflightBudget {
  * One session's side of the budget: its message uses the larger of what MAIL's SIZE= declared
  * and what it holds so far.
  */
-class BudgetSink implements MessageSink {
+export class BudgetSink implements MessageSink {
   private reserved = 0;
   private counted = 0;
   private used = 0;
