@@ -102,11 +102,9 @@ export class GraphClient {
     const headers: Record<string, string> = { ...req.headers };
     if (req.token !== undefined) headers.authorization = `Bearer ${req.token}`;
     if (req.contentType !== undefined) headers['content-type'] = req.contentType;
-    let status: number;
-    let text: string;
-    let retryAfter: string | null;
+    let res: Response;
     try {
-      const res = await this.o.fetch(req.url, {
+      res = await this.o.fetch(req.url, {
         method: req.method,
         headers,
         ...(req.body === undefined ? {} : { body: req.body }),
@@ -114,15 +112,16 @@ export class GraphClient {
         redirect: 'manual',
         signal: AbortSignal.any([caller, timeout]),
       });
-      status = res.status;
-      retryAfter = res.headers.get('retry-after');
-      text = await readCapped(res, MAX_ERROR_BODY);
     } catch (err) {
       const kind: GraphFailureKind = timeout.aborted ? 'timeout' : caller.aborted ? 'aborted' : 'network';
       if (kind !== 'aborted') this.#count(req.call, kind);
       throw new GraphError(kind, req.call, { cause: err });
     }
+    const status = res.status;
+    const retryAfter = res.headers.get('retry-after');
     this.#count(req.call, String(status));
+    // The status decides: a 202 whose (empty) body stalls was still accepted, and must not be sent again.
+    const text = await readCapped(res, MAX_ERROR_BODY).catch(() => '');
     const json = parseJson(text);
     if (status >= 200 && status < 300) return { status, json };
     const error = (json as { error?: { code?: unknown; message?: unknown } } | undefined)?.error;
