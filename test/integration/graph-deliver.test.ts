@@ -573,11 +573,16 @@ test('Retry-After as an HTTP date; a redirect is never followed with the token',
 
 test('upload: nextExpectedRanges decides the next chunk; a session that never moves on fails', async () => {
   const ranges: string[] = [];
+  /** status 0: the connection is cut without an answer. */
   let script: (range: string) => { status: number; json?: unknown } = () => ({ status: 500 });
   const server = await scripted((req, body, res) => {
     const range = String(req.headers['content-range']);
     ranges.push(`${range} ${body.length}${req.headers.authorization === undefined ? '' : ' AUTH'}`);
     const a = script(range);
+    if (a.status === 0) {
+      req.socket.destroy();
+      return;
+    }
     res
       .writeHead(a.status, { 'content-type': 'application/json' })
       .end(a.json === undefined ? '' : JSON.stringify(a.json));
@@ -606,6 +611,22 @@ test('upload: nextExpectedRanges decides the next chunk; a session that never mo
       `bytes 327680-${327_680 + C - 1}/${data.length} ${C}`,
       `bytes ${327_680 + C}-${data.length - 1}/${data.length} ${data.length - 327_680 - C}`,
     ]);
+    ranges.length = 0;
+    // A cut connection: the chunk is sent once more; a second failure ends the upload.
+    n = 0;
+    script = () => (++n === 1 ? { status: 0 } : { status: 201 });
+    await withDeadline(client.upload(`${server.url}/up`, source), 10_000, 'the upload');
+    assert.deepEqual(
+      ranges.map((r) => r.split(' ')[1]),
+      [`0-${C - 1}/${data.length}`, `0-${C - 1}/${data.length}`],
+    );
+    ranges.length = 0;
+    script = () => ({ status: 0 });
+    await assert.rejects(
+      withDeadline(client.upload(`${server.url}/up`, source), 10_000, 'the upload'),
+      /network/,
+    );
+    assert.equal(ranges.length, 2);
     ranges.length = 0;
     script = () => ({ status: 200, json: { nextExpectedRanges: ['0-'] } });
     await assert.rejects(
