@@ -6,7 +6,7 @@ import { type ProxyProcess, seedAccounts, startProxyProcess } from '../../bench/
 import { withDeadline } from '../../helpers/deadline.js';
 import { type Dovecot, startDovecot } from '../../helpers/dovecot.js';
 import { RawImapClient } from '../../helpers/imap-client.js';
-import { opProviderConfig, startOP, type TestOP } from '../../helpers/op.js';
+import { opProviderConfig, type StartOPOptions, startOP, type TestOP } from '../../helpers/op.js';
 import { connectPop3, type Pop3Client } from '../../helpers/pop3-client.js';
 import { connectSmtp, type SmtpClient } from '../../helpers/smtp-client.js';
 import { type SmtpSink, startSmtpSink } from '../../helpers/smtp-sink.js';
@@ -290,8 +290,8 @@ export interface Upstreams {
 }
 
 /** The OP, and Dovecot (IMAP, POP3, submission) introspecting its tokens and relaying to the recording sink. */
-export async function startUpstreams(): Promise<Upstreams> {
-  const op = await startOP({ accessTokenTtl: 3600 });
+export async function startUpstreams(opOpts: StartOPOptions = {}): Promise<Upstreams> {
+  const op = await startOP({ accessTokenTtl: 3600, ...opOpts });
   // Dovecot submission connects to its relay when a client logs in.
   const sink = await startSmtpSink();
   const dovecot = await startDovecot({
