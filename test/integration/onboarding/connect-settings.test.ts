@@ -41,6 +41,7 @@ providers:
     timeout_seconds: 5
     upstreams: { imap: { host: 127.0.0.1, port: 9 }, smtp: { host: 127.0.0.1, port: 9 } }
   ms: { preset: microsoft, client_id: ms-client, client_secret: ms-secret }
+  msgraph: { preset: microsoft, client_id: ms-client, client_secret: ms-secret, smtp_delivery: graph }
 `;
     const { config } = parseConfig(yaml, join(dir, 'config.yaml'), {});
     ctx.app = await startProxy(config, { log: createLogger({ level: 'silent' }) });
@@ -125,6 +126,14 @@ describe('/connect result page with IMAP and SMTP listeners', { timeout: 90_000 
     const scopes = await startScopes(proxy.base, 'ms');
     assert.ok(scopes.includes(IMAP_SCOPE) && scopes.includes(SMTP_SCOPE), scopes.join(' '));
     assert.ok(scopes.includes('offline_access'));
+  });
+
+  test('/connect/start asks a Graph-delivery provider for Graph Mail.Send and Mail.ReadWrite instead of SMTP.Send', async () => {
+    const scopes = await startScopes(proxy.base, 'msgraph');
+    assert.ok(scopes.includes(IMAP_SCOPE), scopes.join(' '));
+    assert.ok(scopes.includes('https://graph.microsoft.com/Mail.Send'), scopes.join(' '));
+    assert.ok(scopes.includes('https://graph.microsoft.com/Mail.ReadWrite'), scopes.join(' '));
+    assert.ok(!scopes.includes(SMTP_SCOPE), 'SMTP AUTH is not used: no SMTP.Send');
   });
 });
 
