@@ -20,7 +20,8 @@ export type GraphCall =
   | 'create_upload_session'
   | 'upload'
   | 'patch'
-  | 'send_draft';
+  | 'send_draft'
+  | 'delete_draft';
 
 export interface ReceivedAttachment {
   name: string;
@@ -261,6 +262,7 @@ function route(method: string, path: string): Route | undefined {
   const id = msg[1];
   const sub = msg[2];
   if (method === 'PATCH' && sub === undefined) return { call: 'patch', mailbox, id };
+  if (method === 'DELETE' && sub === undefined) return { call: 'delete_draft', mailbox, id };
   if (method !== 'POST') return undefined;
   if (sub === 'attachments') return { call: 'attach', mailbox, id };
   if (sub === 'attachments/createUploadSession') return { call: 'create_upload_session', mailbox, id };
@@ -268,7 +270,13 @@ function route(method: string, path: string): Route | undefined {
   return undefined;
 }
 
-const DRAFT_CALLS = new Set<GraphCall>(['create_draft', 'patch', 'attach', 'create_upload_session']);
+const DRAFT_CALLS = new Set<GraphCall>([
+  'create_draft',
+  'patch',
+  'attach',
+  'create_upload_session',
+  'delete_draft',
+]);
 
 export async function startFakeGraph(opts: FakeGraphOptions): Promise<FakeGraph> {
   const maxRequest = opts.maxRequestBytes ?? GRAPH_MAX_REQUEST_BYTES;
@@ -515,6 +523,13 @@ export async function startFakeGraph(opts: FakeGraphOptions): Promise<FakeGraph>
       }
       case 'upload':
         return upload(req, r, body, reply);
+      case 'delete_draft': {
+        // A sender cleaning up after a failure: the draft and its upload sessions go.
+        const d = draftFor(r, mailbox);
+        drafts.delete(d.id);
+        for (const [id, s] of sessions) if (s.draft === d) sessions.delete(id);
+        return reply(204);
+      }
       case 'send_draft': {
         const d = draftFor(r, mailbox);
         drafts.delete(d.id);
