@@ -475,6 +475,7 @@ test('token source failures: needs_consent → 550 5.7.8 with its words; anythin
 test('a failure after the draft exists: the draft is deleted (best effort), nothing is sent', async () => {
   const before = graph.received.length;
   const reqs = graph.requests.length;
+  const drafts = graph.drafts();
   graph.failNext({ status: 500, call: 'send_draft' });
   const run = await deliver(simple('To: bob@example.com\r\n'), ['bob@example.com'], { save: false });
   assert.deepEqual([run.reply.code, run.reply.enhanced], [451, '4.3.0']);
@@ -482,7 +483,10 @@ test('a failure after the draft exists: the draft is deleted (best effort), noth
   const deletes = graph.requests.slice(reqs).filter((r) => r.method === 'DELETE');
   assert.equal(deletes.length, 1, 'one DELETE of the draft');
   assert.match(deletes[0]!.path, /^\/v1\.0\/users\/alice@example\.com\/messages\/[A-Za-z0-9_-]+$/);
+  assert.equal(deletes[0]!.status, 204);
+  assert.equal(graph.drafts(), drafts, 'no draft left behind');
   assert.equal(await run.requests('send_draft', '500'), 1);
+  assert.equal(await run.requests('delete_draft', '204'), 1);
 });
 
 test('the SMTP client going away aborts the delivery at once', async () => {
