@@ -311,6 +311,33 @@ AAEC
   ]);
 });
 
+test('the first body part removed (no preamble): what remains still parses cleanly', () => {
+  const msg = crlf(`Content-Type: multipart/mixed; boundary=b
+
+--b
+Content-Type: application/pdf; name=first.pdf
+Content-Transfer-Encoding: base64
+
+QUJD
+--b
+Content-Type: text/plain
+
+after
+--b--
+`);
+  const s = strip(msg);
+  assert.deepEqual(
+    s.attachments.map((a) => a.name),
+    ['first.pdf'],
+  );
+  const view = pythonView(s.mime);
+  assert.deepEqual(view.defects, []);
+  assert.deepEqual(view.parts, [
+    ['multipart/mixed', null, false],
+    ['text/plain', null, false],
+  ]);
+});
+
 test('malformed structure never throws: kept whole, with a note saying why', () => {
   const cases: [string, string | RegExp][] = [
     [
