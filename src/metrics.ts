@@ -130,7 +130,7 @@ export function createMetrics(opts: { defaults?: boolean } = {}) {
     }),
     graphRequests: new Counter({
       name: `${P}graph_requests_total`,
-      help: 'Microsoft Graph requests of SMTP graph delivery by provider, call (send_mail, create_draft, attach, upload, send_draft) and HTTP status (or error: timeout, network)',
+      help: 'Microsoft Graph requests of SMTP graph delivery by provider, call (send_mail, create_draft, patch, attach, create_upload_session, upload, send_draft, delete_draft) and HTTP status (or error: timeout, network)',
       labelNames: ['provider', 'call', 'status'] as const,
       registers: r,
     }),
