@@ -1,5 +1,6 @@
 import type { Duplex } from 'node:stream';
 import { type FailureDetail, ProxyError } from '../../errors.js';
+import { LineFramer, OnDemandReader } from '../../net/on-demand-reader.js';
 import { POP3_UPSTREAM_LIMITS } from './upstream-limits.js';
 
 /** `+OK`, `-ERR`, or a SASL continuation `+ ` (RFC 5034). */
@@ -29,8 +30,6 @@ export interface ResponseLimits {
   readonly responseBytes: number;
 }
 
-const LF = 0x0a;
-const CR = 0x0d;
 const SPACE = 0x20;
 const PLUS = 0x2b;
 const MINUS = 0x2d;
@@ -82,53 +81,37 @@ export function parseStatusLine(line: Buffer): Pop3Response {
   return { status, text, code };
 }
 
+/** What one read yields: a status line, or a multi-line `+OK` with its body. */
+type Parsed = Pop3Response | Pop3Multiline;
+
 /**
  * Byte-level response parser: feed bytes, get complete responses. Lines end with CRLF or a
  * bare LF; every line and response is bounded, a breach throws ProxyError('protocol_error').
  */
-export class ResponseParser {
-  private parts: Buffer[] = [];
-  private lineLen = 0;
+export class ResponseParser extends LineFramer<Parsed, boolean> {
   /** Raw bytes of the response so far, line ends included. */
   private used = 0;
   /** The `+OK` status of a multi-line response whose body is being read. */
   private head: Pop3Response | undefined;
   private body: Buffer[] = [];
 
-  constructor(private readonly limits: ResponseLimits = POP3_UPSTREAM_LIMITS) {}
+  constructor(private readonly limits: ResponseLimits = POP3_UPSTREAM_LIMITS) {
+    super(limits.lineBytes, breach);
+  }
 
   /**
    * Consumes `chunk` until one response completes: returns it with the offset just past it, or
    * undefined once the whole chunk went into a response still incomplete. `multiline` says how
    * a `+OK` status line is read (a body follows); a body already begun is always read to its end.
    */
-  feed(
-    chunk: Buffer,
-    multiline: boolean,
-  ): { response: Pop3Response | Pop3Multiline; end: number } | undefined {
-    let pos = 0;
-    while (pos < chunk.length) {
-      const lf = chunk.indexOf(LF, pos);
-      const stop = lf < 0 ? chunk.length : lf;
-      this.lineLen += stop - pos;
-      // One byte of slack for the CR of a CRLF still to come.
-      if (this.lineLen > this.limits.lineBytes + 1) throw breach('line_too_long', 'line too long');
-      if (stop > pos) this.parts.push(chunk.subarray(pos, stop));
-      if (lf < 0) return undefined;
-      pos = lf + 1;
-      const response = this.endLine(multiline);
-      if (response) return { response, end: pos };
-    }
-    return undefined;
+  feed(chunk: Buffer, multiline: boolean): { response: Parsed; end: number } | undefined {
+    const got = this.parse(chunk, multiline);
+    return got && { response: got.value, end: got.end };
   }
 
-  private endLine(multiline: boolean): Pop3Response | Pop3Multiline | undefined {
-    let line = Buffer.concat(this.parts, this.lineLen);
-    this.used += this.lineLen + 1;
-    this.parts = [];
-    this.lineLen = 0;
-    if (line[line.length - 1] === CR) line = line.subarray(0, line.length - 1);
-    if (line.length > this.limits.lineBytes) throw breach('line_too_long', 'line too long');
+  /** A status line, and for a multi-line `+OK` its body up to the "." line. */
+  protected line(line: Buffer, wireBytes: number, multiline: boolean): Parsed | undefined {
+    this.used += wireBytes;
     if (this.used > this.limits.responseBytes) throw breach('message_too_long', 'response too long');
     const head = this.head;
     if (!head) {
@@ -154,145 +137,27 @@ export class ResponseParser {
   }
 }
 
-type Waiter = {
-  multiline: boolean;
-  resolve: (r: Pop3Response | Pop3Multiline) => void;
-  reject: (e: ProxyError) => void;
-};
-
 /**
  * Reads upstream responses one at a time, on demand: bytes are parsed only while someone waits
  * and parsing stops right behind each response, so what follows stays raw for the splice.
  */
-export class Pop3ResponseReader {
-  private readonly parser: ResponseParser;
-  /** Received, not yet parsed. */
-  private queue: Buffer[] = [];
-  /** Parsed into a response not yet complete (kept raw so detach() loses nothing). */
-  private partial: Buffer[] = [];
-  private waiter: Waiter | undefined;
-  private failure: ProxyError | undefined;
-  private readonly onData = (chunk: Buffer) => {
-    this.queue.push(chunk);
-    this.pump();
-    // Bounded even when nobody is reading: a flooding upstream cannot grow memory.
-    if (this.pendingBytes > this.limits.responseBytes) this.fail(breach('message_too_long', 'unread flood'));
-  };
-  private readonly onEnd = () =>
-    this.fail(new ProxyError('upstream_unavailable', 'upstream closed', { detail: 'closed' }));
-  private readonly onError = (err: Error) =>
-    this.fail(
-      new ProxyError('upstream_unavailable', 'upstream socket error', { cause: err, detail: 'socket_error' }),
-    );
-
-  constructor(
-    private readonly socket: Duplex,
-    private readonly limits: ResponseLimits = POP3_UPSTREAM_LIMITS,
-  ) {
-    this.parser = new ResponseParser(limits);
-    socket.on('data', this.onData);
-    socket.on('end', this.onEnd);
-    socket.on('close', this.onEnd);
-    socket.on('error', this.onError);
-    socket.resume();
-  }
-
-  /** Bytes received but not yet returned as a response (e.g. an unsolicited `-ERR` while idle). */
-  get pendingBytes(): number {
-    let n = 0;
-    for (const b of this.queue) n += b.length;
-    for (const b of this.partial) n += b.length;
-    return n;
-  }
-
-  /** True once the socket ended or a limit was breached. */
-  get failed(): boolean {
-    return this.failure !== undefined;
+export class Pop3ResponseReader extends OnDemandReader<Parsed, boolean> {
+  constructor(socket: Duplex, limits: ResponseLimits = POP3_UPSTREAM_LIMITS) {
+    super(socket, new ResponseParser(limits), {
+      unreadBytes: limits.responseBytes,
+      noun: 'response',
+      breach,
+    });
   }
 
   /** The next single-line response; rejects with ProxyError on close, limit breach or timeout. */
   next(timeoutMs: number): Promise<Pop3Response> {
-    return this.wait(false, timeoutMs);
+    return this.read(false, timeoutMs);
   }
 
   /** The next response read as multi-line (CAPA, RETR …): a `+OK` with its body, or a single line. */
   async multiline(timeoutMs: number): Promise<Pop3Multiline> {
-    const r = await this.wait(true, timeoutMs);
+    const r = await this.read(true, timeoutMs);
     return 'lines' in r ? r : { ...r, lines: [] };
-  }
-
-  /** Stops reading: removes the listeners, pauses the socket, returns the unread bytes. */
-  detach(): Buffer {
-    this.socket.off('data', this.onData);
-    this.socket.off('end', this.onEnd);
-    this.socket.off('close', this.onEnd);
-    this.socket.off('error', this.onError);
-    this.socket.pause();
-    const rest = Buffer.concat([...this.partial, ...this.queue]);
-    this.partial = [];
-    this.queue = [];
-    return rest;
-  }
-
-  private wait(multiline: boolean, timeoutMs: number): Promise<Pop3Response | Pop3Multiline> {
-    if (this.waiter) return Promise.reject(new Error('Pop3ResponseReader read called concurrently'));
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.waiter = undefined;
-        reject(new ProxyError('timeout', 'upstream response timed out', { detail: 'response_timeout' }));
-      }, timeoutMs);
-      this.waiter = {
-        multiline,
-        resolve: (r) => {
-          clearTimeout(timer);
-          resolve(r);
-        },
-        reject: (e) => {
-          clearTimeout(timer);
-          reject(e);
-        },
-      };
-      this.pump();
-    });
-  }
-
-  /** Parses queued bytes while someone waits; a waiter gets a failure only once no response is left. */
-  private pump(): void {
-    // After a breach the parser's state is garbage: nothing more is parsed.
-    const broken = this.failure?.reason === 'protocol_error';
-    while (this.waiter && !broken) {
-      const chunk = this.queue.shift();
-      if (!chunk) break;
-      let got: ReturnType<ResponseParser['feed']>;
-      try {
-        got = this.parser.feed(chunk, this.waiter.multiline);
-      } catch (err) {
-        this.partial.push(chunk);
-        this.fail(err instanceof ProxyError ? err : breach('unexpected_response', 'unparsable'));
-        return;
-      }
-      if (!got) {
-        this.partial.push(chunk);
-        continue;
-      }
-      if (got.end < chunk.length) this.queue.unshift(chunk.subarray(got.end));
-      this.partial = [];
-      const w = this.waiter;
-      this.waiter = undefined;
-      w.resolve(got.response);
-    }
-    this.settleFailure();
-  }
-
-  private fail(err: ProxyError): void {
-    this.failure ??= err;
-    this.settleFailure();
-  }
-
-  private settleFailure(): void {
-    const w = this.waiter;
-    if (!w || !this.failure) return;
-    this.waiter = undefined;
-    w.reject(this.failure);
   }
 }
