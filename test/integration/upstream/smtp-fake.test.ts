@@ -1,88 +1,39 @@
 import assert from 'node:assert/strict';
-import { PassThrough } from 'node:stream';
-import { after, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import type { TLSSocket } from 'node:tls';
-import { resolveUpstream } from '../../../src/config/presets.js';
-import type { UpstreamTarget } from '../../../src/core/upstream.js';
-import { isProxyError } from '../../../src/errors.js';
-import { createLogger } from '../../../src/log.js';
-import { createMetrics } from '../../../src/metrics.js';
 import {
   classifyAuthReply,
   createSmtpUpstreamConnector,
   saslCapabilities,
 } from '../../../src/protocols/smtp/upstream.js';
 import { oauthbearerBlob, xoauth2Blob } from '../../../src/sasl/client.js';
-import { until, withDeadline } from '../../helpers/deadline.js';
-import {
-  FAKE_SMTP_KEYWORDS,
-  type FakeSmtpOptions,
-  type FakeSmtpUpstream,
-  startFakeSmtpUpstream,
-} from '../../helpers/fake-smtp-upstream.js';
+import { FAKE_SMTP_KEYWORDS, startFakeSmtpUpstream } from '../../helpers/fake-smtp-upstream.js';
+import { connectorHarness, GOOD, LINE_FAKE_SHAPES, USER } from '../../helpers/fake-upstream-harness.js';
 
 // The fake stands in for Microsoft 365 and Gmail, whose failure shapes no local server produces.
 
-const USER = 'alice@example.com';
-const GOOD = 'good-token';
 const EHLO = 'proxy.example.net';
 
-function target(fake: FakeSmtpUpstream, over: Record<string, unknown> = {}): UpstreamTarget {
-  return resolveUpstream('smtp', {
-    host: fake.host,
-    port: fake.port,
-    tls: fake.options.tls,
-    ca_file: fake.caFile,
-    ehlo_name: EHLO,
-    connect_timeout_seconds: 5,
-    auth_timeout_seconds: 5,
-    ...over,
-  });
-}
-
 describe('SMTP upstream connector against the scripted fake', () => {
-  const fakes: FakeSmtpUpstream[] = [];
-  let logText = '';
-  const logStream = new PassThrough();
-  logStream.on('data', (d: Buffer) => {
-    logText += d.toString();
+  const h = connectorHarness('smtp', createSmtpUpstreamConnector, startFakeSmtpUpstream, {
+    ehlo_name: EHLO,
   });
-  const metrics = createMetrics({ defaults: false });
-  const connector = createSmtpUpstreamConnector({
-    metrics,
-    log: createLogger({ level: 'trace', destination: logStream }),
-  });
-  const labels = { provider: 'fake' };
-
-  async function fake(o: Partial<FakeSmtpOptions> = {}): Promise<FakeSmtpUpstream> {
-    const f = await startFakeSmtpUpstream({ accept: new Set([GOOD]), ...o });
-    fakes.push(f);
-    return f;
-  }
-  after(async () => {
-    await Promise.all(fakes.map((f) => f.close()));
-  });
+  const { connector, labels, fake, target } = h;
 
   test('implicit TLS: EHLO keywords as sent, AUTH XOAUTH2 with the initial response byte-exact', async () => {
-    const f = await fake({ mechanisms: ['LOGIN', 'XOAUTH2'] });
-    const conn = await connector.connect(target(f), labels);
+    const { f, conn } = await h.connected({ mechanisms: ['LOGIN', 'XOAUTH2'] });
     const [first, ...rest] = FAKE_SMTP_KEYWORDS;
     assert.deepEqual(conn.capabilities, [first, 'AUTH LOGIN XOAUTH2', ...rest]);
     assert.equal(conn.reusable, true);
     const up = await conn.authenticate(USER, GOOD);
     assert.deepEqual(f.received, [`EHLO ${EHLO}`, `AUTH XOAUTH2 ${xoauth2Blob(USER, GOOD)}`]);
     assert.deepEqual(f.tokens, [GOOD]);
-    assert.deepEqual(up.capabilities, conn.capabilities);
-    assert.equal(up.buffered.length, 0);
-    assert.equal(up.socket.isPaused(), true);
-    assert.equal(up.socket.listenerCount('data'), 0);
-    assert.equal(conn.reusable, false);
+    h.assertHandedOver(conn, up);
     up.socket.destroy();
   });
 
   test('STARTTLS: EHLO, STARTTLS, EHLO again; only the keywords sent over TLS are kept', async () => {
-    const f = await fake({ tls: 'starttls' });
-    const conn = await connector.connect(target(f), labels);
+    const { f, conn } = await h.connected({ tls: 'starttls' });
     assert.ok(conn.capabilities.includes('AUTH LOGIN XOAUTH2 OAUTHBEARER'));
     assert.ok(!conn.capabilities.includes('STARTTLS'), 'the cleartext EHLO reply is discarded');
     const up = await conn.authenticate(USER, GOOD);
@@ -101,8 +52,7 @@ describe('SMTP upstream connector against the scripted fake', () => {
   });
 
   test('auto picks OAUTHBEARER when it is the only one advertised; its blob names host and port', async () => {
-    const f = await fake({ mechanisms: ['OAUTHBEARER'] });
-    const conn = await connector.connect(target(f), labels);
+    const { f, conn } = await h.connected({ mechanisms: ['OAUTHBEARER'] });
     const up = await conn.authenticate(USER, GOOD);
     assert.deepEqual(f.received.slice(1), [
       `AUTH OAUTHBEARER ${oauthbearerBlob(USER, GOOD, f.host, f.port)}`,
@@ -110,28 +60,9 @@ describe('SMTP upstream connector against the scripted fake', () => {
     up.socket.destroy();
   });
 
-  test('Microsoft 535 5.7.3 → upstream_rejected; the same connection takes one more AUTH', async () => {
-    const f = await fake({ reject: 'microsoft' });
-    const conn = await connector.connect(target(f), labels);
-    await assert.rejects(conn.authenticate(USER, 'stale-token'), {
-      reason: 'upstream_rejected',
-      detail: 'no',
-    });
-    assert.equal(conn.reusable, true);
-    const up = await conn.authenticate(USER, GOOD);
-    assert.deepEqual(f.tokens, ['stale-token', GOOD]);
-    assert.equal(f.connections, 1);
-    up.socket.destroy();
-  });
-
   test('Microsoft 535 5.7.139 (SMTP AUTH disabled) → protocol_disabled with what to enable', async () => {
-    const f = await fake({ reject: 'disabled' });
-    const conn = await connector.connect(target(f), labels);
-    const err = await conn.authenticate(USER, 'any').then(
-      () => assert.fail('must not succeed'),
-      (e: unknown) => e,
-    );
-    assert.ok(isProxyError(err));
+    const { conn } = await h.connected({ reject: 'disabled' });
+    const err = await h.authError(conn, 'any');
     assert.equal(err.reason, 'protocol_disabled');
     assert.equal(err.detail, 'smtp_auth_disabled');
     assert.match(err.clientText ?? '', /Set-CASMailbox -SmtpClientAuthenticationDisabled \$false/);
@@ -139,33 +70,18 @@ describe('SMTP upstream connector against the scripted fake', () => {
   });
 
   test('Gmail: 334 <base64 JSON> answered with an empty line, then multi-line 535-5.7.8 → upstream_rejected', async () => {
-    const f = await fake({ reject: 'gmail' });
-    const conn = await connector.connect(target(f), labels);
+    const { f, conn } = await h.connected({ reject: 'gmail' });
     await assert.rejects(conn.authenticate(USER, 'stale-token'), {
       reason: 'upstream_rejected',
       detail: 'json_401',
     });
     assert.equal(f.received[2], '', 'XOAUTH2 failure challenge answered with an empty line');
     assert.equal(conn.reusable, true, 'the whole multi-line 535 was read');
-    const up = await conn.authenticate(USER, GOOD);
-    assert.equal(f.connections, 1);
-    up.socket.destroy();
-  });
-
-  test('OAUTHBEARER failure challenge is answered with AQ== (a single 0x01)', async () => {
-    const f = await fake({ reject: 'gmail', mechanisms: ['OAUTHBEARER'] });
-    const conn = await connector.connect(target(f), labels);
-    await assert.rejects(conn.authenticate(USER, 'bad'), {
-      reason: 'upstream_rejected',
-      detail: 'json_invalid_token',
-    });
-    assert.equal(f.received[2], 'AQ==');
-    conn.destroy();
+    await h.assertRetriedOnSameConnection(f, conn);
   });
 
   test('454 4.7.0 Too many login attempts → upstream_unavailable (throttled), connection kept', async () => {
-    const f = await fake({ reject: 'throttle' });
-    const conn = await connector.connect(target(f), labels);
+    const { conn } = await h.connected({ reject: 'throttle' });
     await assert.rejects(conn.authenticate(USER, 'any'), {
       reason: 'upstream_unavailable',
       detail: 'throttled',
@@ -175,8 +91,7 @@ describe('SMTP upstream connector against the scripted fake', () => {
   });
 
   test('421 to AUTH → upstream_unavailable and the connection is closed, not offered for a retry', async () => {
-    const f = await fake({ reject: 'shutdown' });
-    const conn = await connector.connect(target(f), labels);
+    const { conn } = await h.connected({ reject: 'shutdown' });
     await assert.rejects(conn.authenticate(USER, 'any'), {
       reason: 'upstream_unavailable',
       detail: 'temporary',
@@ -184,45 +99,10 @@ describe('SMTP upstream connector against the scripted fake', () => {
     assert.equal(conn.reusable, false);
   });
 
-  test('upstream closes mid-AUTH → upstream_unavailable, not reusable', async () => {
-    const f = await fake({ reject: 'close' });
-    const conn = await connector.connect(target(f), labels);
-    await assert.rejects(conn.authenticate(USER, 'any'), { reason: 'upstream_unavailable' });
-    assert.equal(conn.reusable, false);
-    await assert.rejects(conn.authenticate(USER, GOOD), {
-      reason: 'upstream_unavailable',
-      detail: 'not_reusable',
-    });
-  });
-
-  test('a frozen upstream: AUTH times out within auth_timeout_seconds', async () => {
-    const f = await fake({ reject: 'hang' });
-    const conn = await connector.connect(target(f, { auth_timeout_seconds: 0.3 }), labels);
-    const t0 = Date.now();
-    await assert.rejects(conn.authenticate(USER, 'any'), { reason: 'timeout', detail: 'response_timeout' });
-    assert.ok(Date.now() - t0 < 2000);
-    assert.equal(conn.reusable, false);
-  });
-
-  test('a server that never greets: connect times out within connect_timeout_seconds', async () => {
-    const f = await fake({ greeting: 'never' });
-    const t0 = Date.now();
-    await assert.rejects(connector.connect(target(f, { connect_timeout_seconds: 0.3 }), labels), {
-      reason: 'timeout',
-    });
-    assert.ok(Date.now() - t0 < 2000);
-  });
-
-  test('an abort while connecting destroys the socket and is counted as aborted', async () => {
-    const f = await fake({ greeting: 'never' });
-    const ac = new AbortController();
-    const p = connector.connect(target(f), labels, ac.signal);
-    await until(() => f.connections === 1, 5000, 'the dial to arrive');
-    ac.abort();
-    await assert.rejects(withDeadline(p, 2000, 'the aborted connect'), {
-      reason: 'timeout',
-      detail: 'aborted',
-    });
+  h.sharedTests({
+    ...LINE_FAKE_SHAPES,
+    refuse: { what: 'Microsoft 535 5.7.3', options: { reject: 'microsoft' } },
+    unsolicited: { what: '421', bytes: '421 4.4.2 Connection dropped due to inactivity\r\n' },
   });
 
   test('greetings 554 and multi-line 421 → upstream_unavailable; a non-SMTP greeting → protocol_error', async () => {
@@ -254,8 +134,7 @@ describe('SMTP upstream connector against the scripted fake', () => {
 
   test('a 12 KB token goes through whole on the AUTH line', async () => {
     const big = 'eyJ'.padEnd(12 * 1024, 'x');
-    const f = await fake({ accept: new Set([big]) });
-    const conn = await connector.connect(target(f), labels);
+    const { f, conn } = await h.connected({ accept: new Set([big]) });
     const up = await conn.authenticate(USER, big);
     assert.deepEqual(f.tokens, [big]);
     assert.ok((f.received[1] ?? '').length > 16_000);
@@ -263,59 +142,28 @@ describe('SMTP upstream connector against the scripted fake', () => {
   });
 
   test('bytes upstream sent behind 235 are handed over; the socket carries on raw', async () => {
-    const f = await fake({ afterAuthOk: '250 2.0.0 early\r\n' });
-    const conn = await connector.connect(target(f), labels);
+    const { conn } = await h.connected({ afterAuthOk: '250 2.0.0 early\r\n' });
     const up = await conn.authenticate(USER, GOOD);
     // The fake writes 235 and the extra reply in one write, so they arrive together.
     assert.equal(up.buffered.toString(), '250 2.0.0 early\r\n');
-    up.socket.write('NOOP\r\n');
-    up.socket.resume();
-    const reply = await withDeadline(
-      new Promise<string>((r) => up.socket.once('data', (d: Buffer) => r(d.toString()))),
-      5000,
-      'the NOOP reply',
-    );
-    assert.equal(reply, '250 2.0.0 OK\r\n');
+    assert.equal(await h.rawCommand(up, 'NOOP'), '250 2.0.0 OK\r\n');
     up.socket.destroy();
   });
 
-  test('an unsolicited 421 on an idle connection makes it unusable', async () => {
-    const f = await fake();
-    const conn = await connector.connect(target(f), labels);
-    assert.equal(conn.reusable, true);
-    f.sendAll('421 4.4.2 Connection dropped due to inactivity\r\n');
-    await until(() => !conn.reusable, 5000, 'the 421 to arrive');
-    await assert.rejects(conn.authenticate(USER, GOOD), { detail: 'not_reusable' });
-    conn.destroy();
-  });
-
   test('metrics count connects and auths with protocol="smtp"; logs never contain a token or blob', async () => {
-    const text = await metrics.registry.metrics();
-    const auths = (result: string, mech = 'xoauth2') =>
-      new RegExp(
-        `imap_proxy_upstream_auths_total\\{protocol="smtp",provider="fake",mechanism="${mech}",result="${result}"\\} (\\d+)`,
-      ).exec(text)?.[1];
+    const { auths, connects, connectDurations } = await h.counts();
     assert.equal(auths('upstream_rejected'), '2');
     assert.equal(auths('upstream_rejected', 'oauthbearer'), '1');
     assert.equal(auths('protocol_disabled'), '1');
     assert.equal(auths('upstream_unavailable'), '5');
     assert.equal(auths('timeout'), '1');
     assert.ok(Number(auths('success')) >= 6);
-    const connects = (result: string) =>
-      new RegExp(
-        `imap_proxy_upstream_connects_total\\{protocol="smtp",provider="fake",result="${result}"\\} (\\d+)`,
-      ).exec(text)?.[1];
     assert.equal(connects('protocol_error'), '3');
     assert.equal(connects('upstream_unavailable'), '2');
     assert.equal(connects('timeout'), '1');
     assert.equal(connects('aborted'), '1');
-    assert.match(
-      text,
-      /imap_proxy_upstream_connect_duration_seconds_count\{protocol="smtp",provider="fake"\} \d+/,
-    );
-    assert.ok(logText.includes('upstream auth failed'), 'logs were captured');
-    for (const secret of [GOOD, 'stale-token', xoauth2Blob(USER, GOOD)])
-      assert.ok(!logText.includes(secret), secret);
+    assert.match(connectDurations() ?? '', /^\d+$/);
+    h.assertLogsClean();
   });
 });
 
