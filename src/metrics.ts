@@ -8,7 +8,9 @@ const P = 'imap_proxy_';
  */
 export function createMetrics(opts: { defaults?: boolean } = {}) {
   const registry = new Registry();
-  if (opts.defaults !== false) collectDefaultMetrics({ register: registry, prefix: P });
+  // The event-loop lag sampler's timer wakes the process: every 10 ms (the default) cost an idle proxy ~0.7 % of a core.
+  if (opts.defaults !== false)
+    collectDefaultMetrics({ register: registry, prefix: P, eventLoopMonitoringPrecision: 100 });
   const r = [registry];
   const grantSource: GrantSource = {};
   const splicedSource: { flush?: () => void } = {};
