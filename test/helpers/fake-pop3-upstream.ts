@@ -1,10 +1,5 @@
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { createServer, type Server, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { createSecureContext, TLSSocket } from 'node:tls';
-import { ensureSelfSigned } from '../../src/net/selfsigned.js';
-import { tokenFromBlob } from './fake-upstream.js';
+import type { FaultShape, LineServer, LineServerSettings } from './fake-line-server.js';
+import { gmailChallenge, LINE_DEFAULTS, startLineServer } from './fake-line-server.js';
 
 /**
  * A fake POP3 server (scripted, not a real one) for the shapes of Microsoft 365 and Gmail,
@@ -24,13 +19,9 @@ export type Pop3RejectShape =
   | 'throttle' // -ERR [SYS/TEMP] too many logins
   | 'disabled' // -ERR [SYS/PERM] POP access not enabled for the account
   | 'perm' // -ERR [SYS/PERM] with no word about the protocol
-  | 'close' // drop the connection mid-auth
-  | 'hang'; // never answer
+  | FaultShape;
 
-export interface FakePop3Options {
-  tls: 'implicit' | 'starttls';
-  /** Tokens accepted; 'any' accepts every token. */
-  accept: Set<string> | 'any';
+export interface FakePop3Options extends LineServerSettings {
   reject: Pop3RejectShape;
   /** SASL mechanisms on the CAPA `SASL` line (advertised over TLS only). */
   mechanisms: string[];
@@ -46,27 +37,11 @@ export interface FakePop3Options {
   message: string;
 }
 
-export interface FakePop3Upstream {
-  host: string;
-  port: number;
-  caFile: string;
+export interface FakePop3Upstream extends LineServer {
   options: FakePop3Options;
-  /** Every line received, in order, without CRLF (all connections). */
-  received: string[];
-  /** Bearer tokens out of every AUTH blob, in order. */
-  tokens: string[];
-  connections: number;
-  /** Writes raw bytes to every open session (e.g. an unsolicited -ERR). */
-  sendAll(bytes: string): void;
-  close(): Promise<void>;
 }
 
 export const FAKE_POP3_CAPA = ['TOP', 'UIDL', 'RESP-CODES', 'PIPELINING', 'AUTH-RESP-CODE', 'USER'];
-
-const json64 = (o: object) => Buffer.from(JSON.stringify(o)).toString('base64');
-const GMAIL_JSON = json64({ status: '401', schemes: 'Bearer', scope: 'https://mail.google.com/' });
-const FORBIDDEN_JSON = json64({ status: '400', schemes: 'Bearer', scope: 'https://mail.google.com/' });
-const BEARER_JSON = json64({ status: 'invalid_token' });
 
 const REFUSALS: Partial<Record<Pop3RejectShape, string>> = {
   microsoft: '-ERR Authentication failure: unknown user name or bad password.\r\n',
@@ -89,8 +64,7 @@ function stuffed(message: string): string {
 
 export async function startFakePop3Upstream(opts: Partial<FakePop3Options> = {}): Promise<FakePop3Upstream> {
   const options: FakePop3Options = {
-    tls: 'implicit',
-    accept: 'any',
+    ...LINE_DEFAULTS,
     reject: 'microsoft',
     mechanisms: ['PLAIN', 'XOAUTH2'],
     greeting: '+OK The Microsoft Exchange POP3 service is ready. [UABBADcAUAAyADYANABDAEEAMAAxAA==]\r\n',
@@ -100,118 +74,38 @@ export async function startFakePop3Upstream(opts: Partial<FakePop3Options> = {})
     message: 'Subject: hi\r\n\r\n.leading dot\r\nbody\r\n',
     ...opts,
   };
-  const dir = mkdtempSync(join(tmpdir(), 'iop-fake-pop3-'));
-  const { certFile, keyFile } = await ensureSelfSigned(dir, { name: 'fake-pop3' });
-  const secureContext = createSecureContext({ cert: readFileSync(certFile), key: readFileSync(keyFile) });
-  const sockets = new Set<Socket>();
-  const writers = new Set<(s: string) => void>();
-  const fake: FakePop3Upstream = {
-    host: '127.0.0.1',
-    port: 0,
-    caFile: certFile,
-    options,
-    received: [],
-    tokens: [],
-    connections: 0,
-    sendAll: (bytes) => {
-      for (const w of writers) w(bytes);
-    },
-    close,
-  };
-
-  function session(raw: Socket): void {
-    fake.connections++;
-    let sock: Socket =
-      options.tls === 'implicit' ? new TLSSocket(raw, { isServer: true, secureContext }) : raw;
-    let secure = options.tls === 'implicit';
-    let buf = '';
-    let authenticated = false;
-    /** Set while AUTH waits for a client line: the response to `+ `, or the failure ack. */
-    let pending: ((line: string) => void) | undefined;
-    const send = (s: string) => {
-      if (!sock.destroyed) sock.write(s);
-    };
-    writers.add(send);
-
-    const finishAuth = (mech: string, blob: string) => {
-      const token = tokenFromBlob(blob);
-      if (token !== undefined) fake.tokens.push(token);
-      if (token !== undefined && (options.accept === 'any' || options.accept.has(token))) {
-        authenticated = true;
-        send(`+OK Logged in.\r\n${options.afterAuthOk}`);
-        return;
-      }
+  const server = await startLineServer('fake-pop3', options, (s) => {
+    const refuse = (mech: string) => {
       const r = options.reject;
       if (r === 'gmail' || r === 'forbidden') {
-        send(`+ ${mech === 'OAUTHBEARER' ? BEARER_JSON : r === 'gmail' ? GMAIL_JSON : FORBIDDEN_JSON}\r\n`);
-        pending = () => send('-ERR [AUTH] Invalid credentials (Failure)\r\n');
-      } else if (r === 'close') sock.destroy();
-      else if (r !== 'hang') send(REFUSALS[r] ?? '-ERR\r\n');
+        s.send(`+ ${gmailChallenge(mech, r === 'gmail' ? '401' : '400')}\r\n`);
+        s.next(() => s.send('-ERR [AUTH] Invalid credentials (Failure)\r\n'));
+      } else if (r === 'close' || r === 'hang') s.fault(r);
+      else s.send(REFUSALS[r] ?? '-ERR\r\n');
     };
 
-    const command = (line: string) => {
+    if (options.greeting !== 'never') s.send(options.greeting);
+    return (line) => {
       const [verb = '', ...args] = line.split(' ');
       const v = verb.toUpperCase();
-      if (v === 'CAPA') send(capaReply(options, secure));
-      else if (v === 'STLS' && !secure) {
-        send(`+OK Begin TLS negotiation now.\r\n${options.afterStls}`);
-        sock.removeListener('data', onData);
-        sock = new TLSSocket(sock, { isServer: true, secureContext });
-        secure = true;
-        buf = '';
-        sock.on('data', onData);
-        sock.on('error', () => sock.destroy());
-      } else if (v === 'AUTH' && !secure) send('-ERR [AUTH] Use STLS first\r\n');
-      else if (v === 'AUTH' && !authenticated) {
+      if (v === 'CAPA') s.send(capaReply(options, s.secure));
+      else if (v === 'STLS' && !s.secure)
+        s.startTls(`+OK Begin TLS negotiation now.\r\n${options.afterStls}`);
+      else if (v === 'AUTH' && !s.secure) s.send('-ERR [AUTH] Use STLS first\r\n');
+      else if (v === 'AUTH' && !s.authenticated) {
         const mech = (args[0] ?? '').toUpperCase();
-        if (args[1] !== undefined) finishAuth(mech, args[1]);
-        else {
-          send('+ \r\n');
-          pending = (l) => finishAuth(mech, l);
-        }
-      } else if (v === 'STAT' && authenticated) send(`+OK 1 ${options.message.length}\r\n`);
-      else if (v === 'RETR' && authenticated && args[0] === '1') {
-        send(`+OK ${options.message.length} octets\r\n${stuffed(options.message)}.\r\n`);
+        s.saslResponse(args[1], '+ \r\n', (blob) =>
+          s.login(blob, `+OK Logged in.\r\n${options.afterAuthOk}`, () => refuse(mech)),
+        );
+      } else if (v === 'STAT' && s.authenticated) s.send(`+OK 1 ${options.message.length}\r\n`);
+      else if (v === 'RETR' && s.authenticated && args[0] === '1') {
+        s.send(`+OK ${options.message.length} octets\r\n${stuffed(options.message)}.\r\n`);
       } else if (v === 'QUIT') {
-        send('+OK Bye\r\n');
-        sock.end();
-      } else if (v === 'NOOP' && authenticated) send('+OK\r\n');
-      else send('-ERR Unknown command\r\n');
+        s.send('+OK Bye\r\n');
+        s.end();
+      } else if (v === 'NOOP' && s.authenticated) s.send('+OK\r\n');
+      else s.send('-ERR Unknown command\r\n');
     };
-
-    function onData(d: Buffer): void {
-      buf += d.toString('utf8');
-      for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
-        const line = buf.slice(0, i).replace(/\r$/, '');
-        buf = buf.slice(i + 1);
-        fake.received.push(line);
-        const p = pending;
-        pending = undefined;
-        if (p) p(line);
-        else command(line);
-      }
-    }
-
-    sockets.add(raw);
-    raw.once('close', () => {
-      sockets.delete(raw);
-      writers.delete(send);
-    });
-    sock.on('data', onData);
-    sock.on('error', () => sock.destroy());
-    raw.on('error', () => raw.destroy());
-    if (options.greeting !== 'never') send(options.greeting);
-  }
-
-  const server: Server = createServer(session);
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const addr = server.address();
-  fake.port = typeof addr === 'object' && addr ? addr.port : 0;
-
-  async function close(): Promise<void> {
-    for (const s of sockets) s.destroy();
-    await new Promise<void>((r) => server.close(() => r()));
-    rmSync(dir, { recursive: true, force: true });
-  }
-  return fake;
+  });
+  return Object.assign(server, { options });
 }

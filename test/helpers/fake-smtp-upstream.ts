@@ -1,10 +1,5 @@
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { createServer, type Server, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { createSecureContext, TLSSocket } from 'node:tls';
-import { ensureSelfSigned } from '../../src/net/selfsigned.js';
-import { tokenFromBlob } from './fake-upstream.js';
+import type { FaultShape, LineServer, LineServerSettings } from './fake-line-server.js';
+import { gmailChallenge, LINE_DEFAULTS, startLineServer } from './fake-line-server.js';
 
 /**
  * A scripted SMTP submission server for the failure shapes of Microsoft 365 and Gmail, which
@@ -20,13 +15,9 @@ export type SmtpRejectShape =
   | 'gmail' // 334 <base64 JSON>, the client's line, then a multi-line 535-5.7.8
   | 'throttle' // 454 4.7.0 Too many login attempts
   | 'shutdown' // 421 4.3.2, then the server closes
-  | 'close' // drop the connection mid-auth
-  | 'hang'; // never answer
+  | FaultShape;
 
-export interface FakeSmtpOptions {
-  tls: 'implicit' | 'starttls';
-  /** Tokens accepted; 'any' accepts every token. */
-  accept: Set<string> | 'any';
+export interface FakeSmtpOptions extends LineServerSettings {
   reject: SmtpRejectShape;
   /** SASL mechanisms on the AUTH line (advertised over TLS only, as Microsoft does). */
   mechanisms: string[];
@@ -40,19 +31,8 @@ export interface FakeSmtpOptions {
   afterAuthOk: string;
 }
 
-export interface FakeSmtpUpstream {
-  host: string;
-  port: number;
-  caFile: string;
+export interface FakeSmtpUpstream extends LineServer {
   options: FakeSmtpOptions;
-  /** Every line received, in order, without CRLF (all connections). */
-  received: string[];
-  /** Bearer tokens out of every AUTH blob, in order. */
-  tokens: string[];
-  connections: number;
-  /** Writes raw bytes to every open session (e.g. an unsolicited 421). */
-  sendAll(bytes: string): void;
-  close(): Promise<void>;
 }
 
 export const FAKE_SMTP_KEYWORDS = [
@@ -63,11 +43,6 @@ export const FAKE_SMTP_KEYWORDS = [
   'CHUNKING',
 ];
 
-const GMAIL_JSON = Buffer.from(
-  '{"status":"401","schemes":"Bearer","scope":"https://mail.google.com/"}',
-).toString('base64');
-const BEARER_JSON = Buffer.from('{"status":"invalid_token"}').toString('base64');
-
 function ehloReply(o: FakeSmtpOptions, secure: boolean): string {
   const kw = [...FAKE_SMTP_KEYWORDS];
   kw.splice(1, 0, secure ? `AUTH ${o.mechanisms.join(' ')}` : 'STARTTLS');
@@ -77,8 +52,7 @@ function ehloReply(o: FakeSmtpOptions, secure: boolean): string {
 
 export async function startFakeSmtpUpstream(opts: Partial<FakeSmtpOptions> = {}): Promise<FakeSmtpUpstream> {
   const options: FakeSmtpOptions = {
-    tls: 'implicit',
-    accept: 'any',
+    ...LINE_DEFAULTS,
     reject: 'microsoft',
     mechanisms: ['LOGIN', 'XOAUTH2', 'OAUTHBEARER'],
     greeting: '220 fake.example.com Microsoft ESMTP MAIL Service ready\r\n',
@@ -87,147 +61,65 @@ export async function startFakeSmtpUpstream(opts: Partial<FakeSmtpOptions> = {})
     afterAuthOk: '',
     ...opts,
   };
-  const dir = mkdtempSync(join(tmpdir(), 'iop-fake-smtp-'));
-  const { certFile, keyFile } = await ensureSelfSigned(dir, { name: 'fake-smtp' });
-  const secureContext = createSecureContext({ cert: readFileSync(certFile), key: readFileSync(keyFile) });
-  const sockets = new Set<Socket>();
-  const writers = new Set<(s: string) => void>();
-  const fake: FakeSmtpUpstream = {
-    host: '127.0.0.1',
-    port: 0,
-    caFile: certFile,
-    options,
-    received: [],
-    tokens: [],
-    connections: 0,
-    sendAll: (bytes) => {
-      for (const w of writers) w(bytes);
-    },
-    close,
-  };
-
-  function session(raw: Socket): void {
-    fake.connections++;
-    let sock: Socket =
-      options.tls === 'implicit' ? new TLSSocket(raw, { isServer: true, secureContext }) : raw;
-    let secure = options.tls === 'implicit';
-    let buf = '';
-    let authenticated = false;
-    /** Set while AUTH waits for a client line: the response to `334 `, or the failure ack. */
-    let pending: ((line: string) => void) | undefined;
-    const send = (s: string) => {
-      if (!sock.destroyed) sock.write(s);
-    };
-    writers.add(send);
-
-    const finishAuth = (mech: string, blob: string) => {
-      const token = tokenFromBlob(blob);
-      if (token !== undefined) fake.tokens.push(token);
-      if (token !== undefined && (options.accept === 'any' || options.accept.has(token))) {
-        authenticated = true;
-        send(`235 2.7.0 Authentication successful\r\n${options.afterAuthOk}`);
-        return;
-      }
+  const server = await startLineServer('fake-smtp', options, (s) => {
+    const refuse = (mech: string) => {
       switch (options.reject) {
         case 'microsoft':
-          send('535 5.7.3 Authentication unsuccessful [AM0PR01CA0001.eurprd01.prod.example]\r\n');
+          s.send('535 5.7.3 Authentication unsuccessful [AM0PR01CA0001.eurprd01.prod.example]\r\n');
           return;
         case 'disabled':
-          send(
+          s.send(
             '535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant. ' +
               'Visit https://aka.ms/smtp_auth_disabled for more information. [AM0PR01CA0001]\r\n',
           );
           return;
         case 'gmail':
-          send(`334 ${mech === 'OAUTHBEARER' ? BEARER_JSON : GMAIL_JSON}\r\n`);
-          pending = () =>
-            send(
+          s.send(`334 ${gmailChallenge(mech)}\r\n`);
+          s.next(() =>
+            s.send(
               '535-5.7.8 Username and Password not accepted. For more information, go to\r\n' +
                 '535 5.7.8  https://support.google.com/mail/?p=BadCredentials a1-20020a.123 - gsmtp\r\n',
-            );
+            ),
+          );
           return;
         case 'throttle':
-          send('454 4.7.0 Too many login attempts, please try again later. a1-20020a.123 - gsmtp\r\n');
+          s.send('454 4.7.0 Too many login attempts, please try again later. a1-20020a.123 - gsmtp\r\n');
           return;
         case 'shutdown':
-          send('421 4.3.2 Service not available, closing transmission channel\r\n');
-          sock.end();
+          s.send('421 4.3.2 Service not available, closing transmission channel\r\n');
+          s.end();
           return;
-        case 'close':
-          sock.destroy();
-          return;
-        case 'hang':
-          return;
+        default:
+          s.fault(options.reject);
       }
     };
 
-    const command = (line: string) => {
+    if (options.greeting !== 'never') s.send(options.greeting);
+    return (line) => {
       const [verb = '', ...args] = line.split(' ');
       const v = verb.toUpperCase();
       if (v === 'EHLO') {
-        send(options.noEhlo ? '502 5.5.1 Unrecognized command\r\n' : ehloReply(options, secure));
+        s.send(options.noEhlo ? '502 5.5.1 Unrecognized command\r\n' : ehloReply(options, s.secure));
       } else if (v === 'HELO') {
-        send('250 fake.example.com\r\n');
-      } else if (v === 'STARTTLS' && !secure) {
-        send(`220 2.0.0 Ready to start TLS\r\n${options.afterStarttls}`);
-        sock.removeListener('data', onData);
-        sock = new TLSSocket(sock, { isServer: true, secureContext });
-        secure = true;
-        buf = '';
-        sock.on('data', onData);
-        sock.on('error', () => sock.destroy());
-      } else if (v === 'AUTH' && !secure) {
-        send('530 5.7.0 Must issue a STARTTLS command first\r\n');
-      } else if (v === 'AUTH' && !authenticated) {
+        s.send('250 fake.example.com\r\n');
+      } else if (v === 'STARTTLS' && !s.secure) {
+        s.startTls(`220 2.0.0 Ready to start TLS\r\n${options.afterStarttls}`);
+      } else if (v === 'AUTH' && !s.secure) {
+        s.send('530 5.7.0 Must issue a STARTTLS command first\r\n');
+      } else if (v === 'AUTH' && !s.authenticated) {
         const mech = (args[0] ?? '').toUpperCase();
-        if (args[1] !== undefined) finishAuth(mech, args[1]);
-        else {
-          send('334 \r\n');
-          pending = (l) => finishAuth(mech, l);
-        }
+        s.saslResponse(args[1], '334 \r\n', (blob) =>
+          s.login(blob, `235 2.7.0 Authentication successful\r\n${options.afterAuthOk}`, () => refuse(mech)),
+        );
       } else if (v === 'QUIT') {
-        send('221 2.0.0 Bye\r\n');
-        sock.end();
-      } else if (v === 'NOOP' || (authenticated && (v === 'MAIL' || v === 'RCPT' || v === 'RSET'))) {
-        send('250 2.0.0 OK\r\n');
+        s.send('221 2.0.0 Bye\r\n');
+        s.end();
+      } else if (v === 'NOOP' || (s.authenticated && (v === 'MAIL' || v === 'RCPT' || v === 'RSET'))) {
+        s.send('250 2.0.0 OK\r\n');
       } else {
-        send('503 5.5.1 Bad sequence of commands\r\n');
+        s.send('503 5.5.1 Bad sequence of commands\r\n');
       }
     };
-
-    function onData(d: Buffer): void {
-      buf += d.toString('utf8');
-      for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
-        const line = buf.slice(0, i).replace(/\r$/, '');
-        buf = buf.slice(i + 1);
-        fake.received.push(line);
-        const p = pending;
-        pending = undefined;
-        if (p) p(line);
-        else command(line);
-      }
-    }
-
-    sockets.add(raw);
-    raw.once('close', () => {
-      sockets.delete(raw);
-      writers.delete(send);
-    });
-    sock.on('data', onData);
-    sock.on('error', () => sock.destroy());
-    raw.on('error', () => raw.destroy());
-    if (options.greeting !== 'never') send(options.greeting);
-  }
-
-  const server: Server = createServer(session);
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const addr = server.address();
-  fake.port = typeof addr === 'object' && addr ? addr.port : 0;
-
-  async function close(): Promise<void> {
-    for (const s of sockets) s.destroy();
-    await new Promise<void>((r) => server.close(() => r()));
-    rmSync(dir, { recursive: true, force: true });
-  }
-  return fake;
+  });
+  return Object.assign(server, { options });
 }

@@ -15,6 +15,7 @@ import { createMetrics } from '../../src/metrics.js';
 import type { ConnectorDeps } from '../../src/net/connector.js';
 import { xoauth2Blob } from '../../src/sasl/client.js';
 import { until, withDeadline } from './deadline.js';
+import type { LineServer } from './fake-line-server.js';
 
 /**
  * One protocol's upstream connector against its scripted fake (IMAP, SMTP, POP3): the fakes a
@@ -26,19 +27,8 @@ export const USER = 'alice@example.com';
 export const GOOD = 'good-token';
 
 /** What the harness needs of a scripted fake upstream. */
-export interface ScriptedUpstream {
-  host: string;
-  port: number;
-  caFile: string;
+export interface ScriptedUpstream extends LineServer {
   options: { tls: 'implicit' | 'starttls' };
-  /** Every line received, in order, without CRLF (all connections). */
-  received: string[];
-  /** Bearer tokens out of every AUTH blob, in order, where the fake keeps them. */
-  tokens?: string[];
-  connections: number;
-  /** Writes raw bytes to every open session, where the fake can. */
-  sendAll?(bytes: string): void;
-  close(): Promise<void>;
 }
 
 /** The connector's counters as the metrics endpoint shows them (undefined: no such series). */
@@ -283,7 +273,6 @@ function sharedConnectorTests<F extends ScriptedUpstream, O extends { accept: Se
     test(`an unsolicited ${unsolicited.what} on an idle connection makes it unusable`, async () => {
       const { f, conn } = await h.connected();
       assert.equal(conn.reusable, true);
-      assert.ok(f.sendAll, 'the fake can send unasked');
       f.sendAll(unsolicited.bytes);
       await until(() => !conn.reusable, 5000, `the ${unsolicited.what} to arrive`);
       await assert.rejects(conn.authenticate(USER, GOOD), { detail: 'not_reusable' });

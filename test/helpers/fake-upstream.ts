@@ -1,9 +1,5 @@
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { createServer, type Server, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { createSecureContext, TLSSocket } from 'node:tls';
-import { ensureSelfSigned } from '../../src/net/selfsigned.js';
+import type { FaultShape, LineServer, LineServerSettings } from './fake-line-server.js';
+import { gmailChallenge, LINE_DEFAULTS, startLineServer } from './fake-line-server.js';
 
 /**
  * A small scripted IMAP server for fault injection a real Dovecot cannot do: Gmail- and
@@ -17,13 +13,9 @@ export type RejectShape =
   | 'gmail' // `+ <base64 {"status":"401",…}>`, wait for the client's line, then NO
   | 'microsoft' // immediate `NO AUTHENTICATE failed.`
   | 'throttle' // `NO [UNAVAILABLE] Request is throttled…`
-  | 'close' // drop the connection mid-auth
-  | 'hang'; // never answer
+  | FaultShape;
 
-export interface FakeUpstreamOptions {
-  tls: 'implicit' | 'starttls';
-  /** Tokens accepted; 'any' accepts every token. */
-  accept: Set<string> | 'any';
+export interface FakeUpstreamOptions extends LineServerSettings {
   reject: RejectShape;
   saslIr: boolean;
   /** AUTH= mechanisms advertised. */
@@ -39,22 +31,11 @@ export interface FakeUpstreamOptions {
   afterLoginOk: string;
 }
 
-export interface FakeUpstream {
-  host: string;
-  port: number;
-  caFile: string;
+export interface FakeUpstream extends LineServer {
   options: FakeUpstreamOptions;
-  /** Every line received, in order, without CRLF (all connections). */
-  received: string[];
-  /** Connections accepted so far. */
-  connections: number;
-  close(): Promise<void>;
 }
 
 const POST_LOGIN_CAPS = 'IMAP4rev1 LITERAL+ IDLE NAMESPACE UIDPLUS MOVE';
-const GMAIL_JSON = Buffer.from(
-  '{"status":"401","schemes":"bearer","scope":"https://mail.google.com/"}',
-).toString('base64');
 
 function preAuthCaps(o: FakeUpstreamOptions, secure: boolean): string {
   const caps = ['IMAP4rev1', 'LITERAL+', 'ID', 'ENABLE', 'IDLE'];
@@ -64,16 +45,9 @@ function preAuthCaps(o: FakeUpstreamOptions, secure: boolean): string {
   return caps.join(' ');
 }
 
-/** Bearer token out of an XOAUTH2 or OAUTHBEARER initial response. */
-export function tokenFromBlob(b64: string): string | undefined {
-  const text = Buffer.from(b64, 'base64').toString('utf8');
-  return /\x01auth=Bearer ([^\x01]*)\x01/.exec(text)?.[1];
-}
-
 export async function startFakeUpstream(opts: Partial<FakeUpstreamOptions> = {}): Promise<FakeUpstream> {
   const options: FakeUpstreamOptions = {
-    tls: 'implicit',
-    accept: 'any',
+    ...LINE_DEFAULTS,
     reject: 'gmail',
     saslIr: true,
     mechanisms: ['XOAUTH2', 'OAUTHBEARER'],
@@ -84,146 +58,69 @@ export async function startFakeUpstream(opts: Partial<FakeUpstreamOptions> = {})
     afterLoginOk: '',
     ...opts,
   };
-  const dir = mkdtempSync(join(tmpdir(), 'iop-fake-'));
-  const { certFile, keyFile } = await ensureSelfSigned(dir, { name: 'fake' });
-  const cert = readFileSync(certFile);
-  const key = readFileSync(keyFile);
-  // One context for all sessions so its ticket keys let clients resume TLS sessions.
-  const secureContext = createSecureContext({ cert, key });
-  const sockets = new Set<Socket>();
-  const fake: FakeUpstream = {
-    host: '127.0.0.1',
-    port: 0,
-    caFile: certFile,
-    options,
-    received: [],
-    connections: 0,
-    close,
-  };
-
-  function session(raw: Socket): void {
-    fake.connections++;
-    let sock: Socket =
-      options.tls === 'implicit' ? new TLSSocket(raw, { isServer: true, secureContext }) : raw;
-    let secure = options.tls === 'implicit';
-    let buf = '';
-    let authenticated = false;
-    /** Set while an AUTHENTICATE waits for a client line: the initial response or the failure ack. */
-    let pending: ((line: string) => void) | undefined;
-    const send = (s: string) => sock.write(s);
-
+  const server = await startLineServer('fake', options, (s) => {
     const greet = () => {
-      if (sock.destroyed) return;
-      const code = options.capabilityInGreeting ? `[CAPABILITY ${preAuthCaps(options, secure)}] ` : '';
-      send(`* OK ${code}fake IMAP ready\r\n`);
+      const code = options.capabilityInGreeting ? `[CAPABILITY ${preAuthCaps(options, s.secure)}] ` : '';
+      s.send(`* OK ${code}fake IMAP ready\r\n`);
     };
 
-    const finishAuth = (tag: string, mech: string, blob: string) => {
-      const token = tokenFromBlob(blob);
-      const ok = token !== undefined && (options.accept === 'any' || options.accept.has(token));
-      if (ok) {
-        authenticated = true;
-        const code = options.capabilityInLoginOk ? `[CAPABILITY ${POST_LOGIN_CAPS}] ` : '';
-        send(`${tag} OK ${code}Logged in\r\n${options.afterLoginOk}`);
-        return;
-      }
+    const loggedIn = (tag: string) => {
+      const code = options.capabilityInLoginOk ? `[CAPABILITY ${POST_LOGIN_CAPS}] ` : '';
+      return `${tag} OK ${code}Logged in\r\n${options.afterLoginOk}`;
+    };
+
+    const refuse = (tag: string, mech: string) => {
       switch (options.reject) {
-        case 'gmail': {
-          const json =
-            mech === 'OAUTHBEARER'
-              ? Buffer.from('{"status":"invalid_token"}').toString('base64')
-              : GMAIL_JSON;
-          send(`+ ${json}\r\n`);
-          pending = () => send(`${tag} NO [AUTHENTICATIONFAILED] Invalid credentials (Failure)\r\n`);
+        case 'gmail':
+          s.send(`+ ${gmailChallenge(mech, '401', 'bearer')}\r\n`);
+          s.next(() => s.send(`${tag} NO [AUTHENTICATIONFAILED] Invalid credentials (Failure)\r\n`));
           return;
-        }
         case 'microsoft':
-          send(`${tag} NO AUTHENTICATE failed.\r\n`);
+          s.send(`${tag} NO AUTHENTICATE failed.\r\n`);
           return;
         case 'throttle':
-          send(`${tag} NO [UNAVAILABLE] Request is throttled. Suggested Backoff Time: 1000 milliseconds\r\n`);
+          s.send(
+            `${tag} NO [UNAVAILABLE] Request is throttled. Suggested Backoff Time: 1000 milliseconds\r\n`,
+          );
           return;
-        case 'close':
-          sock.destroy();
-          return;
-        case 'hang':
-          return;
+        default:
+          s.fault(options.reject);
       }
     };
 
-    const command = (line: string) => {
+    if (options.greetingDelayMs === 0) greet();
+    // A deliberately slow server, not synchronisation: the delay is what the test is about.
+    else if (options.greetingDelayMs !== 'never') setTimeout(greet, options.greetingDelayMs).unref();
+    return (line) => {
       const [tag = '', verb = '', ...args] = line.split(' ');
       const v = verb.toUpperCase();
-      if (authenticated && options.notConnected && v !== 'LOGOUT') {
-        send(`${tag} BAD User is authenticated but not connected.\r\n`);
+      if (s.authenticated && options.notConnected && v !== 'LOGOUT') {
+        s.send(`${tag} BAD User is authenticated but not connected.\r\n`);
         return;
       }
       if (v === 'CAPABILITY') {
-        send(
-          `* CAPABILITY ${authenticated ? POST_LOGIN_CAPS : preAuthCaps(options, secure)}\r\n${tag} OK done\r\n`,
+        s.send(
+          `* CAPABILITY ${s.authenticated ? POST_LOGIN_CAPS : preAuthCaps(options, s.secure)}\r\n${tag} OK done\r\n`,
         );
       } else if (v === 'NOOP') {
-        send(`${tag} OK NOOP completed\r\n`);
-      } else if (v === 'STARTTLS' && !secure) {
-        send(`${tag} OK Begin TLS\r\n`);
-        sock.removeListener('data', onData);
-        sock = new TLSSocket(sock, { isServer: true, secureContext });
-        secure = true;
-        sock.on('data', onData);
-        sock.on('error', () => sock.destroy());
-      } else if (v === 'AUTHENTICATE' && secure && !authenticated) {
+        s.send(`${tag} OK NOOP completed\r\n`);
+      } else if (v === 'STARTTLS' && !s.secure) {
+        s.startTls(`${tag} OK Begin TLS\r\n`);
+      } else if (v === 'AUTHENTICATE' && s.secure && !s.authenticated) {
         const mech = (args[0] ?? '').toUpperCase();
-        if (args[1] !== undefined) finishAuth(tag, mech, args[1]);
-        else {
-          send('+ \r\n');
-          pending = (l) => finishAuth(tag, mech, l);
-        }
-      } else if (v === 'IDLE' && authenticated) {
-        send('+ idling\r\n');
-        pending = () => send(`${tag} OK IDLE terminated\r\n`);
+        s.saslResponse(args[1], '+ \r\n', (blob) => s.login(blob, loggedIn(tag), () => refuse(tag, mech)));
+      } else if (v === 'IDLE' && s.authenticated) {
+        s.send('+ idling\r\n');
+        s.next(() => s.send(`${tag} OK IDLE terminated\r\n`));
       } else if (v === 'LOGOUT') {
-        send(`* BYE logging out\r\n${tag} OK LOGOUT completed\r\n`);
-        sock.end();
-      } else if (authenticated) {
-        send(`${tag} OK ${v} completed\r\n`);
+        s.send(`* BYE logging out\r\n${tag} OK LOGOUT completed\r\n`);
+        s.end();
+      } else if (s.authenticated) {
+        s.send(`${tag} OK ${v} completed\r\n`);
       } else {
-        send(`${tag} BAD command not allowed now\r\n`);
+        s.send(`${tag} BAD command not allowed now\r\n`);
       }
     };
-
-    function onData(d: Buffer): void {
-      buf += d.toString('utf8');
-      for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
-        const line = buf.slice(0, i).replace(/\r$/, '');
-        buf = buf.slice(i + 1);
-        fake.received.push(line);
-        const p = pending;
-        pending = undefined;
-        if (p) p(line);
-        else command(line);
-      }
-    }
-
-    sockets.add(raw);
-    raw.once('close', () => sockets.delete(raw));
-    sock.on('data', onData);
-    sock.on('error', () => sock.destroy());
-    raw.on('error', () => raw.destroy());
-    if (options.greetingDelayMs === 'never') return;
-    if (options.greetingDelayMs === 0) greet();
-    // A deliberately slow server, not synchronisation: the delay is what the test is about.
-    else setTimeout(greet, options.greetingDelayMs).unref();
-  }
-
-  const server: Server = createServer(session);
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const addr = server.address();
-  fake.port = typeof addr === 'object' && addr ? addr.port : 0;
-
-  async function close(): Promise<void> {
-    for (const s of sockets) s.destroy();
-    await new Promise<void>((r) => server.close(() => r()));
-    rmSync(dir, { recursive: true, force: true });
-  }
-  return fake;
+  });
+  return Object.assign(server, { options });
 }
