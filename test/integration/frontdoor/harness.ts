@@ -88,6 +88,7 @@ export type Decide = (
 ) => Promise<LoginOutcome | 'upstream'> | LoginOutcome | 'upstream';
 
 export interface Frontdoor {
+  protocol: 'imap' | 'smtp' | 'pop3';
   port: number;
   listener: Listener;
   metrics: Metrics;
@@ -146,6 +147,7 @@ export async function startFrontdoor(
   const { cert, key } = await testPems();
   const decide: Decide = opts.decide ?? (() => 'upstream');
   const fd: Frontdoor = {
+    protocol: cfg.protocol ?? 'imap',
     port: 0,
     metrics,
     upstream,
@@ -230,6 +232,11 @@ export async function startFrontdoor(
   return fd;
 }
 
+/** base64 of a text, as SASL exchanges carry it. */
+export const b64 = (s: string): string => Buffer.from(s).toString('base64');
+/** An AUTH PLAIN response: authzid, user and password joined by NULs, in base64. */
+export const plainIr = (user: string, pw: string, authzid = ''): string => b64(`${authzid}\0${user}\0${pw}`);
+
 /** Current value of a counter/gauge series, 0 when absent. */
 export async function metricValue(m: Metrics, name: string, labels: Record<string, string>): Promise<number> {
   const all = await m.registry.getMetricsAsJSON();
@@ -239,6 +246,13 @@ export async function metricValue(m: Metrics, name: string, labels: Record<strin
   );
   return v?.value ?? 0;
 }
+
+/** preauth_rejections_total{reason} of the listener's protocol. */
+export const rejections = (fd: Frontdoor, reason: string): Promise<number> =>
+  metricValue(fd.metrics, 'imap_proxy_preauth_rejections_total', { protocol: fd.protocol, reason });
+/** logins_total{result} of the listener's protocol. */
+export const logins = (fd: Frontdoor, result: string): Promise<number> =>
+  metricValue(fd.metrics, 'imap_proxy_logins_total', { protocol: fd.protocol, result });
 
 /** `wire` cut at the given offsets (taken modulo its length), in order; empty pieces dropped. */
 export function cutAt(wire: Buffer, cuts: number[]): Buffer[] {
@@ -284,9 +298,9 @@ export async function assertSameEverySplit(
   }
 }
 
-/** The SMTP server name of the cleartext listeners below. */
+/** The SMTP server name of the listeners below. */
 export const CLEAR_NAME = 'mx.test';
-/** What a cleartext listener of each protocol greets with. */
+/** What a listener of each protocol below greets with. */
 export const CLEAR_GREETING: Record<string, string> = {
   imap: '* OK [CAPABILITY IMAP4rev1 LITERAL+ SASL-IR ID AUTH=PLAIN AUTH=LOGIN] imap-oauth-proxy ready',
   smtp: `220 ${CLEAR_NAME} ESMTP imap-oauth-proxy ready`,
@@ -317,4 +331,51 @@ export async function startCleartext(
   );
   t.after(() => fd.close());
   return fd;
+}
+
+/**
+ * Starts listeners of `protocol` (SMTP named CLEAR_NAME), each closed after its test; login on
+ * cleartext only if `cleartext`, and room for 100 bad commands unless `limits` says otherwise.
+ */
+export function frontdoorFor(protocol: 'smtp' | 'pop3') {
+  return async (
+    t: { after: (fn: () => Promise<void>) => void },
+    tls: 'none' | 'starttls' | 'implicit',
+    opts: {
+      cleartext?: boolean;
+      limits?: Partial<WireLimits>;
+      decide?: Decide;
+      /** What each upstream behind the listener advertised (undefined: not contacted yet). */
+      upstreams?: ReadonlyArray<readonly string[] | undefined>;
+    } = {},
+  ): Promise<Frontdoor> => {
+    const fd = await startFrontdoor(
+      {
+        protocol,
+        tls,
+        allow_cleartext_login: opts.cleartext ?? false,
+        ...(protocol === 'smtp' ? { server_name: CLEAR_NAME } : {}),
+      },
+      {
+        limits: { badCommands: 100, ...opts.limits },
+        ...(opts.decide ? { decide: opts.decide } : {}),
+        ...(opts.upstreams && protocol === 'smtp' ? { smtpUpstreams: opts.upstreams } : {}),
+        ...(opts.upstreams && protocol === 'pop3' ? { pop3Upstreams: opts.upstreams } : {}),
+      },
+    );
+    t.after(() => fd.close());
+    return fd;
+  };
+}
+
+/** Connects (implicit TLS listeners get a TLS client), closed after the test, and reads the greeting. */
+export async function openGreeted(
+  t: { after: (fn: () => void) => void },
+  fd: Frontdoor,
+  tls: boolean,
+): Promise<RawImapClient> {
+  const c = await RawImapClient.connect(fd.port, { tls });
+  t.after(() => c.close());
+  assert.equal(await c.readLine(), CLEAR_GREETING[fd.protocol]);
+  return c;
 }

@@ -3,15 +3,22 @@ import { once } from 'node:events';
 import { after, before, describe, test } from 'node:test';
 import type { LoginOutcome } from '../../../src/core/types.js';
 import { type FailureReason, LOGIN_RESULTS } from '../../../src/errors.js';
-import type { WireLimits } from '../../../src/protocols/imap/limits.js';
 import { pop3Reply } from '../../../src/protocols/pop3/replies.js';
 import { until } from '../../helpers/deadline.js';
 import { RawImapClient } from '../../helpers/imap-client.js';
-import { type Decide, type Frontdoor, metricValue, POP3_UPSTREAM_CAPS, startFrontdoor } from './harness.js';
+import {
+  b64,
+  type Frontdoor,
+  frontdoorFor,
+  logins,
+  metricValue,
+  openGreeted,
+  POP3_UPSTREAM_CAPS,
+  plainIr,
+  rejections,
+  startFrontdoor,
+} from './harness.js';
 
-const GREETING = '+OK imap-oauth-proxy POP3 ready';
-const b64 = (s: string) => Buffer.from(s).toString('base64');
-const plainIr = (user: string, pw: string, authzid = '') => b64(`${authzid}\0${user}\0${pw}`);
 const USERNAME_CHALLENGE = `+ ${b64('Username:')}`;
 const PASSWORD_CHALLENGE = `+ ${b64('Password:')}`;
 const LOGGED_IN = '+OK Logged in';
@@ -23,41 +30,7 @@ const ALWAYS = ['RESP-CODES', 'AUTH-RESP-CODE'];
 const SHARED = ['TOP', 'UIDL', 'PIPELINING'];
 const LOGIN_CAPS = ['USER', 'SASL PLAIN LOGIN'];
 
-type Tls = 'none' | 'starttls' | 'implicit';
-
-async function pop3Frontdoor(
-  t: { after: (fn: () => Promise<void>) => void },
-  tls: Tls,
-  opts: {
-    cleartext?: boolean;
-    limits?: Partial<WireLimits>;
-    decide?: Decide;
-    upstreams?: ReadonlyArray<readonly string[] | undefined>;
-  } = {},
-): Promise<Frontdoor> {
-  const fd = await startFrontdoor(
-    { protocol: 'pop3', tls, allow_cleartext_login: opts.cleartext ?? false },
-    {
-      limits: { badCommands: 100, ...opts.limits },
-      ...(opts.decide ? { decide: opts.decide } : {}),
-      ...(opts.upstreams ? { pop3Upstreams: opts.upstreams } : {}),
-    },
-  );
-  t.after(() => fd.close());
-  return fd;
-}
-
-/** Connects and reads the greeting (implicit TLS listeners get a TLS client). */
-async function open(
-  t: { after: (fn: () => void) => void },
-  fd: Frontdoor,
-  tls: boolean,
-): Promise<RawImapClient> {
-  const c = await RawImapClient.connect(fd.port, { tls });
-  t.after(() => c.close());
-  assert.equal(await c.readLine(), GREETING);
-  return c;
-}
+const pop3Frontdoor = frontdoorFor('pop3');
 
 /** A one-line reply. */
 async function send(c: RawImapClient, line: string): Promise<string> {
@@ -78,15 +51,10 @@ async function sendMulti(c: RawImapClient, line: string): Promise<string[]> {
 }
 
 const capa = (lines: string[]) => [CAPA_HEAD, ...lines, '.'];
-const rejections = (fd: Frontdoor, reason: string) =>
-  metricValue(fd.metrics, 'imap_proxy_preauth_rejections_total', { protocol: 'pop3', reason });
-const logins = (fd: Frontdoor, result: string) =>
-  metricValue(fd.metrics, 'imap_proxy_logins_total', { protocol: 'pop3', result });
-
 describe('greeting and CAPA', () => {
   test('implicit TLS: +OK greeting; CAPA lists USER, SASL PLAIN LOGIN, response codes and the shared TOP UIDL PIPELINING, dot-terminated', async (t) => {
     const fd = await pop3Frontdoor(t, 'implicit');
-    const c = await open(t, fd, true);
+    const c = await openGreeted(t, fd, true);
     const got = await sendMulti(c, 'CAPA');
     assert.deepEqual(got, capa([...LOGIN_CAPS, ...ALWAYS, ...SHARED]));
     assert.doesNotMatch(got.join('\n'), /STLS|XOAUTH2|OAUTHBEARER/);
@@ -95,7 +63,7 @@ describe('greeting and CAPA', () => {
 
   test('STLS listener: STLS and no login before TLS; login and no STLS after; the TLS version is counted', async (t) => {
     const fd = await pop3Frontdoor(t, 'starttls');
-    const c = await open(t, fd, false);
+    const c = await openGreeted(t, fd, false);
     assert.deepEqual(await sendMulti(c, 'CAPA'), capa(['STLS', ...ALWAYS, ...SHARED]));
     assert.equal(await send(c, 'STLS now'), '-ERR STLS takes no arguments');
     assert.equal(await send(c, 'STLS'), '+OK Begin TLS negotiation now');
@@ -114,30 +82,30 @@ describe('greeting and CAPA', () => {
 
   test('cleartext listener: no STLS; USER and SASL only where cleartext login is allowed', async (t) => {
     const closed = await pop3Frontdoor(t, 'none');
-    const c1 = await open(t, closed, false);
+    const c1 = await openGreeted(t, closed, false);
     assert.deepEqual(await sendMulti(c1, 'CAPA'), capa([...ALWAYS, ...SHARED]));
     assert.equal(await send(c1, 'STLS'), '-ERR STLS not offered here');
     const allowed = await pop3Frontdoor(t, 'none', { cleartext: true });
-    const c2 = await open(t, allowed, false);
+    const c2 = await openGreeted(t, allowed, false);
     assert.deepEqual(await sendMulti(c2, 'CAPA'), capa([...LOGIN_CAPS, ...ALWAYS, ...SHARED]));
   });
 
   test('STLS listener that allows cleartext login: STLS and login both offered before TLS', async (t) => {
     const fd = await pop3Frontdoor(t, 'starttls', { cleartext: true });
-    const c = await open(t, fd, false);
+    const c = await openGreeted(t, fd, false);
     assert.deepEqual(await sendMulti(c, 'CAPA'), capa(['STLS', ...LOGIN_CAPS, ...ALWAYS, ...SHARED]));
   });
 
   test('two upstreams: a capability only one has is dropped; keywords compare case-insensitively', async (t) => {
     const other = ['top', 'USER', 'PIPELINING', 'EXPIRE 0', 'SASL PLAIN XOAUTH2'];
     const fd = await pop3Frontdoor(t, 'implicit', { upstreams: [POP3_UPSTREAM_CAPS, other] });
-    const c = await open(t, fd, true);
+    const c = await openGreeted(t, fd, true);
     assert.deepEqual(await sendMulti(c, 'CAPA'), capa([...LOGIN_CAPS, ...ALWAYS, 'TOP', 'PIPELINING']));
   });
 
   test('an upstream not contacted yet: none of TOP, UIDL, PIPELINING is promised', async (t) => {
     const fd = await pop3Frontdoor(t, 'implicit', { upstreams: [POP3_UPSTREAM_CAPS, undefined] });
-    const c = await open(t, fd, true);
+    const c = await openGreeted(t, fd, true);
     assert.deepEqual(await sendMulti(c, 'CAPA'), capa([...LOGIN_CAPS, ...ALWAYS]));
   });
 });
@@ -151,7 +119,7 @@ describe('USER/PASS and AUTH', () => {
   const last = () => fd.requests.at(-1)!;
 
   test('USER then PASS: +OK, and the core gets login, the password with its spaces, mechanism, protocol', async (t) => {
-    const c = await open(t, fd, true);
+    const c = await openGreeted(t, fd, true);
     assert.equal(await send(c, 'USER alice@example.com'), '+OK Send PASS');
     assert.equal(await send(c, 'PASS  my secret pw '), LOGGED_IN);
     const req = last();
@@ -163,11 +131,11 @@ describe('USER/PASS and AUTH', () => {
   });
 
   test('USER and PASS carry UTF-8: a non-ASCII login name and password arrive intact', async (t) => {
-    const c = await open(t, fd, true);
+    const c = await openGreeted(t, fd, true);
     assert.equal(await send(c, 'user jörg@exämple.de'), '+OK Send PASS');
     assert.equal(await send(c, 'pass pä ss'), LOGGED_IN);
     assert.deepEqual([last().login, last().password], ['jörg@exämple.de', 'pä ss']);
-    const d = await open(t, fd, true);
+    const d = await openGreeted(t, fd, true);
     const before = fd.requests.length;
     d.write(Buffer.concat([Buffer.from('USER a'), Buffer.from([0xff, 0xfe]), Buffer.from('\r\n')]));
     assert.equal(await d.readLine(), '-ERR USER and PASS take UTF-8 text');
@@ -177,7 +145,7 @@ describe('USER/PASS and AUTH', () => {
 
   test('PASS without USER, USER without a name, and a second PASS: refused, the core never asked', async (t) => {
     const before = fd.requests.length;
-    const c = await open(t, fd, true);
+    const c = await openGreeted(t, fd, true);
     assert.equal(await send(c, 'PASS secret'), '-ERR USER first');
     assert.equal(await send(c, 'USER'), '-ERR Syntax: USER name');
     assert.equal(await send(c, `USER ${'x'.repeat(256)}`), '-ERR Syntax: USER name');
@@ -185,25 +153,25 @@ describe('USER/PASS and AUTH', () => {
   });
 
   test('AUTH PLAIN with an initial response; an authzid equal to the login is accepted', async (t) => {
-    const c = await open(t, fd, true);
+    const c = await openGreeted(t, fd, true);
     assert.equal(await send(c, `AUTH PLAIN ${plainIr('bob', 'pw 2', 'bob')}`), LOGGED_IN);
     assert.deepEqual([last().login, last().password, last().mechanism], ['bob', 'pw 2', 'AUTH PLAIN']);
   });
 
   test('AUTH PLAIN with a "+ " continuation', async (t) => {
-    const c = await open(t, fd, true);
+    const c = await openGreeted(t, fd, true);
     assert.equal(await send(c, 'auth plain'), '+ ');
     assert.equal(await send(c, plainIr('carol', 'pw3')), LOGGED_IN);
     assert.deepEqual([last().login, last().password, last().mechanism], ['carol', 'pw3', 'AUTH PLAIN']);
   });
 
   test('AUTH LOGIN asks Username: and Password: in base64; with the user on the AUTH line only the password', async (t) => {
-    const c = await open(t, fd, true);
+    const c = await openGreeted(t, fd, true);
     assert.equal(await send(c, 'AUTH LOGIN'), USERNAME_CHALLENGE);
     assert.equal(await send(c, b64('dave')), PASSWORD_CHALLENGE);
     assert.equal(await send(c, b64('pw 4')), LOGGED_IN);
     assert.deepEqual([last().login, last().password, last().mechanism], ['dave', 'pw 4', 'AUTH LOGIN']);
-    const d = await open(t, fd, true);
+    const d = await openGreeted(t, fd, true);
     assert.equal(await send(d, `AUTH LOGIN ${b64('erin')}`), PASSWORD_CHALLENGE);
     assert.equal(await send(d, b64('pw5')), LOGGED_IN);
     assert.deepEqual([last().login, last().password, last().mechanism], ['erin', 'pw5', 'AUTH LOGIN']);
@@ -211,7 +179,7 @@ describe('USER/PASS and AUTH', () => {
 
   test('* cancels at every step; bad base64; malformed PLAIN; unknown mechanism; bad syntax; foreign authzid', async (t) => {
     const before = fd.requests.length;
-    const c = await open(t, fd, true);
+    const c = await openGreeted(t, fd, true);
     const cancelled = '-ERR Authentication cancelled';
     assert.equal(await send(c, 'AUTH PLAIN'), '+ ');
     assert.equal(await send(c, '*'), cancelled);
@@ -243,13 +211,13 @@ describe('USER/PASS and AUTH', () => {
   });
 
   test('bare AUTH lists the mechanisms, multi-line', async (t) => {
-    const c = await open(t, fd, true);
+    const c = await openGreeted(t, fd, true);
     assert.deepEqual(await sendMulti(c, 'AUTH'), ['+OK Mechanisms follow', 'PLAIN', 'LOGIN', '.']);
   });
 
   test('APOP is refused with why; STAT RETR NOOP LIST DELE before login are refused and counted as bad', async (t) => {
     const bad = await pop3Frontdoor(t, 'implicit', { limits: { badCommands: 6 } });
-    const c = await open(t, bad, true);
+    const c = await openGreeted(t, bad, true);
     assert.equal(
       await send(c, 'APOP alice c4c9334bac560ecc979e58001b3e22fb'),
       '-ERR APOP is not supported here: log in with USER/PASS or AUTH and the app password',
@@ -266,13 +234,13 @@ describe('USER/PASS and AUTH', () => {
   });
 
   test('QUIT before login: +OK and closed', async (t) => {
-    const c = await open(t, fd, true);
+    const c = await openGreeted(t, fd, true);
     c.write('QUIT\r\n');
     assert.equal(await c.readToClose(), '+OK Bye\r\n');
   });
 
   test('upstreamKeeps: after CAPA it refuses an upstream lacking a promised capability', async (t) => {
-    const c = await open(t, fd, true);
+    const c = await openGreeted(t, fd, true);
     await sendMulti(c, 'CAPA');
     assert.equal(await send(c, `AUTH PLAIN ${plainIr('henry', 'pw')}`), LOGGED_IN);
     const keeps = last().upstreamKeeps;
@@ -281,14 +249,14 @@ describe('USER/PASS and AUTH', () => {
     assert.equal(keeps(['top', 'uidl', 'pipelining']), true, 'keywords compare case-insensitively');
     assert.equal(keeps(POP3_UPSTREAM_CAPS.filter((x) => x !== 'UIDL')), false);
     assert.equal(keeps(POP3_UPSTREAM_CAPS.filter((x) => x !== 'PIPELINING')), false);
-    const d = await open(t, fd, true);
+    const d = await openGreeted(t, fd, true);
     assert.equal(await send(d, 'USER ida'), '+OK Send PASS');
     assert.equal(await send(d, 'PASS pw'), LOGGED_IN);
     assert.equal(last().upstreamKeeps, undefined, 'no CAPA, no promise');
   });
 
   test('USER, PASS, STAT and RETR 1 in one write: +OK, then STAT and RETR reach the upstream in order and come back spliced', async (t) => {
-    const c = await open(t, fd, true);
+    const c = await openGreeted(t, fd, true);
     const behind = 'STAT\r\nRETR 1\r\n';
     c.write(`USER judy\r\nPASS pw\r\n${behind}`);
     assert.equal(await c.readLine(), '+OK Send PASS');
@@ -334,7 +302,7 @@ describe('login failures', () => {
   test('every failure reason is answered -ERR [CODE] with its text, and counted', async (t) => {
     let next: LoginOutcome = { ok: false, reason: 'bad_credentials' };
     const fd = await pop3Frontdoor(t, 'implicit', { decide: () => next, limits: { failedLogins: 100 } });
-    const c = await open(t, fd, true);
+    const c = await openGreeted(t, fd, true);
     const reasons = LOGIN_RESULTS.filter((r) => r !== 'success' && r !== 'aborted');
     for (const [i, reason] of reasons.entries()) {
       next = { ok: false, reason };
@@ -352,7 +320,7 @@ describe('login failures', () => {
   test('the extra words of a failure follow its text: where to reconnect, what to enable, whom to ask', async (t) => {
     let next: LoginOutcome = { ok: false, reason: 'bad_credentials' };
     const fd = await pop3Frontdoor(t, 'implicit', { decide: () => next, limits: { failedLogins: 100 } });
-    const c = await open(t, fd, true);
+    const c = await openGreeted(t, fd, true);
     const cases: Array<[FailureReason, string, string]> = [
       [
         'needs_consent',
@@ -390,7 +358,7 @@ describe('login failures', () => {
         return { ok: false, reason: 'upstream_unavailable' };
       },
     });
-    const c = await open(t, fd, true);
+    const c = await openGreeted(t, fd, true);
     assert.equal(await send(c, 'USER alice'), '+OK Send PASS');
     assert.equal(await send(c, 'PASS pw'), '-ERR [SYS/TEMP] Timed out; try again later');
     assert.equal(fd.signals[0]!.aborted, true);
@@ -401,7 +369,7 @@ describe('login failures', () => {
   test('three wrong passwords close the connection; the fourth is never tried; outages do not count', async (t) => {
     let reason: FailureReason = 'upstream_unavailable';
     const fd = await pop3Frontdoor(t, 'implicit', { decide: () => ({ ok: false, reason }) });
-    const c = await open(t, fd, true);
+    const c = await openGreeted(t, fd, true);
     for (let i = 0; i < 3; i++)
       assert.equal(
         await send(c, `AUTH PLAIN ${plainIr('alice', 'pw')}`),
@@ -431,7 +399,7 @@ describe('login failures', () => {
 describe('cleartext and STLS', () => {
   test('USER, PASS and AUTH before STLS: -ERR [AUTH], counted privacy_required, the core never sees the password', async (t) => {
     const fd = await pop3Frontdoor(t, 'starttls');
-    const c = await open(t, fd, false);
+    const c = await openGreeted(t, fd, false);
     assert.deepEqual(await sendMulti(c, 'CAPA'), capa(['STLS', ...ALWAYS, ...SHARED]));
     assert.equal(await send(c, 'USER alice'), PRIVACY);
     assert.equal(await send(c, 'PASS pw'), '-ERR USER first', 'the refused USER is not remembered');
@@ -450,11 +418,11 @@ describe('cleartext and STLS', () => {
 
   test('a plain listener refuses login the same way', async (t) => {
     const fd = await pop3Frontdoor(t, 'none');
-    const c = await open(t, fd, false);
+    const c = await openGreeted(t, fd, false);
     assert.equal(await send(c, 'USER alice'), PRIVACY);
     assert.equal(await logins(fd, 'privacy_required'), 1);
     const open2 = await pop3Frontdoor(t, 'none', { cleartext: true });
-    const d = await open(t, open2, false);
+    const d = await openGreeted(t, open2, false);
     assert.equal(await send(d, 'USER alice'), '+OK Send PASS');
     assert.equal(await send(d, 'PASS pw'), LOGGED_IN);
     assert.equal(open2.requests[0]!.client.secure, false);
@@ -462,7 +430,7 @@ describe('cleartext and STLS', () => {
 
   test('bytes pipelined behind STLS: -ERR, closed, counted starttls_injection', async (t) => {
     const fd = await pop3Frontdoor(t, 'starttls');
-    const c = await open(t, fd, false);
+    const c = await openGreeted(t, fd, false);
     c.write('STLS\r\nUSER mallory\r\nPASS evil\r\n');
     assert.equal(await c.readToClose(), '-ERR Data after STLS refused\r\n');
     assert.equal(fd.requests.length, 0);
@@ -471,7 +439,7 @@ describe('cleartext and STLS', () => {
 
   test('a USER given before STLS is forgotten after it', async (t) => {
     const fd = await pop3Frontdoor(t, 'starttls', { cleartext: true });
-    const c = await open(t, fd, false);
+    const c = await openGreeted(t, fd, false);
     assert.equal(await send(c, 'USER alice'), '+OK Send PASS');
     assert.equal(await send(c, 'STLS'), '+OK Begin TLS negotiation now');
     await c.startTls();
@@ -483,7 +451,7 @@ describe('cleartext and STLS', () => {
 describe('limits before login', () => {
   test('valid commands before login are capped too', async (t) => {
     const fd = await pop3Frontdoor(t, 'implicit', { limits: { preauthCommands: 5 } });
-    const c = await open(t, fd, true);
+    const c = await openGreeted(t, fd, true);
     for (let i = 0; i < 5; i++) assert.equal((await sendMulti(c, 'CAPA'))[0], CAPA_HEAD);
     c.write('CAPA\r\nCAPA\r\n');
     assert.equal(await c.readToClose(), '-ERR Too many commands before login\r\n');
@@ -492,7 +460,7 @@ describe('limits before login', () => {
 
   test('idle too long before login: -ERR [SYS/TEMP] and closed', async (t) => {
     const fd = await pop3Frontdoor(t, 'none', { limits: { preauthIdleMs: 150 } });
-    const c = await open(t, fd, false);
+    const c = await openGreeted(t, fd, false);
     assert.equal(await c.readToClose(), '-ERR [SYS/TEMP] Autologout; idle too long\r\n');
     assert.equal(await rejections(fd, 'idle_timeout'), 1);
   });
@@ -508,7 +476,7 @@ describe('limits before login', () => {
 
   test('an HTTP request line is closed without a POP3 answer', async (t) => {
     const fd = await pop3Frontdoor(t, 'none');
-    const c = await open(t, fd, false);
+    const c = await openGreeted(t, fd, false);
     c.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
     assert.equal(await c.readToClose(), '');
     assert.equal(await rejections(fd, 'http_request'), 1);
@@ -516,7 +484,7 @@ describe('limits before login', () => {
 
   test('a line exactly at the limit is answered; one byte over: -ERR and closed', async (t) => {
     const fd = await pop3Frontdoor(t, 'none', { limits: { lineBytes: 600 } });
-    const c = await open(t, fd, false);
+    const c = await openGreeted(t, fd, false);
     const at = `STAT ${'x'.repeat(600 - 5)}`;
     assert.equal(Buffer.byteLength(at), 600);
     assert.equal(await send(c, at), UNKNOWN);
@@ -527,7 +495,7 @@ describe('limits before login', () => {
 
   test('server shutdown: -ERR [SYS/TEMP] before login', async (t) => {
     const fd = await startFrontdoor({ protocol: 'pop3', tls: 'none' });
-    const c = await open(t, fd, false);
+    const c = await openGreeted(t, fd, false);
     const closing = fd.close();
     assert.equal(await c.readToClose(), '-ERR [SYS/TEMP] Server shutting down, try again later\r\n');
     await closing;

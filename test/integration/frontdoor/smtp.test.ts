@@ -3,56 +3,30 @@ import { once } from 'node:events';
 import { after, before, describe, test } from 'node:test';
 import type { LoginOutcome } from '../../../src/core/types.js';
 import { type FailureReason, LOGIN_RESULTS } from '../../../src/errors.js';
-import type { WireLimits } from '../../../src/protocols/imap/limits.js';
 import { smtpReply } from '../../../src/protocols/smtp/replies.js';
 import { until } from '../../helpers/deadline.js';
 import { RawImapClient } from '../../helpers/imap-client.js';
-import { type Decide, type Frontdoor, metricValue, SMTP_UPSTREAM_CAPS, startFrontdoor } from './harness.js';
+import {
+  b64,
+  CLEAR_NAME,
+  type Frontdoor,
+  frontdoorFor,
+  logins,
+  metricValue,
+  openGreeted,
+  plainIr,
+  rejections,
+  SMTP_UPSTREAM_CAPS,
+  startFrontdoor,
+} from './harness.js';
 
-const NAME = 'mx.test';
-const GREETING = `220 ${NAME} ESMTP imap-oauth-proxy ready`;
-const b64 = (s: string) => Buffer.from(s).toString('base64');
-const plainIr = (user: string, pw: string, authzid = '') => b64(`${authzid}\0${user}\0${pw}`);
+const NAME = CLEAR_NAME;
 /** The safe part of SMTP_UPSTREAM_CAPS, in the order the front door lists them. */
 const SHARED = ['PIPELINING', '8BITMIME', 'SIZE 40000000', 'ENHANCEDSTATUSCODES', 'CHUNKING'];
 const USERNAME_CHALLENGE = `334 ${b64('Username:')}`;
 const PASSWORD_CHALLENGE = `334 ${b64('Password:')}`;
 
-type Tls = 'none' | 'starttls' | 'implicit';
-
-async function smtpFrontdoor(
-  t: { after: (fn: () => Promise<void>) => void },
-  tls: Tls,
-  opts: {
-    cleartext?: boolean;
-    limits?: Partial<WireLimits>;
-    decide?: Decide;
-    upstreams?: ReadonlyArray<readonly string[] | undefined>;
-  } = {},
-): Promise<Frontdoor> {
-  const fd = await startFrontdoor(
-    { protocol: 'smtp', tls, server_name: NAME, allow_cleartext_login: opts.cleartext ?? false },
-    {
-      limits: { badCommands: 100, ...opts.limits },
-      ...(opts.decide ? { decide: opts.decide } : {}),
-      ...(opts.upstreams ? { smtpUpstreams: opts.upstreams } : {}),
-    },
-  );
-  t.after(() => fd.close());
-  return fd;
-}
-
-/** Connects and reads the greeting (implicit TLS listeners get a TLS client). */
-async function open(
-  t: { after: (fn: () => void) => void },
-  fd: Frontdoor,
-  tls: boolean,
-): Promise<RawImapClient> {
-  const c = await RawImapClient.connect(fd.port, { tls });
-  t.after(() => c.close());
-  assert.equal(await c.readLine(), GREETING);
-  return c;
-}
+const smtpFrontdoor = frontdoorFor('smtp');
 
 /** One whole reply: every `NNN-` line and the closing `NNN ` line. */
 async function reply(c: RawImapClient): Promise<string[]> {
@@ -75,15 +49,10 @@ function ehloReply(lines: string[]): string[] {
   return all.map((l, i) => `250${i === all.length - 1 ? ' ' : '-'}${l}`);
 }
 
-const rejections = (fd: Frontdoor, reason: string) =>
-  metricValue(fd.metrics, 'imap_proxy_preauth_rejections_total', { protocol: 'smtp', reason });
-const logins = (fd: Frontdoor, result: string) =>
-  metricValue(fd.metrics, 'imap_proxy_logins_total', { protocol: 'smtp', result });
-
 describe('greeting and EHLO', () => {
   test('EHLO lists only the safe extensions the upstream has, never BURL or its AUTH XOAUTH2', async (t) => {
     const fd = await smtpFrontdoor(t, 'implicit');
-    const c = await open(t, fd, true);
+    const c = await openGreeted(t, fd, true);
     const ehlo = await send(c, 'EHLO client.example');
     assert.deepEqual(ehlo, ehloReply([...SHARED, 'AUTH PLAIN LOGIN', 'HELP']));
     assert.doesNotMatch(ehlo.join('\n'), /BURL|XOAUTH2|OAUTHBEARER|STARTTLS/);
@@ -102,7 +71,7 @@ describe('greeting and EHLO', () => {
       'AUTH LOGIN XOAUTH2',
     ];
     const fd = await smtpFrontdoor(t, 'implicit', { upstreams: [SMTP_UPSTREAM_CAPS, other] });
-    const c = await open(t, fd, true);
+    const c = await openGreeted(t, fd, true);
     assert.deepEqual(
       await send(c, 'EHLO client.example'),
       ehloReply([
@@ -118,13 +87,13 @@ describe('greeting and EHLO', () => {
 
   test('an upstream not contacted yet: no extension is advertised', async (t) => {
     const fd = await smtpFrontdoor(t, 'implicit', { upstreams: [SMTP_UPSTREAM_CAPS, undefined] });
-    const c = await open(t, fd, true);
+    const c = await openGreeted(t, fd, true);
     assert.deepEqual(await send(c, 'EHLO client.example'), ehloReply(['AUTH PLAIN LOGIN', 'HELP']));
   });
 
   test('STARTTLS listener: STARTTLS and no AUTH before TLS; AUTH and no STARTTLS after; the version is counted', async (t) => {
     const fd = await smtpFrontdoor(t, 'starttls');
-    const c = await open(t, fd, false);
+    const c = await openGreeted(t, fd, false);
     assert.deepEqual(await send(c, 'EHLO client.example'), ehloReply([...SHARED, 'STARTTLS', 'HELP']));
     assert.deepEqual(await send(c, 'STARTTLS now'), ['501 5.5.4 Syntax: STARTTLS']);
     assert.deepEqual(await send(c, 'STARTTLS'), ['220 2.0.0 Ready to start TLS']);
@@ -146,11 +115,11 @@ describe('greeting and EHLO', () => {
 
   test('cleartext listener: no STARTTLS; AUTH only where cleartext login is allowed', async (t) => {
     const closed = await smtpFrontdoor(t, 'none');
-    const c1 = await open(t, closed, false);
+    const c1 = await openGreeted(t, closed, false);
     assert.deepEqual(await send(c1, 'EHLO client.example'), ehloReply([...SHARED, 'HELP']));
     assert.deepEqual(await send(c1, 'STARTTLS'), ['502 5.5.1 STARTTLS not offered here']);
     const allowed = await smtpFrontdoor(t, 'none', { cleartext: true });
-    const c2 = await open(t, allowed, false);
+    const c2 = await openGreeted(t, allowed, false);
     assert.deepEqual(
       await send(c2, 'EHLO client.example'),
       ehloReply([...SHARED, 'AUTH PLAIN LOGIN', 'HELP']),
@@ -170,7 +139,7 @@ describe('AUTH', () => {
   const last = () => fd.requests.at(-1)!;
 
   test('AUTH PLAIN with an initial response: 235, and the core gets login, password, mechanism, protocol', async (t) => {
-    const c = await open(t, fd, true);
+    const c = await openGreeted(t, fd, true);
     await send(c, 'EHLO client.example');
     assert.deepEqual(await send(c, `AUTH PLAIN ${plainIr('alice@example.com', 'pä ss')}`), [
       '235 2.7.0 Authentication successful',
@@ -184,14 +153,14 @@ describe('AUTH', () => {
   });
 
   test('AUTH PLAIN with a 334 continuation; an authzid equal to the login is accepted', async (t) => {
-    const c = await open(t, fd, true);
+    const c = await openGreeted(t, fd, true);
     assert.deepEqual(await send(c, 'auth plain'), ['334 ']);
     assert.deepEqual(await send(c, plainIr('bob', 'pw2', 'bob')), ['235 2.7.0 Authentication successful']);
     assert.deepEqual([last().login, last().password, last().mechanism], ['bob', 'pw2', 'AUTH PLAIN']);
   });
 
   test('AUTH LOGIN asks Username: and Password: in base64', async (t) => {
-    const c = await open(t, fd, true);
+    const c = await openGreeted(t, fd, true);
     assert.deepEqual(await send(c, 'AUTH LOGIN'), [USERNAME_CHALLENGE]);
     assert.deepEqual(await send(c, b64('carol')), [PASSWORD_CHALLENGE]);
     assert.deepEqual(await send(c, b64('pw 3')), ['235 2.7.0 Authentication successful']);
@@ -199,7 +168,7 @@ describe('AUTH', () => {
   });
 
   test('AUTH LOGIN with the user on the AUTH line asks only for the password', async (t) => {
-    const c = await open(t, fd, true);
+    const c = await openGreeted(t, fd, true);
     assert.deepEqual(await send(c, `AUTH LOGIN ${b64('dave')}`), [PASSWORD_CHALLENGE]);
     assert.deepEqual(await send(c, b64('pw4')), ['235 2.7.0 Authentication successful']);
     assert.deepEqual([last().login, last().password, last().mechanism], ['dave', 'pw4', 'AUTH LOGIN']);
@@ -207,7 +176,7 @@ describe('AUTH', () => {
 
   test('* cancels at every step with 501 5.5.2; bad base64 501; unknown mechanism 504; bad syntax 501', async (t) => {
     const before = fd.requests.length;
-    const c = await open(t, fd, true);
+    const c = await openGreeted(t, fd, true);
     const cancelled = ['501 5.5.2 Authentication cancelled'];
     assert.deepEqual(await send(c, 'AUTH PLAIN'), ['334 ']);
     assert.deepEqual(await send(c, '*'), cancelled);
@@ -239,13 +208,13 @@ describe('AUTH', () => {
   });
 
   test('AUTH LOGIN with = on the AUTH line asks for the user name', async (t) => {
-    const c = await open(t, fd, true);
+    const c = await openGreeted(t, fd, true);
     assert.deepEqual(await send(c, 'AUTH LOGIN ='), [USERNAME_CHALLENGE]);
     assert.deepEqual(await send(c, '*'), ['501 5.5.2 Authentication cancelled']);
   });
 
   test('upstreamKeeps: after EHLO it refuses an upstream lacking a promised extension or with a smaller SIZE', async (t) => {
-    const c = await open(t, fd, true);
+    const c = await openGreeted(t, fd, true);
     await send(c, 'EHLO client.example');
     assert.deepEqual(await send(c, `AUTH PLAIN ${plainIr('gina', 'pw')}`), [
       '235 2.7.0 Authentication successful',
@@ -259,21 +228,21 @@ describe('AUTH', () => {
   });
 
   test('AUTH after a plain HELO (or no greeting at all) works and promises nothing', async (t) => {
-    const c = await open(t, fd, true);
+    const c = await openGreeted(t, fd, true);
     assert.deepEqual(await send(c, 'HELO old-device'), [`250 ${NAME}`]);
     assert.deepEqual(await send(c, `AUTH PLAIN ${plainIr('henry', 'pw')}`), [
       '235 2.7.0 Authentication successful',
     ]);
     assert.equal(last().login, 'henry');
     assert.equal(last().upstreamKeeps, undefined);
-    const d = await open(t, fd, true);
+    const d = await openGreeted(t, fd, true);
     assert.deepEqual(await send(d, `AUTH LOGIN ${b64('ida')}`), [PASSWORD_CHALLENGE]);
     assert.deepEqual(await send(d, b64('pw')), ['235 2.7.0 Authentication successful']);
     assert.equal(last().upstreamKeeps, undefined);
   });
 
   test('bytes pipelined behind AUTH reach the upstream after 235, in order, and come back spliced', async (t) => {
-    const c = await open(t, fd, true);
+    const c = await openGreeted(t, fd, true);
     await send(c, 'EHLO client.example');
     const behind =
       'MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nDATA\r\nSubject: x\r\n\r\nhi\r\n.\r\n';
@@ -320,7 +289,7 @@ describe('login failures', () => {
   test('every failure reason is answered with its RFC 3463 reply, and counted', async (t) => {
     let next: LoginOutcome = { ok: false, reason: 'bad_credentials' };
     const fd = await smtpFrontdoor(t, 'implicit', { decide: () => next, limits: { failedLogins: 100 } });
-    const c = await open(t, fd, true);
+    const c = await openGreeted(t, fd, true);
     for (const reason of LOGIN_RESULTS.filter((r) => r !== 'success' && r !== 'aborted')) {
       next = { ok: false, reason };
       assert.deepEqual(
@@ -336,7 +305,7 @@ describe('login failures', () => {
   test('the extra words of a failure follow its text: where to reconnect, what to enable', async (t) => {
     let next: LoginOutcome = { ok: false, reason: 'bad_credentials' };
     const fd = await smtpFrontdoor(t, 'implicit', { decide: () => next, limits: { failedLogins: 100 } });
-    const c = await open(t, fd, true);
+    const c = await openGreeted(t, fd, true);
     const cases: Array<[FailureReason, string, string]> = [
       [
         'needs_consent',
@@ -373,7 +342,7 @@ describe('login failures', () => {
         return { ok: false, reason: 'upstream_unavailable' };
       },
     });
-    const c = await open(t, fd, true);
+    const c = await openGreeted(t, fd, true);
     assert.deepEqual(await send(c, `AUTH PLAIN ${plainIr('alice', 'pw')}`), [
       '454 4.7.0 Timed out; try again later',
     ]);
@@ -385,7 +354,7 @@ describe('login failures', () => {
   test('three wrong passwords close the connection; the fourth is never tried; outages do not count', async (t) => {
     let reason: FailureReason = 'upstream_unavailable';
     const fd = await smtpFrontdoor(t, 'implicit', { decide: () => ({ ok: false, reason }) });
-    const c = await open(t, fd, true);
+    const c = await openGreeted(t, fd, true);
     for (let i = 0; i < 3; i++)
       assert.deepEqual(await send(c, `AUTH PLAIN ${plainIr('alice', 'pw')}`), [
         '454 4.7.0 Mail server unavailable; try again later',
@@ -412,7 +381,7 @@ describe('login failures', () => {
 describe('cleartext and STARTTLS', () => {
   test('AUTH before STARTTLS: 538 5.7.11, counted privacy_required, the core never sees the password', async (t) => {
     const fd = await smtpFrontdoor(t, 'starttls');
-    const c = await open(t, fd, false);
+    const c = await openGreeted(t, fd, false);
     await send(c, 'EHLO client.example');
     const refused = ['538 5.7.11 Encryption required: use STARTTLS or implicit TLS before AUTH'];
     assert.deepEqual(await send(c, `AUTH PLAIN ${plainIr('alice', 'pw')}`), refused);
@@ -430,7 +399,7 @@ describe('cleartext and STARTTLS', () => {
 
   test('bytes pipelined behind STARTTLS: 421, closed, counted starttls_injection', async (t) => {
     const fd = await smtpFrontdoor(t, 'starttls');
-    const c = await open(t, fd, false);
+    const c = await openGreeted(t, fd, false);
     c.write(`STARTTLS\r\nAUTH PLAIN ${plainIr('mallory', 'evil')}\r\n`);
     assert.equal(await c.readToClose(), `421 4.7.0 ${NAME} Data after STARTTLS refused\r\n`);
     assert.equal(fd.requests.length, 0);
@@ -441,7 +410,7 @@ describe('cleartext and STARTTLS', () => {
 describe('commands and limits before AUTH', () => {
   test('mail commands need AUTH; VRFY and EXPN are not offered; unknown is 500; RSET NOOP HELP QUIT', async (t) => {
     const fd = await smtpFrontdoor(t, 'none');
-    const c = await open(t, fd, false);
+    const c = await openGreeted(t, fd, false);
     for (const cmd of ['MAIL FROM:<a@example.com>', 'RCPT TO:<b@example.org>', 'DATA', 'BDAT 10 LAST'])
       assert.deepEqual(await send(c, cmd), ['530 5.7.0 Authentication required'], cmd);
     assert.deepEqual(await send(c, 'VRFY alice'), ['502 5.5.1 Command not implemented']);
@@ -459,7 +428,7 @@ describe('commands and limits before AUTH', () => {
 
   test('too many bad commands: each answered, then 421 and closed', async (t) => {
     const fd = await smtpFrontdoor(t, 'none', { limits: { badCommands: 3 } });
-    const c = await open(t, fd, false);
+    const c = await openGreeted(t, fd, false);
     assert.deepEqual(await send(c, 'MAIL FROM:<a@b>'), ['530 5.7.0 Authentication required']);
     assert.deepEqual(await send(c, 'FOO'), ['500 5.5.2 Command not recognized']);
     c.write('VRFY x\r\nNOOP\r\n');
@@ -473,7 +442,7 @@ describe('commands and limits before AUTH', () => {
 
   test('valid commands before AUTH are capped too', async (t) => {
     const fd = await smtpFrontdoor(t, 'none', { limits: { preauthCommands: 5 } });
-    const c = await open(t, fd, false);
+    const c = await openGreeted(t, fd, false);
     for (let i = 0; i < 5; i++) assert.deepEqual(await send(c, 'NOOP'), ['250 2.0.0 OK']);
     c.write('NOOP\r\nNOOP\r\n');
     assert.equal(await c.readToClose(), `421 4.7.0 ${NAME} Too many commands before authentication\r\n`);
@@ -482,7 +451,7 @@ describe('commands and limits before AUTH', () => {
 
   test('idle too long before AUTH: 421 4.4.2 and closed', async (t) => {
     const fd = await smtpFrontdoor(t, 'none', { limits: { preauthIdleMs: 150 } });
-    const c = await open(t, fd, false);
+    const c = await openGreeted(t, fd, false);
     assert.equal(await c.readToClose(), `421 4.4.2 ${NAME} Idle too long, closing connection\r\n`);
     assert.equal(await rejections(fd, 'idle_timeout'), 1);
   });
@@ -500,7 +469,7 @@ describe('commands and limits before AUTH', () => {
 
   test('an HTTP request line is closed without an SMTP answer', async (t) => {
     const fd = await smtpFrontdoor(t, 'none');
-    const c = await open(t, fd, false);
+    const c = await openGreeted(t, fd, false);
     c.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
     assert.equal(await c.readToClose(), '');
     assert.equal(await rejections(fd, 'http_request'), 1);
@@ -508,7 +477,7 @@ describe('commands and limits before AUTH', () => {
 
   test('a line exactly at the limit is answered; one byte over: 421 and closed', async (t) => {
     const fd = await smtpFrontdoor(t, 'none', { limits: { lineBytes: 600 } });
-    const c = await open(t, fd, false);
+    const c = await openGreeted(t, fd, false);
     const at = `NOOP ${'x'.repeat(600 - 5)}`;
     assert.equal(Buffer.byteLength(at), 600);
     assert.deepEqual(await send(c, at), ['250 2.0.0 OK']);
@@ -519,7 +488,7 @@ describe('commands and limits before AUTH', () => {
 
   test('server shutdown: 421 before AUTH', async (t) => {
     const fd = await startFrontdoor({ protocol: 'smtp', tls: 'none', server_name: NAME });
-    const c = await open(t, fd, false);
+    const c = await openGreeted(t, fd, false);
     const closing = fd.close();
     assert.equal(await c.readToClose(), `421 4.7.0 ${NAME} Server shutting down, try again later\r\n`);
     await closing;
