@@ -139,9 +139,9 @@ export function createListener(cfg: ListenerConfig, deps: ListenerDeps): Listene
   if (deps.maxConnections !== undefined) server.maxConnections = deps.maxConnections;
   const log = deps.log.child({ listener: cfg.name });
 
-  const refuse = (set: Settings, raw: Socket, reason: RejectReason) => {
+  const refuse = (set: Settings, raw: Socket, reason: RejectReason, level: 'info' | 'debug' = 'info') => {
     metrics.preauthRejections.inc({ protocol: set.cfg.protocol, reason });
-    log.info({ reason, client: plainAddress(raw.remoteAddress ?? '') }, 'connection refused before login');
+    log[level]({ reason, client: plainAddress(raw.remoteAddress ?? '') }, 'connection refused before login');
     raw.destroy();
   };
 
@@ -157,7 +157,8 @@ export function createListener(cfg: ListenerConfig, deps: ListenerDeps): Listene
       protocol: set.cfg.protocol,
       reason: 'address_locked',
       metrics,
-      done: () => refuse(set, raw, 'address_locked'),
+      // The tarpit logged the address once; a line per connection would cost more than the connection.
+      done: () => refuse(set, raw, 'address_locked', 'debug'),
     });
     if (!held) refuse(set, raw, 'address_locked');
   };

@@ -75,6 +75,7 @@ export abstract class PreauthBase implements FrontDoorSession {
   private loginAbort: AbortController | undefined;
   /** Present while the connection waits in the tarpit before its goodbye. */
   private tarpitHold: TarpitHold | undefined;
+  private quietRefusal = false;
   private firstChunk = true;
   private endReason = 'client_closed';
   private loginResult: LoginResult | undefined;
@@ -172,6 +173,8 @@ export abstract class PreauthBase implements FrontDoorSession {
       metrics: this.base.metrics,
       done: () => {
         this.tarpitHold = undefined;
+        // The tarpit logged the address once: this refusal goes to the debug log.
+        this.quietRefusal = true;
         this.reject(place);
       },
     });
@@ -434,7 +437,7 @@ export abstract class PreauthBase implements FrontDoorSession {
   protected reject(reason: RejectReason, text?: string): void {
     if (this.state === 'closed') return;
     this.base.metrics.preauthRejections.inc({ protocol: this.protocol, reason });
-    this.log.info({ reason }, 'connection refused before login');
+    this.log[this.quietRefusal ? 'debug' : 'info']({ reason }, 'connection refused before login');
     const words = text ?? this.closeTexts[reason];
     this.close(reason, words === undefined ? undefined : this.goodbye(reason, words));
   }
@@ -472,7 +475,7 @@ export abstract class PreauthBase implements FrontDoorSession {
     this.finishedOnce = true;
     this.sessionGauge(this.phase).dec();
     // The one summary line per session an admin greps for: how it ended and what it moved.
-    this.log.info(
+    this.log[this.quietRefusal ? 'debug' : 'info'](
       {
         result: this.loginResult ?? 'none',
         reason: this.phase === 'spliced' ? reason : this.endReason,
