@@ -30,6 +30,7 @@ export const pct = (xs: number[], p: number) => {
   return s.length ? s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)]! : Number.NaN;
 };
 export const r2 = (x: number) => Math.round(x * 100) / 100;
+const r3 = (x: number) => Math.round(x * 1000) / 1000;
 const mb = (bytes: number) => r2(bytes / 2 ** 20);
 const load = () => loadavg().map((x) => r2(x)) as [number, number, number];
 
@@ -220,10 +221,43 @@ export async function trickle(env: Env) {
   });
 }
 
+/** A login of the real user every `everyMs` until `stop` resolves (latencies and errors). */
+async function paced(env: Env, r: Running, everyMs: number, stop: Promise<unknown>): Promise<LoginsResult> {
+  let done = false;
+  void stop.then(() => {
+    done = true;
+  });
+  const all: LoginsResult = { count: 0, errors: 0, latenciesMs: [] };
+  while (!done) {
+    const u = await legitLogins(env, r, 1);
+    all.count += u.count;
+    all.errors += u.errors;
+    all.firstError ??= u.firstError;
+    all.latenciesMs.push(...u.latenciesMs);
+    await Promise.race([stop, new Promise((res) => setTimeout(res, everyMs))]);
+  }
+  return all;
+}
+
+const summary = (u: LoginsResult) => ({
+  ok: u.count,
+  errors: u.errors,
+  ...(u.firstError ? { firstError: u.firstError } : {}),
+  p50ms: r2(pct(u.latenciesMs, 50)),
+  p99ms: r2(pct(u.latenciesMs, 99)),
+});
+
 export async function spray(env: Env) {
   const attempts = env.quick ? 1000 : 10_000;
   return withProxy(env, 'spray', { defaultLimits: true }, async (r) => {
     await legitLogins(env, r, 5);
+    const unloaded = await legitLogins(env, r, 30);
+    // The proxy's own CPU without the attack, the real user logging in at the same pace: what the attack adds is the difference.
+    const everyMs = env.quick ? 1000 : 10_000;
+    const quietSeconds = env.quick ? 5 : 120;
+    const quiet0 = treeCpuSeconds(r.proxy.pid);
+    await paced(env, r, everyMs, new Promise((res) => setTimeout(res, quietSeconds * 1000)));
+    const quietShare = (treeCpuSeconds(r.proxy.pid) - quiet0) / quietSeconds;
     const metric0 = await metric(r.ports.admin, 'imap_proxy_logins_total', 'bad_credentials');
     env.log(`spray: ${attempts} wrong passwords from 127.0.0.1 over 100 connections`);
     const attacker = startGenerator();
@@ -231,6 +265,7 @@ export async function spray(env: Env) {
       const load0 = load();
       const cpu0 = treeCpuSeconds(r.proxy.pid);
       const t0 = performance.now();
+      // The tarpit sets the attack's pace (100 connections per tarpit_seconds): 10,000 guesses take ~17 min.
       const sprayed = attacker.run<{
         attempts: number;
         badCredentials: number;
@@ -239,34 +274,39 @@ export async function spray(env: Env) {
         other: number;
         connections: number;
         elapsed: number;
-      }>({
-        kind: 'spray',
-        target: { port: r.ports.plain, tls: false, localAddress: '127.0.0.1' },
-        connections: 100,
-        attempts,
-        users: 500,
-        durationMs: env.quick ? 60_000 : 180_000,
-      });
-      const real = legitLogins(env, r, env.quick ? 10 : 30);
+      }>(
+        {
+          kind: 'spray',
+          target: { port: r.ports.plain, tls: false, localAddress: '127.0.0.1' },
+          connections: 100,
+          attempts,
+          users: 500,
+          durationMs: env.quick ? 12_000 : 1_200_000,
+        },
+        1_300_000,
+      );
+      // The real user logs in throughout the attack, every 1 s (quick) or 10 s.
+      const real = paced(env, r, everyMs, sprayed);
       const s = await sprayed;
       const wall = (performance.now() - t0) / 1000;
       const cpu = treeCpuSeconds(r.proxy.pid) - cpu0;
       const u = await real;
       const checks = (await metric(r.ports.admin, 'imap_proxy_logins_total', 'bad_credentials')) - metric0;
+      const tarpit = (result: string) =>
+        metric(r.ports.admin, 'imap_proxy_tarpit_connections_total', `result="${result}"`);
       return {
         ...s,
         elapsed: r2(s.elapsed),
+        guessesPerSecond: r2(s.attempts / s.elapsed),
         proxyCpuSeconds: r2(cpu),
-        proxyCpuShareOfCore: r2(cpu / wall),
+        proxyCpuShareOfCore: r3(cpu / wall),
+        withoutAttackCpuShareOfCore: r3(quietShare),
+        attackCpuShareOfCore: r3(cpu / wall - quietShare),
         proxyCpuMsPerAttempt: r2((cpu * 1000) / Math.max(1, s.attempts)),
         targetCpuShareOfCore: 0.01,
         passwordChecks: checks,
-        realUser: {
-          ok: u.count,
-          errors: u.errors,
-          ...(u.firstError ? { firstError: u.firstError } : {}),
-          p50ms: r2(pct(u.latenciesMs, 50)),
-        },
+        tarpit: { held: await tarpit('held'), full: await tarpit('full') },
+        realUser: { unloaded: summary(unloaded), duringAttack: summary(u) },
         preauthRejections: await metric(r.ports.admin, 'imap_proxy_preauth_rejections_total'),
         loadAverage: { before: load0, after: load() },
       };

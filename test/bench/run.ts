@@ -738,9 +738,9 @@ function hostileTables(res: Results, out: string[]): void {
   if (s)
     out.push(
       '',
-      '| password spray from 127.0.0.1 (default limiter) | attempts | password checks | [LIMIT] / closed at accept | proxy CPU s / wall s | share of a core (< 0.01) | real user ok / errors | load avg |',
-      '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
-      `| 100 connections, 500 made-up users | ${s.attempts} | ${s.passwordChecks} | ${s.limited} / ${s.refusedAtAccept} | ${s.proxyCpuSeconds} / ${s.elapsed} | ${s.proxyCpuShareOfCore} | ${s.realUser.ok} / ${s.realUser.errors} | ${s.loadAverage.after[0]} |`,
+      '| password spray from 127.0.0.1 (default limiter and tarpit) | attempts (per s) | password checks | [LIMIT] / closed after the tarpit | held / closed at once | proxy CPU s / wall s | share of a core: all − without the attack = the attack (< 0.01) | real user from 127.0.0.2: ok / errors, p50 / p99 ms unloaded → during | load avg |',
+      '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+      `| 100 connections, 500 made-up users | ${s.attempts} (${s.guessesPerSecond}) | ${s.passwordChecks} | ${s.limited} / ${s.refusedAtAccept} | ${s.tarpit.held} / ${s.tarpit.full} | ${s.proxyCpuSeconds} / ${s.elapsed} | ${s.proxyCpuShareOfCore} − ${s.withoutAttackCpuShareOfCore} = ${s.attackCpuShareOfCore} | ${s.realUser.duringAttack.ok} / ${s.realUser.duringAttack.errors}, ${s.realUser.unloaded.p50ms} / ${s.realUser.unloaded.p99ms} → ${s.realUser.duringAttack.p50ms} / ${s.realUser.duringAttack.p99ms} | ${s.loadAverage.before[0]}–${s.loadAverage.after[0]} |`,
     );
   const k = res.soak;
   if (k)
