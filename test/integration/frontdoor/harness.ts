@@ -4,6 +4,8 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { type AddressInfo, connect, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import fc from 'fast-check';
 import type { ListenerConfig } from '../../../src/config/schema.js';
 import { LoginRunner } from '../../../src/core/login-runner.js';
 import type { LoginOutcome, LoginRequest } from '../../../src/core/types.js';
@@ -17,6 +19,7 @@ import { imapFrontDoor } from '../../../src/protocols/imap/index.js';
 import { DEFAULT_LIMITS, type WireLimits } from '../../../src/protocols/imap/limits.js';
 import { pop3FrontDoor } from '../../../src/protocols/pop3/index.js';
 import { smtpFrontDoor } from '../../../src/protocols/smtp/index.js';
+import { until } from '../../helpers/deadline.js';
 import { RawImapClient } from '../../helpers/imap-client.js';
 
 let pems: { cert: Buffer; key: Buffer; certFile: string } | undefined;
@@ -254,6 +257,9 @@ export const rejections = (fd: Frontdoor, reason: string): Promise<number> =>
 export const logins = (fd: Frontdoor, result: string): Promise<number> =>
   metricValue(fd.metrics, 'imap_proxy_logins_total', { protocol: fd.protocol, result });
 
+/** The lines, each ended by CRLF. */
+export const crlf = (lines: string[]): string => lines.map((l) => `${l}\r\n`).join('');
+
 /** `wire` cut at the given offsets (taken modulo its length), in order; empty pieces dropped. */
 export function cutAt(wire: Buffer, cuts: number[]): Buffer[] {
   const points = [...new Set(cuts.map((n) => n % wire.length))].sort((a, b) => a - b);
@@ -296,6 +302,179 @@ export async function assertSameEverySplit(
     const pieces = [wire.subarray(0, i), wire.subarray(i)];
     assert.equal(await converse(port, greeting, pieces), transcript, `split at ${i}`);
   }
+}
+
+/** Lines SMTP and POP3 share: AUTH in its forms, a SASL cancel and filler, HTTP request lines. */
+const SHARED_VERBS = [
+  'AUTH',
+  'AUTH PLAIN',
+  'AUTH LOGIN',
+  'auth login',
+  `AUTH PLAIN ${b64('\0alice\0pw')}`,
+  `AUTH LOGIN ${b64('alice')}`,
+  'AUTH XOAUTH2',
+  '*',
+  '=',
+  'GET',
+  'POST / HTTP/1.0',
+];
+
+/**
+ * One command line's bytes (no CR or LF inside): a known verb (the protocol's `verbs` or one
+ * SMTP and POP3 share) with noise, noise alone, or `fill` padded to about `lineBytes`.
+ */
+function arbCommandLine(verbs: string[], fill: string, lineBytes: number): fc.Arbitrary<Buffer> {
+  return fc.oneof(
+    fc
+      .tuple(
+        fc.constantFrom(...verbs, ...SHARED_VERBS),
+        fc.option(fc.string({ maxLength: 40 }), { nil: undefined }),
+      )
+      .map(([verb, arg]) => Buffer.from(arg === undefined ? verb : `${verb} ${arg}`)),
+    fc.uint8Array({ maxLength: lineBytes + 60 }).map((a) => Buffer.from(a)),
+    // Lines around the limit: at it they are answered, one over closes the connection.
+    fc
+      .integer({ min: lineBytes - 2, max: lineBytes + 2 })
+      .map((n) => Buffer.concat([Buffer.from(`${fill} `), Buffer.alloc(n - fill.length - 1, 0x78)])),
+  );
+}
+
+/** How a protocol's replies to random lines are judged. */
+export interface RandomLinesRules {
+  /** Splits what the server said into replies, asserting each is well formed. */
+  replies(got: string): string[];
+  /** The last reply may end a connection: QUIT's answer or a closing reply. */
+  ends(last: string): boolean;
+  /** QUIT was answered. */
+  quitAnswered(said: string[], got: string): boolean;
+  /** The closing reply to a line over `lineBytes`. */
+  tooLong: string;
+  lineBytes: number;
+  /** Anything else every transcript must show. */
+  more?(said: string[]): void;
+}
+
+/**
+ * Random lines, however chunked, then `*` and QUIT: well-formed replies only, and the
+ * connection always ends (QUIT's answer, a closing reply, or silence after an HTTP line; too
+ * long only for a line over the limit); afterwards no pre-auth session is left and the listener
+ * still greets.
+ */
+async function assertRandomLines(
+  fd: Frontdoor,
+  arbLine: fc.Arbitrary<Buffer>,
+  runs: number,
+  rules: RandomLinesRules,
+): Promise<void> {
+  const greeting = CLEAR_GREETING[fd.protocol]!;
+  await fc.assert(
+    fc.asyncProperty(
+      fc.array(arbLine, { minLength: 1, maxLength: 6 }),
+      fc.array(fc.nat(), { maxLength: 6 }),
+      async (lines, cuts) => {
+        const clean = lines.map((l) => Buffer.from(l.filter((b) => b !== 0x0a && b !== 0x0d)));
+        // A trailing `*` ends any SASL exchange the noise began, so QUIT is read as a command.
+        const wire = Buffer.concat([
+          ...clean.flatMap((l) => [l, Buffer.from('\r\n')]),
+          Buffer.from('*\r\nQUIT\r\n'),
+        ]);
+        const got = await converse(fd.port, greeting, cutAt(wire, cuts));
+        const said = rules.replies(got);
+        const lastReply = said.at(-1) ?? '';
+        const http = clean.some((l) => /^[A-Z]+ \S+ HTTP\/\d/.test(l.toString('latin1')));
+        assert.ok(
+          rules.ends(lastReply) || (http && !rules.quitAnswered(said, got)),
+          `ends with QUIT's answer, a closing reply, or silence after an HTTP line: ${JSON.stringify(got)}`,
+        );
+        if (lastReply === rules.tooLong)
+          assert.ok(
+            clean.some((l) => l.length > rules.lineBytes),
+            'only a line over the limit is refused as too long',
+          );
+        rules.more?.(said);
+      },
+    ),
+    { numRuns: runs },
+  );
+  const preauth = { protocol: fd.protocol, phase: 'preauth' };
+  await until(
+    async () => (await metricValue(fd.metrics, 'imap_proxy_active_sessions', preauth)) === 0,
+    5000,
+    'every pre-auth session to end',
+  );
+  const c = await RawImapClient.connect(fd.port);
+  try {
+    assert.equal(await c.readLine(), greeting, 'still serving');
+  } finally {
+    c.close();
+  }
+}
+
+/**
+ * The suite "<PROTOCOL> front door under random input" on a cleartext listener where every
+ * login fails: random lines judged by `rules` (see assertRandomLines), and endless noise cut off
+ * at the line limit with `rules.tooLong`, named `tooLongName` in the title.
+ */
+export function describeRandomInput(
+  protocol: 'smtp' | 'pop3',
+  o: { verbs: string[]; fill: string; runs: number; tooLongName: string; rules: RandomLinesRules },
+): void {
+  const { rules, runs } = o;
+  describe(`${protocol.toUpperCase()} front door under random input`, () => {
+    const listener = suiteListener(protocol, { lineBytes: rules.lineBytes });
+
+    test('random command lines, however chunked: well-formed replies only, and the connection always ends', async () => {
+      await assertRandomLines(listener(), arbCommandLine(o.verbs, o.fill, rules.lineBytes), runs, rules);
+    });
+
+    test(`bytes without a line end are never held past the limit: ${o.tooLongName} without waiting for LF`, async () => {
+      await assertLongNoiseRefused(listener(), rules.lineBytes, `${rules.tooLong}\r\n`, runs);
+    });
+  });
+}
+
+/**
+ * A cleartext listener of `protocol` with login allowed and every login refused as
+ * bad_credentials, up for the tests of the current suite.
+ */
+export function suiteListener(protocol: 'smtp' | 'pop3', limits: Partial<WireLimits>): () => Frontdoor {
+  let fd: Frontdoor | undefined;
+  before(async () => {
+    fd = await startFrontdoor(
+      {
+        protocol,
+        tls: 'none',
+        allow_cleartext_login: true,
+        ...(protocol === 'smtp' ? { server_name: CLEAR_NAME } : {}),
+      },
+      { limits, decide: () => ({ ok: false, reason: 'bad_credentials' }) },
+    );
+  });
+  after(() => fd?.close());
+  return () => {
+    assert.ok(fd, 'the listener is up');
+    return fd;
+  };
+}
+
+/** Noise without a line end, however chunked, is refused with `reply` once past `lineBytes`, without waiting for LF. */
+async function assertLongNoiseRefused(
+  fd: Frontdoor,
+  lineBytes: number,
+  reply: string,
+  runs: number,
+): Promise<void> {
+  await fc.assert(
+    fc.asyncProperty(
+      fc.uint8Array({ minLength: lineBytes + 2, maxLength: 4 * lineBytes }),
+      fc.array(fc.nat(), { maxLength: 4 }),
+      async (noise, cuts) => {
+        const wire = Buffer.from(noise.map((b) => (b === 0x0a ? 0x20 : b)));
+        assert.equal(await converse(fd.port, CLEAR_GREETING[fd.protocol]!, cutAt(wire, cuts)), reply);
+      },
+    ),
+    { numRuns: runs },
+  );
 }
 
 /** The SMTP server name of the listeners below. */
