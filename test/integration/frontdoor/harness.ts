@@ -558,3 +558,91 @@ export async function openGreeted(
   assert.equal(await c.readLine(), CLEAR_GREETING[fd.protocol]);
   return c;
 }
+
+/** A protocol's words for the limits before login. */
+export interface PreauthLimitWords {
+  /** What login is called in the titles: `login` or `AUTH`. */
+  login: string;
+  /** `a POP3` or `an SMTP`, as the titles say it. */
+  anAnswer: string;
+  /** Sends a command line and returns its reply (multi-line replies read whole) as one string. */
+  exchange(c: RawImapClient, line: string): Promise<string>;
+  /** A valid command before login, and its reply's first line. */
+  valid: [line: string, reply: string];
+  /** A command that still takes an argument up to the line limit, and its reply. */
+  filler: [verb: string, reply: string];
+  /** The first line a client that talks before the greeting sends, and everything it then gets. */
+  talkFirst: [line: string, got: string];
+  /** The closing replies, CRLF included, and the code each title names. */
+  tooManyCommands: string;
+  idle: [code: string, reply: string];
+  lineTooLong: [code: string, reply: string];
+  shutdown: [code: string, reply: string];
+}
+
+/**
+ * The limits every front door keeps before login, as tests: a cap on valid commands, the idle
+ * timeout, talking before the greeting, an HTTP request line, the line limit, server shutdown.
+ */
+export function preauthLimitTests(protocol: 'smtp' | 'pop3', w: PreauthLimitWords): void {
+  const frontdoor = frontdoorFor(protocol);
+
+  test(`valid commands before ${w.login} are capped too`, async (t) => {
+    const fd = await frontdoor(t, 'none', { limits: { preauthCommands: 5 } });
+    const c = await openGreeted(t, fd, false);
+    const [line, reply] = w.valid;
+    for (let i = 0; i < 5; i++) assert.equal((await w.exchange(c, line)).split('\n')[0], reply);
+    c.write(`${line}\r\n${line}\r\n`);
+    assert.equal(await c.readToClose(), w.tooManyCommands);
+    assert.equal(await rejections(fd, 'too_many_commands'), 1);
+  });
+
+  test(`idle too long before ${w.login}: ${w.idle[0]} and closed`, async (t) => {
+    const fd = await frontdoor(t, 'none', { limits: { preauthIdleMs: 150 } });
+    const c = await openGreeted(t, fd, false);
+    assert.equal(await c.readToClose(), w.idle[1]);
+    assert.equal(await rejections(fd, 'idle_timeout'), 1);
+  });
+
+  test('talking before the greeting: no greeting, closed, counted', async (t) => {
+    const fd = await frontdoor(t, 'none', { limits: { greetingDelayMs: 10_000 }, cleartext: true });
+    const c = await RawImapClient.connect(fd.port);
+    t.after(() => c.close());
+    c.write(`${w.talkFirst[0]}\r\n`);
+    assert.equal(await c.readToClose(), w.talkFirst[1]);
+    assert.equal(await rejections(fd, 'talk_before_greeting'), 1);
+  });
+
+  test(`an HTTP request line is closed without ${w.anAnswer} answer`, async (t) => {
+    const fd = await frontdoor(t, 'none');
+    const c = await openGreeted(t, fd, false);
+    c.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+    assert.equal(await c.readToClose(), '');
+    assert.equal(await rejections(fd, 'http_request'), 1);
+  });
+
+  test(`a line exactly at the limit is answered; one byte over: ${w.lineTooLong[0]} and closed`, async (t) => {
+    const fd = await frontdoor(t, 'none', { limits: { lineBytes: 600 } });
+    const c = await openGreeted(t, fd, false);
+    const [verb, reply] = w.filler;
+    const at = `${verb} ${'x'.repeat(600 - verb.length - 1)}`;
+    assert.equal(Buffer.byteLength(at), 600);
+    assert.equal(await w.exchange(c, at), reply);
+    c.write(`${at}y\r\n`);
+    assert.equal(await c.readToClose(), w.lineTooLong[1]);
+    assert.equal(await rejections(fd, 'line_too_long'), 1);
+  });
+
+  test(`server shutdown: ${w.shutdown[0]} before ${w.login}`, async (t) => {
+    const fd = await startFrontdoor({
+      protocol,
+      tls: 'none',
+      ...(protocol === 'smtp' ? { server_name: CLEAR_NAME } : {}),
+    });
+    const c = await openGreeted(t, fd, false);
+    const closing = fd.close();
+    assert.equal(await c.readToClose(), w.shutdown[1]);
+    await closing;
+    assert.equal(await rejections(fd, 'shutdown'), 1);
+  });
+}

@@ -5,7 +5,7 @@ import type { LoginOutcome } from '../../../src/core/types.js';
 import { type FailureReason, LOGIN_RESULTS } from '../../../src/errors.js';
 import { pop3Reply } from '../../../src/protocols/pop3/replies.js';
 import { until } from '../../helpers/deadline.js';
-import { RawImapClient } from '../../helpers/imap-client.js';
+import type { RawImapClient } from '../../helpers/imap-client.js';
 import {
   b64,
   type Frontdoor,
@@ -15,6 +15,7 @@ import {
   openGreeted,
   POP3_UPSTREAM_CAPS,
   plainIr,
+  preauthLimitTests,
   rejections,
   startFrontdoor,
 } from './harness.js';
@@ -449,56 +450,16 @@ describe('cleartext and STLS', () => {
 });
 
 describe('limits before login', () => {
-  test('valid commands before login are capped too', async (t) => {
-    const fd = await pop3Frontdoor(t, 'implicit', { limits: { preauthCommands: 5 } });
-    const c = await openGreeted(t, fd, true);
-    for (let i = 0; i < 5; i++) assert.equal((await sendMulti(c, 'CAPA'))[0], CAPA_HEAD);
-    c.write('CAPA\r\nCAPA\r\n');
-    assert.equal(await c.readToClose(), '-ERR Too many commands before login\r\n');
-    assert.equal(await rejections(fd, 'too_many_commands'), 1);
-  });
-
-  test('idle too long before login: -ERR [SYS/TEMP] and closed', async (t) => {
-    const fd = await pop3Frontdoor(t, 'none', { limits: { preauthIdleMs: 150 } });
-    const c = await openGreeted(t, fd, false);
-    assert.equal(await c.readToClose(), '-ERR [SYS/TEMP] Autologout; idle too long\r\n');
-    assert.equal(await rejections(fd, 'idle_timeout'), 1);
-  });
-
-  test('talking before the greeting: no greeting, closed, counted', async (t) => {
-    const fd = await pop3Frontdoor(t, 'none', { limits: { greetingDelayMs: 10_000 }, cleartext: true });
-    const c = await RawImapClient.connect(fd.port);
-    t.after(() => c.close());
-    c.write('USER bot\r\n');
-    assert.equal(await c.readToClose(), '');
-    assert.equal(await rejections(fd, 'talk_before_greeting'), 1);
-  });
-
-  test('an HTTP request line is closed without a POP3 answer', async (t) => {
-    const fd = await pop3Frontdoor(t, 'none');
-    const c = await openGreeted(t, fd, false);
-    c.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
-    assert.equal(await c.readToClose(), '');
-    assert.equal(await rejections(fd, 'http_request'), 1);
-  });
-
-  test('a line exactly at the limit is answered; one byte over: -ERR and closed', async (t) => {
-    const fd = await pop3Frontdoor(t, 'none', { limits: { lineBytes: 600 } });
-    const c = await openGreeted(t, fd, false);
-    const at = `STAT ${'x'.repeat(600 - 5)}`;
-    assert.equal(Buffer.byteLength(at), 600);
-    assert.equal(await send(c, at), UNKNOWN);
-    c.write(`${at}y\r\n`);
-    assert.equal(await c.readToClose(), '-ERR Line too long\r\n');
-    assert.equal(await rejections(fd, 'line_too_long'), 1);
-  });
-
-  test('server shutdown: -ERR [SYS/TEMP] before login', async (t) => {
-    const fd = await startFrontdoor({ protocol: 'pop3', tls: 'none' });
-    const c = await openGreeted(t, fd, false);
-    const closing = fd.close();
-    assert.equal(await c.readToClose(), '-ERR [SYS/TEMP] Server shutting down, try again later\r\n');
-    await closing;
-    assert.equal(await rejections(fd, 'shutdown'), 1);
+  preauthLimitTests('pop3', {
+    login: 'login',
+    anAnswer: 'a POP3',
+    exchange: async (c, line) => (await sendMulti(c, line)).join('\n'),
+    valid: ['CAPA', CAPA_HEAD],
+    filler: ['STAT', UNKNOWN],
+    talkFirst: ['USER bot', ''],
+    tooManyCommands: '-ERR Too many commands before login\r\n',
+    idle: ['-ERR [SYS/TEMP]', '-ERR [SYS/TEMP] Autologout; idle too long\r\n'],
+    lineTooLong: ['-ERR', '-ERR Line too long\r\n'],
+    shutdown: ['-ERR [SYS/TEMP]', '-ERR [SYS/TEMP] Server shutting down, try again later\r\n'],
   });
 });

@@ -5,7 +5,7 @@ import type { LoginOutcome } from '../../../src/core/types.js';
 import { type FailureReason, LOGIN_RESULTS } from '../../../src/errors.js';
 import { smtpReply } from '../../../src/protocols/smtp/replies.js';
 import { until } from '../../helpers/deadline.js';
-import { RawImapClient } from '../../helpers/imap-client.js';
+import type { RawImapClient } from '../../helpers/imap-client.js';
 import {
   b64,
   CLEAR_NAME,
@@ -15,6 +15,7 @@ import {
   metricValue,
   openGreeted,
   plainIr,
+  preauthLimitTests,
   rejections,
   SMTP_UPSTREAM_CAPS,
   startFrontdoor,
@@ -440,57 +441,16 @@ describe('commands and limits before AUTH', () => {
     assert.equal(await rejections(fd, 'too_many_bad_commands'), 1);
   });
 
-  test('valid commands before AUTH are capped too', async (t) => {
-    const fd = await smtpFrontdoor(t, 'none', { limits: { preauthCommands: 5 } });
-    const c = await openGreeted(t, fd, false);
-    for (let i = 0; i < 5; i++) assert.deepEqual(await send(c, 'NOOP'), ['250 2.0.0 OK']);
-    c.write('NOOP\r\nNOOP\r\n');
-    assert.equal(await c.readToClose(), `421 4.7.0 ${NAME} Too many commands before authentication\r\n`);
-    assert.equal(await rejections(fd, 'too_many_commands'), 1);
-  });
-
-  test('idle too long before AUTH: 421 4.4.2 and closed', async (t) => {
-    const fd = await smtpFrontdoor(t, 'none', { limits: { preauthIdleMs: 150 } });
-    const c = await openGreeted(t, fd, false);
-    assert.equal(await c.readToClose(), `421 4.4.2 ${NAME} Idle too long, closing connection\r\n`);
-    assert.equal(await rejections(fd, 'idle_timeout'), 1);
-  });
-
-  test('talking before the greeting: no greeting, closed, counted', async (t) => {
-    const fd = await smtpFrontdoor(t, 'none', { limits: { greetingDelayMs: 10_000 }, cleartext: true });
-    const c = await RawImapClient.connect(fd.port);
-    t.after(() => c.close());
-    c.write('EHLO spambot\r\n');
-    const got = await c.readToClose();
-    assert.doesNotMatch(got, /^220/);
-    assert.equal(got, `421 4.7.0 ${NAME} Talking before the greeting is not allowed\r\n`);
-    assert.equal(await rejections(fd, 'talk_before_greeting'), 1);
-  });
-
-  test('an HTTP request line is closed without an SMTP answer', async (t) => {
-    const fd = await smtpFrontdoor(t, 'none');
-    const c = await openGreeted(t, fd, false);
-    c.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
-    assert.equal(await c.readToClose(), '');
-    assert.equal(await rejections(fd, 'http_request'), 1);
-  });
-
-  test('a line exactly at the limit is answered; one byte over: 421 and closed', async (t) => {
-    const fd = await smtpFrontdoor(t, 'none', { limits: { lineBytes: 600 } });
-    const c = await openGreeted(t, fd, false);
-    const at = `NOOP ${'x'.repeat(600 - 5)}`;
-    assert.equal(Buffer.byteLength(at), 600);
-    assert.deepEqual(await send(c, at), ['250 2.0.0 OK']);
-    c.write(`${at}y\r\n`);
-    assert.equal(await c.readToClose(), `421 4.7.0 ${NAME} Line too long\r\n`);
-    assert.equal(await rejections(fd, 'line_too_long'), 1);
-  });
-
-  test('server shutdown: 421 before AUTH', async (t) => {
-    const fd = await startFrontdoor({ protocol: 'smtp', tls: 'none', server_name: NAME });
-    const c = await openGreeted(t, fd, false);
-    const closing = fd.close();
-    assert.equal(await c.readToClose(), `421 4.7.0 ${NAME} Server shutting down, try again later\r\n`);
-    await closing;
+  preauthLimitTests('smtp', {
+    login: 'AUTH',
+    anAnswer: 'an SMTP',
+    exchange: async (c, line) => (await send(c, line)).join('\n'),
+    valid: ['NOOP', '250 2.0.0 OK'],
+    filler: ['NOOP', '250 2.0.0 OK'],
+    talkFirst: ['EHLO spambot', `421 4.7.0 ${NAME} Talking before the greeting is not allowed\r\n`],
+    tooManyCommands: `421 4.7.0 ${NAME} Too many commands before authentication\r\n`,
+    idle: ['421 4.4.2', `421 4.4.2 ${NAME} Idle too long, closing connection\r\n`],
+    lineTooLong: ['421', `421 4.7.0 ${NAME} Line too long\r\n`],
+    shutdown: ['421', `421 4.7.0 ${NAME} Server shutting down, try again later\r\n`],
   });
 });
