@@ -257,6 +257,28 @@ export const rejections = (fd: Frontdoor, reason: string): Promise<number> =>
 export const logins = (fd: Frontdoor, result: string): Promise<number> =>
   metricValue(fd.metrics, 'imap_proxy_logins_total', { protocol: fd.protocol, result });
 
+/** tls_connections_total{version} of the listener's protocol on the listener "test". */
+export const tlsConnections = (fd: Frontdoor, version: string): Promise<number> =>
+  metricValue(fd.metrics, 'imap_proxy_tls_connections_total', {
+    protocol: fd.protocol,
+    listener: 'test',
+    version,
+  });
+
+/**
+ * Asserts `c` is spliced to the echoing upstream: QUIT comes back from it instead of being
+ * answered, the session counts as spliced, and closing `c` releases the session.
+ */
+export async function assertSplicedUntilClosed(fd: Frontdoor, c: RawImapClient): Promise<void> {
+  c.write('QUIT\r\n');
+  assert.equal(await c.readLine(), 'QUIT', 'spliced: QUIT is the upstream’s business');
+  const spliced = { protocol: fd.protocol, phase: 'spliced' };
+  assert.ok((await metricValue(fd.metrics, 'imap_proxy_active_sessions', spliced)) > 0);
+  const released = fd.releases;
+  c.close();
+  await until(() => fd.releases > released, 5000, 'the spliced session to be released');
+}
+
 /** The lines, each ended by CRLF. */
 export const crlf = (lines: string[]): string => lines.map((l) => `${l}\r\n`).join('');
 

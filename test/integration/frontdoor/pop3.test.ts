@@ -7,17 +7,18 @@ import { pop3Reply } from '../../../src/protocols/pop3/replies.js';
 import { until } from '../../helpers/deadline.js';
 import type { RawImapClient } from '../../helpers/imap-client.js';
 import {
+  assertSplicedUntilClosed,
   b64,
   type Frontdoor,
   frontdoorFor,
   logins,
-  metricValue,
   openGreeted,
   POP3_UPSTREAM_CAPS,
   plainIr,
   preauthLimitTests,
   rejections,
   startFrontdoor,
+  tlsConnections,
 } from './harness.js';
 
 const USERNAME_CHALLENGE = `+ ${b64('Username:')}`;
@@ -71,14 +72,7 @@ describe('greeting and CAPA', () => {
     await c.startTls();
     assert.deepEqual(await sendMulti(c, 'CAPA'), capa([...LOGIN_CAPS, ...ALWAYS, ...SHARED]));
     assert.equal(await send(c, 'STLS'), '-ERR TLS already active');
-    assert.equal(
-      await metricValue(fd.metrics, 'imap_proxy_tls_connections_total', {
-        protocol: 'pop3',
-        listener: 'test',
-        version: 'TLSv1.3',
-      }),
-      1,
-    );
+    assert.equal(await tlsConnections(fd, 'TLSv1.3'), 1);
   });
 
   test('cleartext listener: no STLS; USER and SASL only where cleartext login is allowed', async (t) => {
@@ -266,15 +260,7 @@ describe('USER/PASS and AUTH', () => {
     assert.equal(await c.readLine(), 'RETR 1');
     await until(() => fd.upstream.text().endsWith(behind), 5000, 'the pipelined bytes to reach upstream');
     assert.equal(last().login, 'judy');
-    c.write('QUIT\r\n');
-    assert.equal(await c.readLine(), 'QUIT', 'spliced: QUIT is the upstream’s business');
-    assert.ok(
-      (await metricValue(fd.metrics, 'imap_proxy_active_sessions', { protocol: 'pop3', phase: 'spliced' })) >
-        0,
-    );
-    const released = fd.releases;
-    c.close();
-    await until(() => fd.releases > released, 5000, 'the spliced session to be released');
+    await assertSplicedUntilClosed(fd, c);
   });
 });
 

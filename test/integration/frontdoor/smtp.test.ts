@@ -7,18 +7,19 @@ import { smtpReply } from '../../../src/protocols/smtp/replies.js';
 import { until } from '../../helpers/deadline.js';
 import type { RawImapClient } from '../../helpers/imap-client.js';
 import {
+  assertSplicedUntilClosed,
   b64,
   CLEAR_NAME,
   type Frontdoor,
   frontdoorFor,
   logins,
-  metricValue,
   openGreeted,
   plainIr,
   preauthLimitTests,
   rejections,
   SMTP_UPSTREAM_CAPS,
   startFrontdoor,
+  tlsConnections,
 } from './harness.js';
 
 const NAME = CLEAR_NAME;
@@ -104,14 +105,7 @@ describe('greeting and EHLO', () => {
       ehloReply([...SHARED, 'AUTH PLAIN LOGIN', 'HELP']),
     );
     assert.deepEqual(await send(c, 'STARTTLS'), ['503 5.5.1 TLS already active']);
-    assert.equal(
-      await metricValue(fd.metrics, 'imap_proxy_tls_connections_total', {
-        protocol: 'smtp',
-        listener: 'test',
-        version: 'TLSv1.3',
-      }),
-      1,
-    );
+    assert.equal(await tlsConnections(fd, 'TLSv1.3'), 1);
   });
 
   test('cleartext listener: no STARTTLS; AUTH only where cleartext login is allowed', async (t) => {
@@ -252,16 +246,7 @@ describe('AUTH', () => {
     const echoed = behind.split('\r\n').slice(0, -1);
     for (const want of echoed) assert.equal(await c.readLine(), want);
     await until(() => fd.upstream.text().endsWith(behind), 5000, 'the pipelined bytes to reach upstream');
-    c.write('QUIT\r\n');
-    assert.equal(await c.readLine(), 'QUIT', 'spliced: QUIT is the upstream’s business');
-    assert.equal(
-      (await metricValue(fd.metrics, 'imap_proxy_active_sessions', { protocol: 'smtp', phase: 'spliced' })) >
-        0,
-      true,
-    );
-    const released = fd.releases;
-    c.close();
-    await until(() => fd.releases > released, 5000, 'the spliced session to be released');
+    await assertSplicedUntilClosed(fd, c);
   });
 });
 
