@@ -9,6 +9,7 @@ import fc from 'fast-check';
 import type { ListenerConfig } from '../../../src/config/schema.js';
 import { LoginRunner } from '../../../src/core/login-runner.js';
 import type { LoginOutcome, LoginRequest } from '../../../src/core/types.js';
+import type { FailureReason } from '../../../src/errors.js';
 import { silentLogger } from '../../../src/log.js';
 import { createMetrics, type Metrics } from '../../../src/metrics.js';
 import type { PreauthGate } from '../../../src/net/gate.js';
@@ -667,4 +668,70 @@ export function preauthLimitTests(protocol: 'smtp' | 'pop3', w: PreauthLimitWord
     await closing;
     assert.equal(await rejections(fd, 'shutdown'), 1);
   });
+}
+
+/** A listener whose logins fail as the test says, and a TLS client greeted on it. */
+export interface Refusing {
+  fd: Frontdoor;
+  c: RawImapClient;
+  /** Every login from now on fails with `reason` (and `clientText`, the extra words). */
+  refuse(reason: FailureReason, clientText?: string): void;
+}
+
+/**
+ * An implicit-TLS listener of `protocol` where every login fails, at first with `first`
+ * (bad_credentials), with room for 100 failed logins unless `limits` says otherwise.
+ */
+export async function refusingFrontdoor(
+  t: { after: (fn: () => Promise<void> | void) => void },
+  protocol: 'smtp' | 'pop3',
+  o: { first?: FailureReason; limits?: Partial<WireLimits> } = {},
+): Promise<Refusing> {
+  let next: LoginOutcome = { ok: false, reason: o.first ?? 'bad_credentials' };
+  const fd = await frontdoorFor(protocol)(t, 'implicit', {
+    decide: () => next,
+    limits: o.limits ?? { failedLogins: 100 },
+  });
+  const c = await openGreeted(t, fd, true);
+  return {
+    fd,
+    c,
+    refuse: (reason, clientText) => {
+      next = clientText ? { ok: false, reason, clientText } : { ok: false, reason };
+    },
+  };
+}
+
+/**
+ * Each case fails an AUTH LOGIN (user on the AUTH line, so the password is the next line) with
+ * its reason and extra words: answered `want`, the password never echoed.
+ */
+export async function assertFailureWords(
+  r: Refusing,
+  exchange: (c: RawImapClient, line: string) => Promise<string>,
+  passwordChallenge: string,
+  cases: Array<[reason: FailureReason, clientText: string, want: string]>,
+): Promise<void> {
+  for (const [reason, clientText, want] of cases) {
+    r.refuse(reason, clientText);
+    assert.equal(await exchange(r.c, `AUTH LOGIN ${b64('alice')}`), passwordChallenge);
+    const got = await exchange(r.c, b64('Hunter2Secret'));
+    assert.equal(got, want, reason);
+    assert.doesNotMatch(got, /Hunter2Secret/);
+  }
+}
+
+/** A listener of `protocol` whose logins never end by themselves (100 ms login timeout), and a TLS client greeted on it. */
+export async function stalledFrontdoor(
+  t: { after: (fn: () => Promise<void> | void) => void },
+  protocol: 'smtp' | 'pop3',
+): Promise<{ fd: Frontdoor; c: RawImapClient }> {
+  const fd = await frontdoorFor(protocol)(t, 'implicit', {
+    limits: { loginTimeoutMs: 100 },
+    decide: async (_req, signal) => {
+      await once(signal, 'abort');
+      return { ok: false, reason: 'upstream_unavailable' };
+    },
+  });
+  return { fd, c: await openGreeted(t, fd, true) };
 }

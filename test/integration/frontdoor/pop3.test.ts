@@ -1,12 +1,11 @@
 import assert from 'node:assert/strict';
-import { once } from 'node:events';
 import { after, before, describe, test } from 'node:test';
-import type { LoginOutcome } from '../../../src/core/types.js';
 import { type FailureReason, LOGIN_RESULTS } from '../../../src/errors.js';
 import { pop3Reply } from '../../../src/protocols/pop3/replies.js';
 import { until } from '../../helpers/deadline.js';
 import type { RawImapClient } from '../../helpers/imap-client.js';
 import {
+  assertFailureWords,
   assertSplicedUntilClosed,
   b64,
   type Frontdoor,
@@ -16,7 +15,9 @@ import {
   POP3_UPSTREAM_CAPS,
   plainIr,
   preauthLimitTests,
+  refusingFrontdoor,
   rejections,
+  stalledFrontdoor,
   startFrontdoor,
   tlsConnections,
 } from './harness.js';
@@ -287,12 +288,10 @@ const FAILURE_CODES: Record<FailureReason, string> = {
 
 describe('login failures', () => {
   test('every failure reason is answered -ERR [CODE] with its text, and counted', async (t) => {
-    let next: LoginOutcome = { ok: false, reason: 'bad_credentials' };
-    const fd = await pop3Frontdoor(t, 'implicit', { decide: () => next, limits: { failedLogins: 100 } });
-    const c = await openGreeted(t, fd, true);
+    const { fd, c, refuse } = await refusingFrontdoor(t, 'pop3');
     const reasons = LOGIN_RESULTS.filter((r) => r !== 'success' && r !== 'aborted');
     for (const [i, reason] of reasons.entries()) {
-      next = { ok: false, reason };
+      refuse(reason);
       const want = `-ERR [${FAILURE_CODES[reason]}] ${pop3Reply(reason).text}`;
       // Alternate the two ways in so both carry the failure line.
       if (i % 2 === 0) {
@@ -305,10 +304,8 @@ describe('login failures', () => {
   });
 
   test('the extra words of a failure follow its text: where to reconnect, what to enable, whom to ask', async (t) => {
-    let next: LoginOutcome = { ok: false, reason: 'bad_credentials' };
-    const fd = await pop3Frontdoor(t, 'implicit', { decide: () => next, limits: { failedLogins: 100 } });
-    const c = await openGreeted(t, fd, true);
-    const cases: Array<[FailureReason, string, string]> = [
+    const r = await refusingFrontdoor(t, 'pop3');
+    await assertFailureWords(r, send, PASSWORD_CHALLENGE, [
       [
         'needs_consent',
         'Reconnect the mailbox at https://proxy.example/connect',
@@ -327,25 +324,11 @@ describe('login failures', () => {
       ['no_grant', '', '-ERR [AUTH] Mailbox not connected yet; contact your administrator'],
       ['account_disabled', '', '-ERR [AUTH] Account disabled; contact your administrator'],
       ['mailbox_in_use', '', '-ERR [IN-USE] Mailbox in use by another session; try again later'],
-    ];
-    for (const [reason, clientText, want] of cases) {
-      next = clientText ? { ok: false, reason, clientText } : { ok: false, reason };
-      assert.equal(await send(c, `AUTH LOGIN ${b64('alice')}`), PASSWORD_CHALLENGE);
-      const got = await send(c, b64('Hunter2Secret'));
-      assert.equal(got, want, reason);
-      assert.doesNotMatch(got, /Hunter2Secret/);
-    }
+    ]);
   });
 
   test('a login that runs out of time: -ERR [SYS/TEMP], the core is aborted, the session goes on', async (t) => {
-    const fd = await pop3Frontdoor(t, 'implicit', {
-      limits: { loginTimeoutMs: 100 },
-      decide: async (_req, signal) => {
-        await once(signal, 'abort');
-        return { ok: false, reason: 'upstream_unavailable' };
-      },
-    });
-    const c = await openGreeted(t, fd, true);
+    const { fd, c } = await stalledFrontdoor(t, 'pop3');
     assert.equal(await send(c, 'USER alice'), '+OK Send PASS');
     assert.equal(await send(c, 'PASS pw'), '-ERR [SYS/TEMP] Timed out; try again later');
     assert.equal(fd.signals[0]!.aborted, true);
@@ -354,25 +337,26 @@ describe('login failures', () => {
   });
 
   test('three wrong passwords close the connection; the fourth is never tried; outages do not count', async (t) => {
-    let reason: FailureReason = 'upstream_unavailable';
-    const fd = await pop3Frontdoor(t, 'implicit', { decide: () => ({ ok: false, reason }) });
-    const c = await openGreeted(t, fd, true);
+    const { fd, c, refuse } = await refusingFrontdoor(t, 'pop3', {
+      first: 'upstream_unavailable',
+      limits: {},
+    });
     for (let i = 0; i < 3; i++)
       assert.equal(
         await send(c, `AUTH PLAIN ${plainIr('alice', 'pw')}`),
         '-ERR [SYS/TEMP] Mail server unavailable; try again later',
       );
-    reason = 'bad_credentials';
+    refuse('bad_credentials');
     assert.equal(
       await send(c, `AUTH PLAIN ${plainIr('alice', 'guess1')}`),
       '-ERR [AUTH] Invalid credentials',
     );
-    reason = 'limited';
+    refuse('limited');
     assert.equal(
       await send(c, `AUTH PLAIN ${plainIr('alice', 'guess2')}`),
       '-ERR [SYS/TEMP] Too many failed logins; try again later',
     );
-    reason = 'bad_credentials';
+    refuse('bad_credentials');
     c.write('USER alice\r\nPASS guess3\r\nUSER alice\r\nPASS guess4\r\n');
     assert.equal(
       await c.readToClose(),

@@ -1,12 +1,11 @@
 import assert from 'node:assert/strict';
-import { once } from 'node:events';
 import { after, before, describe, test } from 'node:test';
-import type { LoginOutcome } from '../../../src/core/types.js';
 import { type FailureReason, LOGIN_RESULTS } from '../../../src/errors.js';
 import { smtpReply } from '../../../src/protocols/smtp/replies.js';
 import { until } from '../../helpers/deadline.js';
 import type { RawImapClient } from '../../helpers/imap-client.js';
 import {
+  assertFailureWords,
   assertSplicedUntilClosed,
   b64,
   CLEAR_NAME,
@@ -16,8 +15,10 @@ import {
   openGreeted,
   plainIr,
   preauthLimitTests,
+  refusingFrontdoor,
   rejections,
   SMTP_UPSTREAM_CAPS,
+  stalledFrontdoor,
   startFrontdoor,
   tlsConnections,
 } from './harness.js';
@@ -273,11 +274,9 @@ const FAILURE_CODES: Record<FailureReason, string> = {
 
 describe('login failures', () => {
   test('every failure reason is answered with its RFC 3463 reply, and counted', async (t) => {
-    let next: LoginOutcome = { ok: false, reason: 'bad_credentials' };
-    const fd = await smtpFrontdoor(t, 'implicit', { decide: () => next, limits: { failedLogins: 100 } });
-    const c = await openGreeted(t, fd, true);
+    const { fd, c, refuse } = await refusingFrontdoor(t, 'smtp');
     for (const reason of LOGIN_RESULTS.filter((r) => r !== 'success' && r !== 'aborted')) {
-      next = { ok: false, reason };
+      refuse(reason);
       assert.deepEqual(
         await send(c, `AUTH PLAIN ${plainIr('alice', 'Hunter2Secret')}`),
         [`${FAILURE_CODES[reason]} ${smtpReply(reason).text}`],
@@ -289,10 +288,9 @@ describe('login failures', () => {
   });
 
   test('the extra words of a failure follow its text: where to reconnect, what to enable', async (t) => {
-    let next: LoginOutcome = { ok: false, reason: 'bad_credentials' };
-    const fd = await smtpFrontdoor(t, 'implicit', { decide: () => next, limits: { failedLogins: 100 } });
-    const c = await openGreeted(t, fd, true);
-    const cases: Array<[FailureReason, string, string]> = [
+    const r = await refusingFrontdoor(t, 'smtp');
+    const exchange = async (c: RawImapClient, line: string) => (await send(c, line)).join('\n');
+    await assertFailureWords(r, exchange, PASSWORD_CHALLENGE, [
       [
         'needs_consent',
         'Reconnect at https://proxy.example/connect',
@@ -310,25 +308,11 @@ describe('login failures', () => {
       ],
       ['no_grant', '', '535 5.7.8 Mailbox not connected yet; contact your administrator'],
       ['account_disabled', '', '535 5.7.8 Account disabled; contact your administrator'],
-    ];
-    for (const [reason, clientText, want] of cases) {
-      next = clientText ? { ok: false, reason, clientText } : { ok: false, reason };
-      assert.deepEqual(await send(c, `AUTH LOGIN ${b64('alice')}`), [PASSWORD_CHALLENGE]);
-      const got = await send(c, b64('Hunter2Secret'));
-      assert.deepEqual(got, [want], reason);
-      assert.doesNotMatch(got.join(''), /Hunter2Secret/);
-    }
+    ]);
   });
 
   test('a login that runs out of time: 454 4.7.0, the core is aborted, the session goes on', async (t) => {
-    const fd = await smtpFrontdoor(t, 'implicit', {
-      limits: { loginTimeoutMs: 100 },
-      decide: async (_req, signal) => {
-        await once(signal, 'abort');
-        return { ok: false, reason: 'upstream_unavailable' };
-      },
-    });
-    const c = await openGreeted(t, fd, true);
+    const { fd, c } = await stalledFrontdoor(t, 'smtp');
     assert.deepEqual(await send(c, `AUTH PLAIN ${plainIr('alice', 'pw')}`), [
       '454 4.7.0 Timed out; try again later',
     ]);
@@ -338,22 +322,23 @@ describe('login failures', () => {
   });
 
   test('three wrong passwords close the connection; the fourth is never tried; outages do not count', async (t) => {
-    let reason: FailureReason = 'upstream_unavailable';
-    const fd = await smtpFrontdoor(t, 'implicit', { decide: () => ({ ok: false, reason }) });
-    const c = await openGreeted(t, fd, true);
+    const { fd, c, refuse } = await refusingFrontdoor(t, 'smtp', {
+      first: 'upstream_unavailable',
+      limits: {},
+    });
     for (let i = 0; i < 3; i++)
       assert.deepEqual(await send(c, `AUTH PLAIN ${plainIr('alice', 'pw')}`), [
         '454 4.7.0 Mail server unavailable; try again later',
       ]);
-    reason = 'bad_credentials';
+    refuse('bad_credentials');
     assert.deepEqual(await send(c, `AUTH PLAIN ${plainIr('alice', 'guess1')}`), [
       '535 5.7.8 Authentication credentials invalid',
     ]);
-    reason = 'limited';
+    refuse('limited');
     assert.deepEqual(await send(c, `AUTH PLAIN ${plainIr('alice', 'guess2')}`), [
       '454 4.7.0 Too many failed logins; try again later',
     ]);
-    reason = 'bad_credentials';
+    refuse('bad_credentials');
     c.write(`AUTH PLAIN ${plainIr('alice', 'guess3')}\r\nAUTH PLAIN ${plainIr('alice', 'guess4')}\r\n`);
     assert.equal(
       await c.readToClose(),
