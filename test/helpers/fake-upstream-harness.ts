@@ -47,6 +47,12 @@ export interface ConnectorHarness<F, O> {
   target(f: F, over?: Record<string, unknown>): UpstreamTarget;
   /** A fake (as `fake` starts it) and a connection to it. */
   connected(o?: Partial<O>): Promise<{ f: F; conn: UpstreamConnection }>;
+  /** A fake made with `o` and a connection to it, after AUTH with `token` failed as `expected`. */
+  refused(
+    o: Partial<O>,
+    token: string,
+    expected: { reason: string; detail?: string },
+  ): Promise<{ f: F; conn: UpstreamConnection }>;
   /** Asserts the connection is still usable after a refusal: a GOOD AUTH succeeds on it, no new dial. */
   assertRetriedOnSameConnection(f: F, conn: UpstreamConnection): Promise<void>;
   /** Asserts the hand-over: login capabilities, nothing buffered, socket paused with no reader, connection spent. */
@@ -114,6 +120,12 @@ export function connectorHarness<F extends ScriptedUpstream, O extends { accept:
     async connected(o) {
       const f = await fake(o);
       return { f, conn: await connector.connect(target(f), labels) };
+    },
+    async refused(o, token, expected) {
+      const f = await fake(o);
+      const conn = await connector.connect(target(f), labels);
+      await assert.rejects(conn.authenticate(USER, token), expected);
+      return { f, conn };
     },
     async assertRetriedOnSameConnection(f, conn) {
       assert.equal(conn.reusable, true);
@@ -207,8 +219,7 @@ function sharedConnectorTests<F extends ScriptedUpstream, O extends { accept: Se
   const refuse = shapes.refuse;
   if (refuse)
     test(`${refuse.what} → upstream_rejected; the same connection takes one more AUTH`, async () => {
-      const { f, conn } = await h.connected(refuse.options);
-      await assert.rejects(conn.authenticate(USER, 'stale-token'), {
+      const { f, conn } = await h.refused(refuse.options, 'stale-token', {
         reason: 'upstream_rejected',
         detail: 'no',
       });
@@ -219,8 +230,7 @@ function sharedConnectorTests<F extends ScriptedUpstream, O extends { accept: Se
   const bearerChallenge = shapes.bearerChallenge;
   if (bearerChallenge)
     test('OAUTHBEARER failure challenge is answered with AQ== (a single 0x01)', async () => {
-      const { f, conn } = await h.connected(bearerChallenge);
-      await assert.rejects(conn.authenticate(USER, 'bad'), {
+      const { f, conn } = await h.refused(bearerChallenge, 'bad', {
         reason: 'upstream_rejected',
         detail: 'json_invalid_token',
       });
@@ -229,8 +239,7 @@ function sharedConnectorTests<F extends ScriptedUpstream, O extends { accept: Se
     });
 
   test('upstream closes mid-AUTH → upstream_unavailable, not reusable', async () => {
-    const { conn } = await h.connected(shapes.close);
-    await assert.rejects(conn.authenticate(USER, 'any'), { reason: 'upstream_unavailable' });
+    const { conn } = await h.refused(shapes.close, 'any', { reason: 'upstream_unavailable' });
     assert.equal(conn.reusable, false);
     await assert.rejects(conn.authenticate(USER, GOOD), {
       reason: 'upstream_unavailable',

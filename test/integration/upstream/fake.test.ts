@@ -39,8 +39,7 @@ describe('upstream connector against the scripted fake', () => {
   });
 
   test('Gmail shape: "+ <base64 JSON>" is answered with an empty line, rejected, and one retry on the same connection works', async () => {
-    const { f, conn } = await h.connected({ reject: 'gmail' });
-    await assert.rejects(conn.authenticate(USER, 'stale-token'), {
+    const { f, conn } = await h.refused({ reject: 'gmail' }, 'stale-token', {
       reason: 'upstream_rejected',
       detail: 'json_401',
     });
@@ -50,8 +49,7 @@ describe('upstream connector against the scripted fake', () => {
   });
 
   test('OAUTHBEARER failure continuation is answered with a single 0x01 (AQ==)', async () => {
-    const { f, conn } = await h.connected({ reject: 'gmail', mechanisms: ['OAUTHBEARER'] });
-    await assert.rejects(conn.authenticate(USER, 'bad'), {
+    const { f, conn } = await h.refused({ reject: 'gmail', mechanisms: ['OAUTHBEARER'] }, 'bad', {
       reason: 'upstream_rejected',
       detail: 'json_invalid_token',
     });
@@ -61,8 +59,10 @@ describe('upstream connector against the scripted fake', () => {
   });
 
   test('Microsoft shape: immediate NO → upstream_rejected, connection reusable', async () => {
-    const { f, conn } = await h.connected({ reject: 'microsoft', mechanisms: ['XOAUTH2'] });
-    await assert.rejects(conn.authenticate(USER, 'bad'), { reason: 'upstream_rejected', detail: 'no' });
+    const { f, conn } = await h.refused({ reject: 'microsoft', mechanisms: ['XOAUTH2'] }, 'bad', {
+      reason: 'upstream_rejected',
+      detail: 'no',
+    });
     assert.equal(f.received.length, 1);
     assert.equal(conn.reusable, true);
     conn.destroy();
@@ -83,8 +83,7 @@ describe('upstream connector against the scripted fake', () => {
   });
 
   test('throttling reply → upstream_unavailable (throttled)', async () => {
-    const { conn } = await h.connected({ reject: 'throttle' });
-    await assert.rejects(conn.authenticate(USER, 'any'), {
+    const { conn } = await h.refused({ reject: 'throttle' }, 'any', {
       reason: 'upstream_unavailable',
       detail: 'throttled',
     });

@@ -85,8 +85,7 @@ describe('POP3 upstream connector against the scripted fake', () => {
   });
 
   test('Gmail: + <base64 JSON> answered with an empty line, then -ERR [AUTH] → upstream_rejected, reusable', async () => {
-    const { f, conn } = await h.connected({ reject: 'gmail' });
-    await assert.rejects(conn.authenticate(USER, 'stale-token'), {
+    const { f, conn } = await h.refused({ reject: 'gmail' }, 'stale-token', {
       reason: 'upstream_rejected',
       detail: 'json_401',
     });
@@ -95,8 +94,7 @@ describe('POP3 upstream connector against the scripted fake', () => {
   });
 
   test('a JSON challenge with status 400 → authorization_failed (a fresh token will not help)', async () => {
-    const { conn } = await h.connected({ reject: 'forbidden' });
-    await assert.rejects(conn.authenticate(USER, 'any'), {
+    const { conn } = await h.refused({ reject: 'forbidden' }, 'any', {
       reason: 'authorization_failed',
       detail: 'json_400',
     });
@@ -104,8 +102,10 @@ describe('POP3 upstream connector against the scripted fake', () => {
   });
 
   test('-ERR [IN-USE] → mailbox_in_use (in_use) and the connection is closed', async () => {
-    const { conn } = await h.connected({ reject: 'in_use' });
-    await assert.rejects(conn.authenticate(USER, 'any'), { reason: 'mailbox_in_use', detail: 'in_use' });
+    const { conn } = await h.refused({ reject: 'in_use' }, 'any', {
+      reason: 'mailbox_in_use',
+      detail: 'in_use',
+    });
     assert.equal(conn.reusable, false);
     await assert.rejects(conn.authenticate(USER, GOOD), { detail: 'not_reusable' });
   });
@@ -115,8 +115,7 @@ describe('POP3 upstream connector against the scripted fake', () => {
       ['temp', 'temporary'],
       ['throttle', 'throttled'],
     ] as const) {
-      const { conn } = await h.connected({ reject });
-      await assert.rejects(conn.authenticate(USER, 'any'), { reason: 'upstream_unavailable', detail });
+      const { conn } = await h.refused({ reject }, 'any', { reason: 'upstream_unavailable', detail });
       conn.destroy();
     }
   });

@@ -70,8 +70,7 @@ describe('SMTP upstream connector against the scripted fake', () => {
   });
 
   test('Gmail: 334 <base64 JSON> answered with an empty line, then multi-line 535-5.7.8 → upstream_rejected', async () => {
-    const { f, conn } = await h.connected({ reject: 'gmail' });
-    await assert.rejects(conn.authenticate(USER, 'stale-token'), {
+    const { f, conn } = await h.refused({ reject: 'gmail' }, 'stale-token', {
       reason: 'upstream_rejected',
       detail: 'json_401',
     });
@@ -81,8 +80,7 @@ describe('SMTP upstream connector against the scripted fake', () => {
   });
 
   test('454 4.7.0 Too many login attempts → upstream_unavailable (throttled), connection kept', async () => {
-    const { conn } = await h.connected({ reject: 'throttle' });
-    await assert.rejects(conn.authenticate(USER, 'any'), {
+    const { conn } = await h.refused({ reject: 'throttle' }, 'any', {
       reason: 'upstream_unavailable',
       detail: 'throttled',
     });
@@ -91,8 +89,7 @@ describe('SMTP upstream connector against the scripted fake', () => {
   });
 
   test('421 to AUTH → upstream_unavailable and the connection is closed, not offered for a retry', async () => {
-    const { conn } = await h.connected({ reject: 'shutdown' });
-    await assert.rejects(conn.authenticate(USER, 'any'), {
+    const { conn } = await h.refused({ reject: 'shutdown' }, 'any', {
       reason: 'upstream_unavailable',
       detail: 'temporary',
     });
