@@ -5,6 +5,7 @@ import { generateKeyLine } from '../../src/store/crypto.js';
 import { type Dovecot, startDovecot } from '../helpers/dovecot.js';
 import { startOP, type TestOP } from '../helpers/op.js';
 import { startSmtpSink } from '../helpers/smtp-sink.js';
+import { graph, graphTable } from './graph.js';
 import { freePorts, pct, r2, soak, spray, startBenchProxy, trickle } from './hostile.js';
 import { type Auth, BenchConn } from './imap.js';
 import type { TurnsResult } from './loadgen.js';
@@ -23,7 +24,7 @@ import { benchMessage, type SmtpAuth } from './smtp.js';
 
 /**
  * `npm run bench [-- --quick] [-- --out FILE] [-- --only throughput,latency,rate,storm,concurrency,
- * smtp-throughput,smtp-latency,smtp-rate,pop3-throughput,pop3-latency,trickle,spray,soak]`:
+ * smtp-throughput,smtp-latency,smtp-rate,pop3-throughput,pop3-latency,trickle,spray,soak,graph]`:
  * proxy vs direct (and haproxy TCP) in one run. The proxy runs as `node dist/cli.js serve`; load
  * comes from forked generator processes. BENCH_PROXY_NODE_ARGS (space-separated) is passed to the
  * proxy's node, e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof` to profile one scenario.
@@ -73,6 +74,7 @@ const SCENARIOS = [
   'trickle',
   'spray',
   'soak',
+  'graph',
 ] as const;
 type Scenario = (typeof SCENARIOS)[number];
 // The soak takes 10 minutes (60 s with --quick): it runs only when named.
@@ -722,6 +724,7 @@ function table(res: Results): string {
     );
   }
   hostileTables(res, out);
+  if (res.graph) out.push(...graphTable(res.graph));
   return out.join('\n');
 }
 
@@ -770,6 +773,7 @@ type Results = {
   trickle: Awaited<ReturnType<typeof trickle>> | undefined;
   spray: Awaited<ReturnType<typeof spray>> | undefined;
   soak: Awaited<ReturnType<typeof soak>> | undefined;
+  graph: Awaited<ReturnType<typeof graph>> | undefined;
 };
 
 async function main(): Promise<void> {
@@ -857,6 +861,7 @@ async function main(): Promise<void> {
     const tr = wants('trickle') ? await trickle(env) : undefined;
     const sp = wants('spray') ? await spray(env) : undefined;
     const sk = wants('soak') ? await soak(env) : undefined;
+    const gr = wants('graph') ? await graph(env) : undefined;
     const storm = wants('storm') ? await refreshStorm(ctx) : undefined;
     const conc = wants('concurrency') ? await concurrency(ctx) : undefined;
     const res: Results = {
@@ -883,6 +888,7 @@ async function main(): Promise<void> {
       trickle: tr,
       spray: sp,
       soak: sk,
+      graph: gr,
     };
     writeFileSync(OUT, `${JSON.stringify(res, null, 2)}\n`);
     process.stdout.write(`${table(res)}\n\nwrote ${OUT}\n`);
