@@ -71,6 +71,7 @@ export interface ConnectorHarness<F, O> {
 const series = (text: string, name: string, labels: string) =>
   new RegExp(`${name}\\{${labels}\\} (\\d+)`).exec(text)?.[1];
 
+/** The harness for `protocol`'s connector and fake, in the current suite (it closes the fakes after it). */
 export function connectorHarness<F extends ScriptedUpstream, O extends { accept: Set<string> | 'any' }>(
   protocol: Protocol,
   createConnector: (deps: ConnectorDeps) => UpstreamConnector,
@@ -112,20 +113,21 @@ export function connectorHarness<F extends ScriptedUpstream, O extends { accept:
       ...over,
     });
 
+  const connected = async (o?: Partial<O>) => {
+    const f = await fake(o);
+    return { f, conn: await connector.connect(target(f), labels) };
+  };
+
   const harness: ConnectorHarness<F, O> = {
     connector,
     labels,
     fake,
     target,
-    async connected(o) {
-      const f = await fake(o);
-      return { f, conn: await connector.connect(target(f), labels) };
-    },
+    connected,
     async refused(o, token, expected) {
-      const f = await fake(o);
-      const conn = await connector.connect(target(f), labels);
-      await assert.rejects(conn.authenticate(USER, token), expected);
-      return { f, conn };
+      const r = await connected(o);
+      await assert.rejects(r.conn.authenticate(USER, token), expected);
+      return r;
     },
     async assertRetriedOnSameConnection(f, conn) {
       assert.equal(conn.reusable, true);
