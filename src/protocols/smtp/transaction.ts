@@ -40,10 +40,12 @@ export interface MessageSink {
    * the concatenated chunks (BDAT), CRLF line ends as sent. Resolves with the reply for the client
    * (250 only when the message was accepted by the far end); never rejects. `signal` aborts when
    * the client connection is gone (the deliverer may finish or abort; nothing is answered).
+   * The array is handed over: the session keeps no reference to it, so the sink may empty it
+   * once it no longer needs the pieces (they are then free to be collected).
    */
   deliver(
     envelope: Envelope,
-    message: readonly Buffer[],
+    message: Buffer[],
     size: number,
     signal: AbortSignal,
   ): Promise<TransactionReply>;
@@ -153,7 +155,7 @@ interface Transaction {
  * pieces too small to be worth a Buffer each (a client writing byte by byte) share a block.
  */
 class MessageBuffer {
-  readonly chunks: Buffer[] = [];
+  private chunks: Buffer[] = [];
   size = 0;
   /** What the sink counted through `hold` (given back when the message is dropped). */
   held = 0;
@@ -192,10 +194,13 @@ class MessageBuffer {
     if (!this.refusal && this.size + n > this.max) this.refuse(R.tooBig);
   }
 
-  /** The message as read, small pieces' block sealed. */
+  /** The message as read, small pieces' block sealed; handed over (this buffer keeps none of it). */
   finish(): Buffer[] {
     this.seal();
-    return this.chunks;
+    const out = this.chunks;
+    this.chunks = [];
+    this.block = undefined;
+    return out;
   }
 
   private keep(p: Buffer): void {

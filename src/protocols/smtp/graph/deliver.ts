@@ -82,7 +82,7 @@ export class GraphDeliverer {
     target: GraphTarget,
     tokens: GraphTokenSource,
     envelope: Envelope,
-    message: readonly Buffer[],
+    message: Buffer[],
     size: number,
     signal: AbortSignal,
   ): Promise<TransactionReply> {
@@ -160,10 +160,12 @@ class Delivery {
     this.#base = `${target.baseUrl.replace(/\/+$/, '')}/v1.0/users/${mailbox}`;
   }
 
-  async run(envelope: Envelope, message: readonly Buffer[]): Promise<void> {
+  async run(envelope: Envelope, message: Buffer[]): Promise<void> {
     const total = message.reduce((n, b) => n + b.length, 0);
-    // One chunk is used as it is; several are joined once (the MIME tree needs one buffer).
+    // One chunk is used as it is; several are joined once (the MIME tree needs one buffer) and
+    // let go at once: the session handed them over, so the message is not held twice.
     const buf = message.length === 1 ? message[0]! : Buffer.concat(message, total);
+    message.length = 0;
     const parsed = parseMessage(buf);
     const rw = rewriteRecipients(parsed, envelope);
     if (!rw.ok) {
