@@ -12,10 +12,13 @@ import { Keyring } from '../../../src/store/crypto.js';
 import { openStore } from '../../../src/store/index.js';
 import { type ProxyProcess, startProxyProcess } from '../../bench/setup.js';
 import { imaplib } from '../../helpers/clients/imaplib.js';
+import { poplib } from '../../helpers/clients/pop3/index.js';
 import { redact } from '../../helpers/clients/redact.js';
+import { swaks } from '../../helpers/clients/smtp/index.js';
 import { until } from '../../helpers/deadline.js';
 import { type Dovecot, startDovecot } from '../../helpers/dovecot.js';
 import { opProviderConfig, startOP, type TestOP } from '../../helpers/op.js';
+import { type SmtpSink, startSmtpSink } from '../../helpers/smtp-sink.js';
 import { assertNoSecretsLogged, testMessage, withCredentials } from '../../helpers/stack.js';
 
 /**
@@ -30,8 +33,18 @@ const ROOT = join(import.meta.dirname, '..', '..', '..');
 const CLI = join(ROOT, 'src', 'cli.ts');
 const KEY_ENV = 'IMAP_PROXY_KEY';
 const LOGIN = 'alice@example.com';
-/** Listener name → its TLS mode; each gets a certificate of its own from the test CA. */
-const LISTENERS = { starttls: 'starttls', imaps: 'implicit' } as const;
+/** Listener name → its protocol and TLS mode; each gets a certificate of its own from the test CA. */
+const LISTENERS = {
+  starttls: { protocol: 'imap', tls: 'starttls' },
+  imaps: { protocol: 'imap', tls: 'implicit' },
+  submission: { protocol: 'smtp', tls: 'starttls' },
+  submissions: { protocol: 'smtp', tls: 'implicit' },
+  pop3: { protocol: 'pop3', tls: 'starttls' },
+  pop3s: { protocol: 'pop3', tls: 'implicit' },
+} as const;
+type ListenerName = keyof typeof LISTENERS;
+const named = (protocol: 'imap' | 'smtp' | 'pop3') =>
+  (Object.keys(LISTENERS) as ListenerName[]).filter((n) => LISTENERS[n].protocol === protocol);
 const SEEDED = testMessage('production-seeded', 'Read through a listener with its own certificate.');
 const run = promisify(execFile);
 
@@ -103,6 +116,7 @@ function loggedPort(output: string, msg: string, listener?: string): number {
 describe('serve in production shape: cert_file/key_file on every TLS listener, key from the environment', () => {
   let op: TestOP;
   let dovecot: Dovecot;
+  let sink: SmtpSink;
   let dir: string;
   let dataDir: string;
   let configFile: string;
@@ -113,8 +127,11 @@ describe('serve in production shape: cert_file/key_file on every TLS listener, k
 
   before(async () => {
     op = await startOP({ accessTokenTtl: 3600 });
+    // Dovecot submission relays what it accepts to the recording sink.
+    sink = await startSmtpSink();
     dovecot = await startDovecot({
       introspectionUrl: withCredentials(op.introspection.url, op.introspection.id, op.introspection.secret),
+      relayPort: sink.port,
     });
     await dovecot.seed(LOGIN, SEEDED);
     dir = mkdtempSync(join(tmpdir(), 'iop-production-'));
@@ -133,8 +150,9 @@ describe('serve in production shape: cert_file/key_file on every TLS listener, k
 log: { level: debug, format: json }
 encryption: { key: "\${${KEY_ENV}}", create_key_file: false }
 listeners: ${JSON.stringify(
-        Object.entries(LISTENERS).map(([name, tls]) => ({
+        Object.entries(LISTENERS).map(([name, { protocol, tls }]) => ({
           name,
+          protocol,
           address: '127.0.0.1',
           port: 0,
           tls,
@@ -154,6 +172,10 @@ providers:
       ca_file: dovecot.caFile,
       connect_timeout_seconds: 10,
     },
+    upstreams: {
+      smtp: { host: '127.0.0.1', port: dovecot.submissionsPort, tls: 'implicit', ca_file: dovecot.caFile },
+      pop3: { host: '127.0.0.1', port: dovecot.pop3sPort, tls: 'implicit', ca_file: dovecot.caFile },
+    },
   })}
 `,
     );
@@ -162,6 +184,7 @@ providers:
   after(async () => {
     await proxy?.stop(5000);
     await dovecot?.stop();
+    await sink?.stop();
     await op?.close();
     if (dir) rmSync(dir, { recursive: true, force: true });
     if (keyBefore === undefined) delete process.env[KEY_ENV];
@@ -171,7 +194,13 @@ providers:
   test('check-config accepts the file', async () => {
     const r = await cli(configFile, ['check-config']);
     assert.equal(r.code, 0, r.err);
-    assert.equal(r.out, `${configFile}: OK (2 listener(s), 1 provider(s))\n`);
+    const [ok, ...notes] = r.out.trimEnd().split('\n');
+    assert.equal(ok, `${configFile}: OK (6 listener(s), 1 provider(s))`);
+    assert.deepEqual(
+      notes.map((n) => n.slice(0, 44)),
+      ['note: providers.local.smtp_delivery: smtp — '],
+      'how the provider sends mail is explained',
+    );
   });
 
   test('serve comes up on the given certificates and generates no self-signed one', async () => {
@@ -192,13 +221,15 @@ providers:
     assert.doesNotMatch(proxy.output(), /SELF-SIGNED/);
   });
 
-  test('an account and grant made with the CLI read the seeded message through both TLS listeners', async () => {
+  let password: string | undefined;
+
+  test('an account and grant made with the CLI read the seeded message through both IMAP TLS listeners', async () => {
     assert.ok(proxy, 'serve is running');
     let r = await cli(configFile, ['account', 'add', LOGIN, '--provider', 'local']);
     assert.equal(r.code, 0, r.err);
     r = await cli(configFile, ['account', 'password', 'add', LOGIN, '--label', 'scanner']);
     assert.equal(r.code, 0, r.err);
-    const password = /\n\s+([a-z2-9]{4}(?:-[a-z2-9]{4}){5})\n/.exec(r.out)?.[1];
+    password = /\n\s+([a-z2-9]{4}(?:-[a-z2-9]{4}){5})\n/.exec(r.out)?.[1];
     assert.ok(password, 'the app password is printed once');
     secrets.add(password);
     const grant = await op.mintGrant(LOGIN);
@@ -209,7 +240,8 @@ providers:
     assert.match(r.out, /checked: the provider issued a token/);
 
     const output = proxy.output();
-    for (const [listener, transport] of Object.entries(LISTENERS)) {
+    for (const listener of named('imap')) {
+      const transport = LISTENERS[listener].tls;
       const workDir = join(dir, `client-${listener}`);
       mkdirSync(workDir);
       const got = await imaplib.fetch({
@@ -224,9 +256,76 @@ providers:
         workDir,
         timeoutMs: 60_000,
       });
-      const trace = (): string => redact(got.transcript, LOGIN, [password]).slice(-3000);
+      const trace = (): string => redact(got.transcript, LOGIN, [password!]).slice(-3000);
       assert.equal(got.error, undefined, `${listener}: ${got.error}\n${trace()}`);
       assert.deepEqual(got.message, SEEDED, `${listener}: the seeded message, byte for byte`);
+    }
+  });
+
+  test('the same account sends through both SMTP listeners (swaks) and reads through both POP3 listeners (poplib)', async () => {
+    assert.ok(proxy && password, 'serve is running and the account has a password');
+    const output = proxy.output();
+    for (const listener of named('smtp')) {
+      const workDir = join(dir, `smtp-${listener}`);
+      mkdirSync(workDir);
+      const subject = `production ${listener}`;
+      const contentFile = join(workDir, 'message.eml');
+      writeFileSync(
+        contentFile,
+        `From: ${LOGIN}\nTo: bob@example.net\nSubject: ${subject}\nMessage-ID: <${listener}@example.com>\n\nSent through ${listener}.`,
+      );
+      const sent = await swaks.send({
+        host: 'localhost',
+        port: loggedPort(output, 'listening', listener),
+        transport: LISTENERS[listener].tls,
+        caFile,
+        user: LOGIN,
+        password,
+        way: 'default',
+        from: LOGIN,
+        to: 'bob@example.net',
+        subject,
+        contentFile,
+        ehloName: 'copier.example.com',
+        workDir,
+        timeoutMs: 60_000,
+      });
+      assert.equal(
+        sent.error,
+        undefined,
+        `${listener}: ${redact(sent.transcript, LOGIN, [password]).slice(-3000)}`,
+      );
+      await until(
+        () => sink.messages().some((m) => m.data.includes(`<${listener}@example.com>`)),
+        15_000,
+        `the message sent through ${listener} at the sink`,
+      );
+    }
+    for (const listener of named('pop3')) {
+      const workDir = join(dir, `pop3-${listener}`);
+      mkdirSync(workDir);
+      const got = await poplib.retrieve({
+        host: 'localhost',
+        port: loggedPort(output, 'listening', listener),
+        transport: LISTENERS[listener].tls,
+        caFile,
+        user: LOGIN,
+        password,
+        way: 'default',
+        workDir,
+        timeoutMs: 60_000,
+      });
+      assert.equal(
+        got.error,
+        undefined,
+        `${listener}: ${redact(got.transcript, LOGIN, [password]).slice(-3000)}`,
+      );
+      const crlfTrimmed = (b: Buffer | undefined) => b?.toString('latin1').replace(/(\r\n)+$/, '');
+      assert.equal(
+        crlfTrimmed(got.message),
+        crlfTrimmed(SEEDED),
+        `${listener}: the seeded message, byte for byte`,
+      );
     }
   });
 
