@@ -265,30 +265,38 @@ providers:
   test('the same account sends through both SMTP listeners (swaks) and reads through both POP3 listeners (poplib)', async () => {
     assert.ok(proxy && password, 'serve is running and the account has a password');
     const output = proxy.output();
-    for (const listener of named('smtp')) {
-      const workDir = join(dir, `smtp-${listener}`);
+    const pw = password;
+    /** What every client run is told: the listener's port and TLS, the CA, the account, a work dir. */
+    const job = (listener: ListenerName) => {
+      const workDir = join(dir, `client-${listener}`);
       mkdirSync(workDir);
-      const subject = `production ${listener}`;
-      const contentFile = join(workDir, 'message.eml');
-      writeFileSync(
-        contentFile,
-        `From: ${LOGIN}\nTo: bob@example.net\nSubject: ${subject}\nMessage-ID: <${listener}@example.com>\n\nSent through ${listener}.`,
-      );
-      const sent = await swaks.send({
+      return {
         host: 'localhost',
         port: loggedPort(output, 'listening', listener),
         transport: LISTENERS[listener].tls,
         caFile,
         user: LOGIN,
-        password,
-        way: 'default',
+        password: pw,
+        way: 'default' as const,
+        workDir,
+        timeoutMs: 60_000,
+      };
+    };
+    for (const listener of named('smtp')) {
+      const j = job(listener);
+      const subject = `production ${listener}`;
+      const contentFile = join(j.workDir, 'message.eml');
+      writeFileSync(
+        contentFile,
+        `From: ${LOGIN}\nTo: bob@example.net\nSubject: ${subject}\nMessage-ID: <${listener}@example.com>\n\nSent through ${listener}.`,
+      );
+      const sent = await swaks.send({
+        ...j,
         from: LOGIN,
         to: 'bob@example.net',
         subject,
         contentFile,
         ehloName: 'copier.example.com',
-        workDir,
-        timeoutMs: 60_000,
       });
       assert.equal(
         sent.error,
@@ -302,19 +310,7 @@ providers:
       );
     }
     for (const listener of named('pop3')) {
-      const workDir = join(dir, `pop3-${listener}`);
-      mkdirSync(workDir);
-      const got = await poplib.retrieve({
-        host: 'localhost',
-        port: loggedPort(output, 'listening', listener),
-        transport: LISTENERS[listener].tls,
-        caFile,
-        user: LOGIN,
-        password,
-        way: 'default',
-        workDir,
-        timeoutMs: 60_000,
-      });
+      const got = await poplib.retrieve(job(listener));
       assert.equal(
         got.error,
         undefined,
