@@ -5,7 +5,7 @@ import { AdminAuthLimiter } from '../admin/auth-limiter.js';
 import { createConnectServer } from '../admin/connect-server.js';
 import { onboardingRoutes, splitConnectRoutes } from '../admin/onboarding/routes.js';
 import { AdminServer, type Route } from '../admin/server.js';
-import { upstreamFor } from '../config/presets.js';
+import { hasUpstream, upstreamFor } from '../config/presets.js';
 import type { Config, Protocol } from '../config/schema.js';
 import { UpstreamCapabilities } from '../core/capabilities.js';
 import { LoginRunner } from '../core/login-runner.js';
@@ -314,8 +314,7 @@ function learnUpstreams(
     // IMAP clients ask for capabilities after login anyway; SMTP and POP3 clients keep what they saw before.
     if (protocol === 'imap') continue;
     for (const [provider, p] of Object.entries(config.providers)) {
-      const graph = protocol === 'smtp' && p.smtp_delivery === 'graph';
-      if (!graph && !p.upstreams?.[protocol]?.host) continue;
+      if (!hasUpstream(p, protocol)) continue;
       const target = upstreamFor(p, protocol);
       pool.connect(target, { provider }).then(
         (conn) => {

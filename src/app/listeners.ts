@@ -1,7 +1,7 @@
 import { statSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { upstreamFor } from '../config/presets.js';
+import { hasUpstream, upstreamFor } from '../config/presets.js';
 import type { Config, ListenerConfig, Protocol } from '../config/schema.js';
 import type { UpstreamCapabilities } from '../core/capabilities.js';
 import type { LoginRunner } from '../core/login-runner.js';
@@ -223,7 +223,7 @@ function certStamp(lc: ListenerConfig): string | undefined {
 export function upstreamTargets(config: Config, protocol: Protocol): UpstreamTarget[] {
   const out = new Map<string, UpstreamTarget>();
   for (const p of Object.values(config.providers)) {
-    if (!p.upstreams?.[protocol]?.host) continue;
+    if (!hasUpstream(p, protocol)) continue;
     const t = upstreamFor(p, protocol);
     out.set(targetKey(t), t);
   }

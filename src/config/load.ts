@@ -5,7 +5,7 @@ import { basename, dirname, isAbsolute, resolve } from 'node:path';
 import { type Document, isMap, isScalar, LineCounter, parseDocument } from 'yaml';
 import type { z } from 'zod';
 import { ConfigError } from '../errors.js';
-import { applyPreset } from './presets.js';
+import { applyPreset, hasUpstream } from './presets.js';
 import { type Config, configSchema, FILE_SECRET_KEYS, PROTOCOL_NAMES, type Protocol } from './schema.js';
 
 /** Config keys whose values are file system paths, resolved against the config file's folder. */
@@ -239,8 +239,7 @@ function crossCheck(config: Config, problems: Problems): void {
     const upstreamAt = (proto: Protocol) =>
       proto === 'imap' && p.upstream ? [...at, 'upstream'] : [...at, 'upstreams', proto];
     for (const proto of protocols) {
-      if (p.upstreams?.[proto]?.host) continue;
-      if (proto === 'smtp' && p.smtp_delivery === 'graph') continue;
+      if (hasUpstream(p, proto)) continue;
       problems.add(
         upstreamAt(proto),
         proto === 'imap'

@@ -149,6 +149,11 @@ export function applyPreset(p: ProviderConfig, protocols: ReadonlySet<Protocol>)
   }
 }
 
+/** Does this provider serve `protocol`: an upstream server, or for SMTP delivery through Graph? */
+export function hasUpstream(p: ProviderConfig, protocol: Protocol): boolean {
+  return (protocol === 'smtp' && p.smtp_delivery === 'graph') || Boolean(p.upstreams?.[protocol]?.host);
+}
+
 /** `upstream` is the older spelling of `upstreams.imap`; the schema refuses both at once. */
 function imapUpstream(p: ProviderConfig): Partial<UpstreamConfig> | undefined {
   return p.upstreams?.imap ?? p.upstream;

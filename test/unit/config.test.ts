@@ -3,6 +3,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { upstreamTargets } from '../../src/app/listeners.js';
 import { configJsonSchemaText } from '../../src/config/json-schema.js';
 import { loadConfig, parseConfig } from '../../src/config/load.js';
 import { upstreamFor } from '../../src/config/presets.js';
@@ -287,6 +288,28 @@ providers:
     us.token_audience?.appOnlyScope,
     'https://graph.microsoft.us/.default',
     'national clouds have their own',
+  );
+});
+
+test('an SMTP listener reaches a Graph-delivery provider that names no SMTP server (its EHLO must keep to what Graph delivery offers)', () => {
+  const { config } = parseConfig(
+    `encryption: { key: "k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=" }
+listeners:
+  - { name: submissions, protocol: smtp, port: 1465, tls: implicit }
+providers:
+  relay: { preset: oidc, token_endpoint: "https://sso.example.com/token", client_id: x, client_secret: y, upstreams: { smtp: { host: smtp.example.com } } }
+  graph: { preset: oidc, token_endpoint: "https://sso.example.com/token", client_id: x, client_secret: y, smtp_delivery: graph }
+`,
+    '/etc/iop/config.yaml',
+    {},
+  );
+  const targets = upstreamTargets(config, 'smtp');
+  assert.deepEqual(
+    targets.map((t) => [t.host, t.graph !== undefined]),
+    [
+      ['smtp.example.com', false],
+      ['graph.microsoft.com', true],
+    ],
   );
 });
 
