@@ -4,7 +4,7 @@ import { upstreamSchema } from './schema.js';
 
 /** SMTP logins of a `smtp_delivery: graph` provider: the proxy sends each message with Graph. */
 export interface GraphDelivery {
-  /** Graph base URL without a trailing slash. */
+  /** Graph base URL (graph_url). */
   readonly url: string;
   readonly saveToSentItems: boolean;
   readonly timeoutMs: number;
@@ -179,15 +179,17 @@ export function upstreamFor(
   return resolveUpstream(protocol, { ...p.upstreams?.[protocol], ...own });
 }
 
-/** The Graph endpoint as an upstream: HTTPS to graph_url, tokens for Graph's scopes. */
+/**
+ * The Graph endpoint as an upstream: nothing dials it (host and port only name the target for
+ * capabilities and pools); tokens are for Graph's scopes.
+ */
 function graphUpstream(p: ProviderConfig): ResolvedUpstream {
   const url = new URL(p.graph_url);
-  const tls = url.protocol === 'https:' ? 'implicit' : 'starttls';
-  const base = resolveUpstream('smtp', { host: url.hostname, port: Number(url.port || 443), tls });
+  const base = resolveUpstream('smtp', { host: url.hostname, port: Number(url.port) || 443 });
   return {
     ...base,
     graph: {
-      url: p.graph_url.replace(/\/+$/, ''),
+      url: p.graph_url,
       saveToSentItems: p.graph_save_to_sent_items,
       timeoutMs: Math.round(p.graph_timeout_seconds * 1000),
       maxMessageBytes: p.graph_max_message_bytes,

@@ -128,14 +128,8 @@ export function createGraphConnector(deps: GraphConnectorDeps): UpstreamConnecto
         ): Promise<AuthenticatedUpstream> {
           open = false;
           const [near, far] = duplexPair();
-          // The login's token is fresh; later messages ask the broker (cached, refreshed ahead).
-          let first: string | undefined = accessToken;
-          const tokens = async (force: boolean): Promise<string> => {
-            const t = first;
-            first = undefined;
-            if (t !== undefined && !force) return t;
-            return renew ? renew(force) : accessToken;
-          };
+          // Each message asks the broker (cached, refreshed ahead): a session may outlive its login's token.
+          const tokens = renew ?? (async () => accessToken);
           const log = deps.log.child({ provider: labels.provider, delivery: 'graph' });
           const gt = {
             provider: labels.provider,
