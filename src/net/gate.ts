@@ -1,3 +1,4 @@
+import { AddressCounter } from './address-counter.js';
 import { Tarpit } from './tarpit.js';
 
 /** The bounds of a PreauthGate; a reload may change them. */
@@ -15,8 +16,7 @@ export interface GateLimits {
  * or closes.
  */
 export class PreauthGate {
-  private readonly byAddress = new Map<string, number>();
-  private count = 0;
+  private readonly places = new AddressCounter();
   /** Where connections this gate refuses wait before they are told goodbye (off unless configured). */
   readonly tarpit = new Tarpit();
 
@@ -28,24 +28,17 @@ export class PreauthGate {
 
   /** Takes a place for `address`, or says which bound is full. */
   admit(address: string): 'ok' | 'too_many_from_address' | 'too_many_unauthenticated' {
-    if (this.count >= this.limits.total) return 'too_many_unauthenticated';
-    const n = this.byAddress.get(address) ?? 0;
-    if (n >= this.limits.perAddress) return 'too_many_from_address';
-    this.byAddress.set(address, n + 1);
-    this.count++;
-    return 'ok';
+    const r = this.places.take(address, this.limits.perAddress, this.limits.total);
+    return r === 'ok' ? 'ok' : r === 'total' ? 'too_many_unauthenticated' : 'too_many_from_address';
   }
 
   /** The place `admit` gave is free again (logged in or closed). Call once per admitted connection. */
   release(address: string): void {
-    const n = (this.byAddress.get(address) ?? 0) - 1;
-    if (n > 0) this.byAddress.set(address, n);
-    else this.byAddress.delete(address);
-    this.count = Math.max(0, this.count - 1);
+    this.places.release(address);
   }
 
   /** Connections counted now (for tests and the gauge). */
   get unauthenticated(): number {
-    return this.count;
+    return this.places.size;
   }
 }

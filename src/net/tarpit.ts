@@ -2,6 +2,7 @@ import type { Duplex } from 'node:stream';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
+import { AddressCounter } from './address-counter.js';
 
 /** The bounds of a Tarpit; a reload may change them. */
 export interface TarpitLimits {
@@ -52,8 +53,7 @@ const DISCARD_BYTES = 4096;
  * connection is closed at once as before. A place frees when the hold ends or the client leaves.
  */
 export class Tarpit {
-  private readonly byAddress = new Map<string, number>();
-  private count = 0;
+  private readonly places = new AddressCounter();
 
   private log: Logger | undefined;
 
@@ -66,7 +66,7 @@ export class Tarpit {
 
   /** Connections held now. */
   get held(): number {
-    return this.count;
+    return this.places.size;
   }
 
   /** Holds the connection, or says no (off, or a bound is full): then the caller refuses it at once. */
@@ -74,16 +74,13 @@ export class Tarpit {
     const { holdMs, perAddress, total } = this.limits;
     if (holdMs <= 0) return undefined;
     const labels = { protocol: req.protocol, reason: req.reason };
-    const n = this.byAddress.get(req.address) ?? 0;
-    if (this.count >= total || n >= perAddress) {
+    if (this.places.take(req.address, perAddress, total) !== 'ok') {
       req.metrics.tarpitConnections.inc({ ...labels, result: 'full' });
       return undefined;
     }
     // One line when an address starts being held, not one per connection: a flood would pay for its own log.
-    if (n === 0)
+    if (this.places.of(req.address) === 1)
       this.log?.info({ client: req.address, reason: req.reason }, 'holding connections in the tarpit');
-    this.byAddress.set(req.address, n + 1);
-    this.count++;
     req.metrics.tarpitConnections.inc({ ...labels, result: 'held' });
     req.metrics.tarpitHeld.inc();
 
@@ -107,7 +104,7 @@ export class Tarpit {
       s.off('close', onGone);
       s.off('error', onGone);
       s.on('error', () => {});
-      this.release(req.address);
+      this.places.release(req.address);
       req.metrics.tarpitHeld.dec();
       if (notify) req.done();
     };
@@ -118,12 +115,5 @@ export class Tarpit {
     // Read (and drop) what arrives so a client that gives up is noticed and its place freed.
     s.resume();
     return { cancel: () => end(false) };
-  }
-
-  private release(address: string): void {
-    const n = (this.byAddress.get(address) ?? 0) - 1;
-    if (n > 0) this.byAddress.set(address, n);
-    else this.byAddress.delete(address);
-    this.count = Math.max(0, this.count - 1);
   }
 }
