@@ -440,3 +440,20 @@ export async function startOP(opts: StartOPOptions = {}): Promise<TestOP> {
       }),
   };
 }
+
+/** A grant mintGrant made, as the store keeps it right after an import: active, its token issued at `now`. */
+export function storedGrant(
+  g: { access_token: string; refresh_token: string; expires_in: number },
+  now = Date.now(),
+) {
+  return {
+    kind: 'refresh_token' as const,
+    status: 'active' as const,
+    refreshToken: g.refresh_token,
+    accessToken: g.access_token,
+    accessTokenExpiresAt: now + g.expires_in * 1000,
+    scope: null,
+    lastRefreshAt: now,
+    lastError: null,
+  };
+}

@@ -11,7 +11,7 @@ import { createMetrics, type Metrics } from '../../src/metrics.js';
 import { generateKeyLine } from '../../src/store/crypto.js';
 import type { AccountRecord } from '../../src/store/types.js';
 import { type Dovecot, startDovecot } from './dovecot.js';
-import { startOP, type TestOP } from './op.js';
+import { startOP, storedGrant, type TestOP } from './op.js';
 import { type SmtpSink, startSmtpSink } from './smtp-sink.js';
 
 /**
@@ -235,20 +235,7 @@ ${opts.configYaml?.({ op, dovecot }) ?? ''}
           accessToken = t.access_token;
           secrets.add(refreshToken);
           secrets.add(accessToken);
-          await app.store.putGrant(
-            account.id,
-            {
-              kind: 'refresh_token',
-              status: 'active',
-              refreshToken,
-              accessToken,
-              accessTokenExpiresAt: Date.now() + t.expires_in * 1000,
-              scope: null,
-              lastRefreshAt: Date.now(),
-              lastError: null,
-            },
-            'test',
-          );
+          await app.store.putGrant(account.id, storedGrant(t), 'test');
         }
         return {
           login,

@@ -9,7 +9,7 @@ import type { TokenAudience } from '../../../src/oauth/types.js';
 import { Keyring } from '../../../src/store/crypto.js';
 import { SqliteGrantStore } from '../../../src/store/sqlite.js';
 import type { AccountRecord } from '../../../src/store/types.js';
-import { startOP, type TestOP } from '../../helpers/op.js';
+import { startOP, storedGrant, type TestOP } from '../../helpers/op.js';
 
 // Tokens for a second resource (Graph beside the mail servers) from one grant, against a real
 // oidc-provider that rotates refresh tokens and revokes a grant whose old refresh token is reused:
@@ -61,20 +61,7 @@ async function setup() {
   const addAccount = async (sub: string, resources?: string[]): Promise<AccountRecord> => {
     const account = await store.createAccount({ login: sub, upstreamUser: sub, provider: 'test' }, 'test');
     const g = await op.mintGrant(sub, resources ? { resources } : {});
-    await store.putGrant(
-      account.id,
-      {
-        kind: 'refresh_token',
-        status: 'active',
-        refreshToken: g.refresh_token,
-        accessToken: g.access_token,
-        accessTokenExpiresAt: clock + g.expires_in * 1000,
-        scope: null,
-        lastRefreshAt: clock,
-        lastError: null,
-      },
-      'test',
-    );
+    await store.putGrant(account.id, storedGrant(g, clock), 'test');
     return account;
   };
   return { store, broker, addAccount, advance: (ms: number) => (clock += ms) };

@@ -10,7 +10,7 @@ import { createProviderRegistry } from '../../../src/oauth/provider.js';
 import { Keyring } from '../../../src/store/crypto.js';
 import { SqliteGrantStore } from '../../../src/store/sqlite.js';
 import type { AccountRecord } from '../../../src/store/types.js';
-import { startOP, type TestOP } from '../../helpers/op.js';
+import { startOP, storedGrant, type TestOP } from '../../helpers/op.js';
 
 // Every test here talks to a real oidc-provider over loopback; time moves on a fake clock
 // that only the broker sees, so refresh-ahead and expiry are reached without sleeping.
@@ -71,20 +71,7 @@ async function setup(opts: { discovery?: boolean; publicUrl?: string } = {}) {
   ): Promise<{ account: AccountRecord; refresh: string; access: string }> => {
     const account = await store.createAccount({ login: sub, upstreamUser: sub, provider: 'test' }, 'test');
     const g = await op.mintGrant(sub);
-    await store.putGrant(
-      account.id,
-      {
-        kind: 'refresh_token',
-        status: 'active',
-        refreshToken: g.refresh_token,
-        accessToken: g.access_token,
-        accessTokenExpiresAt: clock + g.expires_in * 1000,
-        scope: null,
-        lastRefreshAt: clock,
-        lastError: null,
-      },
-      'test',
-    );
+    await store.putGrant(account.id, storedGrant(g, clock), 'test');
     return { account, refresh: g.refresh_token, access: g.access_token };
   };
   const refreshes = async (result: string) =>
